@@ -1,0 +1,120 @@
+//! Request and response bodies of the daemon's API (JSON; deploy output is NDJSON).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The body of every error response: a message for a person, naming the problem and the fix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// One line of `GET /apps`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppSummary {
+    pub name: String,
+    /// "running" or "stopped": what the user asked for.
+    pub state: String,
+    /// The current release, if the app was ever deployed.
+    pub release: Option<i64>,
+    pub url: String,
+    pub instances: usize,
+}
+
+/// `GET /apps/{app}`: the app and every instance of its processes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppDetail {
+    pub name: String,
+    pub state: String,
+    pub release: Option<i64>,
+    pub commit: Option<String>,
+    pub url: String,
+    pub hosts: Vec<String>,
+    pub processes: Vec<InstanceInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub process_type: String,
+    pub index: u32,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// "running", "crashed" (waiting to restart) or "stopped".
+    pub state: String,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+/// `PATCH /apps/{app}/config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigUpdate {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// `GET /apps/{app}/config` and the answer to a config update.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigVars {
+    pub vars: BTreeMap<String, String>,
+    /// Whether the app's processes were restarted to pick the change up.
+    #[serde(default)]
+    pub restarted: bool,
+}
+
+/// `GET /apps/{app}/logs?process=TYPE&lines=N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Logs {
+    /// One entry per log file: its name (`web.1`) and its last lines.
+    pub files: Vec<LogFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogFile {
+    pub name: String,
+    pub lines: Vec<String>,
+}
+
+/// `POST /apps/{app}/deploys`: deploy a commit that is in the app's repository.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeployRequest {
+    pub commit: String,
+    /// The ref that was pushed, e.g. `refs/heads/main`.
+    pub git_ref: String,
+    /// Git's quarantine variables while a `pre-receive` hook runs (see `berth-build`).
+    #[serde(default)]
+    pub git_env: Vec<(String, String)>,
+    /// Who asked: an ssh key fingerprint, or "api".
+    #[serde(default)]
+    pub pushed_by: String,
+}
+
+/// `POST /apps/{app}/repo`: make sure the app and its repository exist before a push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoRequest {
+    /// Create the app when it does not exist (a push), or fail (a fetch).
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoInfo {
+    pub path: String,
+    pub created: bool,
+}
+
+/// A plain acknowledgement with a message for the user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Done {
+    pub message: String,
+}
+
+/// One line of a streamed job (NDJSON): output lines, then exactly one `End`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JobEvent {
+    Line { text: String },
+    End { ok: bool, error: Option<String> },
+}

@@ -1,0 +1,286 @@
+//! The deploy job: from a pushed commit to a running release, with its output streamed to
+//! the client (`git push` shows it as `remote:` lines) and kept in `logs/APP/build/N.log`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::{DeployRequest, JobEvent};
+use berth_build::{Source, checkout, read_app_files};
+use berth_procfile::ProcessKind;
+use berth_store::{AppState, ReleaseStatus};
+use berth_supervise::{TaskSpec, run_task};
+use tokio::sync::mpsc;
+
+use crate::ownership::chown_tree;
+use crate::state::{Daemon, now};
+
+/// Releases kept on disk besides the current one (a later issue makes this a setting).
+const KEEP_RELEASES: usize = 5;
+const RELEASE_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The branches whose pushes deploy; pushes to others are stored but not deployed.
+const DEPLOY_BRANCHES: [&str; 2] = ["main", "master"];
+
+/// Where a job's output goes: the client's stream and, once the release number is known,
+/// the build log.
+#[derive(Debug)]
+pub struct JobOutput {
+    events: mpsc::UnboundedSender<JobEvent>,
+    log: Mutex<(Option<File>, Vec<String>)>,
+}
+
+impl JobOutput {
+    pub fn new(events: mpsc::UnboundedSender<JobEvent>) -> JobOutput {
+        JobOutput { events, log: Mutex::new((None, Vec::new())) }
+    }
+
+    pub fn line(&self, text: impl Into<String>) {
+        let text = text.into();
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut log.0 {
+            Some(file) => {
+                let _ = writeln!(file, "{text}");
+            }
+            None => log.1.push(text.clone()),
+        }
+        // The client may have gone away (a cancelled push); the job still finishes.
+        let _ = self.events.send(JobEvent::Line { text });
+    }
+
+    /// A step, Heroku style.
+    pub fn step(&self, text: impl std::fmt::Display) {
+        self.line(format!("-----> {text}"));
+    }
+
+    /// Detail under a step.
+    pub fn detail(&self, text: impl std::fmt::Display) {
+        self.line(format!("       {text}"));
+    }
+
+    fn log_to(&self, path: &Path) {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut file) = File::create(path) {
+            for line in log.1.drain(..) {
+                let _ = writeln!(file, "{line}");
+            }
+            log.0 = Some(file);
+        }
+    }
+
+    pub fn end(&self, result: Result<(), String>) {
+        if let Err(error) = &result {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(file) = &mut log.0 {
+                let _ = writeln!(file, "error: {error}");
+            }
+        }
+        let _ = self.events.send(JobEvent::End { ok: result.is_ok(), error: result.err() });
+    }
+}
+
+/// Checks that the git variables a hook passed point into the app's own repository, so the
+/// API cannot be used to make git read other places.
+fn checked_git_env(repo: &Path, git_env: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+    const ALLOWED: [&str; 3] =
+        ["GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH"];
+    let repo = repo.canonicalize().map_err(|e| format!("cannot open {}: {e}", repo.display()))?;
+    for (key, value) in git_env {
+        if !ALLOWED.contains(&key.as_str()) {
+            return Err(format!("git variable {key} is not accepted"));
+        }
+        for path in value.split(':').filter(|p| !p.is_empty()) {
+            let inside = Path::new(path).canonicalize().is_ok_and(|p| p.starts_with(&repo));
+            if !inside {
+                return Err(format!("{key} points outside the app's repository"));
+            }
+        }
+    }
+    Ok(git_env.to_vec())
+}
+
+/// Runs a deploy to completion. The app lock is taken here, so a second push to the same app
+/// waits its turn.
+pub async fn deploy(daemon: Arc<Daemon>, app: String, request: DeployRequest, out: Arc<JobOutput>) {
+    let result = deploy_inner(&daemon, &app, &request, &out).await;
+    out.end(result);
+}
+
+async fn deploy_inner(
+    daemon: &Arc<Daemon>,
+    app: &str,
+    request: &DeployRequest,
+    out: &Arc<JobOutput>,
+) -> Result<(), String> {
+    let layout = daemon.settings.layout.clone();
+    let branch = request.git_ref.strip_prefix("refs/heads/").unwrap_or(&request.git_ref);
+    if !DEPLOY_BRANCHES.contains(&branch) {
+        out.step(format!(
+            "Pushed {branch}; only main or master deploy, so nothing was deployed"
+        ));
+        return Ok(());
+    }
+    let git_env = checked_git_env(&layout.repo(app), &request.git_env)?;
+
+    let lock = daemon.app_lock(app);
+    let _guard = match lock.try_lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            out.step(format!("Another deploy of {app} is running; waiting for it to finish"));
+            lock.lock().await
+        }
+    };
+
+    let short = &request.commit[..request.commit.len().min(7)];
+    let number = daemon
+        .store()
+        .create_release(app, &request.commit, &request.pushed_by, now())
+        .map_err(|e| e.to_string())?;
+    out.log_to(&layout.build_log(app, number));
+    out.step(format!("Deploying {app} v{number} (commit {short} on {branch})"));
+
+    let result = build_and_start(daemon, app, number, &request.commit, git_env, out).await;
+    let store = daemon.store();
+    match &result {
+        Ok(()) => {
+            store.set_release_status(app, number, ReleaseStatus::Succeeded).map_err(|e| e.to_string())?;
+            store.set_current_release(app, number).map_err(|e| e.to_string())?;
+            store.set_app_state(app, AppState::Running).map_err(|e| e.to_string())?;
+            drop(store);
+            out.step(format!("Released v{number}"));
+            out.step(format!("Your app is at {}", daemon.url(app)));
+            prune_releases(daemon, app, number);
+        }
+        Err(_) => {
+            let _ = store.set_release_status(app, number, ReleaseStatus::Failed);
+            let current = store.app(app).ok().and_then(|a| a.current_release);
+            drop(store);
+            let _ = std::fs::remove_dir_all(layout.release(app, number));
+            match current {
+                Some(current) => out.step(format!("Deploy failed; v{current} keeps serving")),
+                None => out.step("Deploy failed; nothing was running before"),
+            }
+        }
+    }
+    result
+}
+
+async fn build_and_start(
+    daemon: &Arc<Daemon>,
+    app: &str,
+    number: i64,
+    commit: &str,
+    git_env: Vec<(String, String)>,
+    out: &Arc<JobOutput>,
+) -> Result<(), String> {
+    let layout = &daemon.settings.layout;
+    let dir = layout.release(app, number);
+    let source = Source { repo: layout.repo(app), commit: commit.to_owned(), git_env };
+    let checkout_dir = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&checkout_dir);
+        checkout(&source, &checkout_dir)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{e:#}"))?;
+    if let Some(run_as) = daemon.settings.run_as {
+        chown_tree(&dir, run_as).map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
+    }
+
+    let files = read_app_files(&dir, &|key| std::env::var(key).ok())?;
+    for warning in &files.warnings {
+        out.detail(format!("warning: {warning}"));
+    }
+    if let Some(wsgi) = files.procfile.get("wsgi") {
+        return Err(format!(
+            "Procfile line {}: `wsgi:` needs the Python builder, which this version of Berth does \
+             not have yet; use `web: gunicorn {} --bind $BIND_ADDRESS:$PORT` meanwhile",
+            wsgi.line, wsgi.command
+        ));
+    }
+    let kinds: Vec<String> =
+        files.procfile.entries.iter().map(|e| e.name.clone()).collect();
+    out.step(format!("Process types: {}", kinds.join(", ")));
+    out.step("Generic app: the Procfile runs as it is");
+
+    if let Some(release) = files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Release) {
+        out.step(format!("Running release command: {}", release.command));
+        run_streamed(daemon, app, number, &release.command, out).await?;
+    }
+
+    out.step("Starting processes");
+    let detail = |line: String| out.detail(line);
+    daemon.activate(app, number, &detail).await
+}
+
+async fn run_streamed(
+    daemon: &Arc<Daemon>,
+    app: &str,
+    number: i64,
+    command: &str,
+    out: &Arc<JobOutput>,
+) -> Result<(), String> {
+    let env = daemon.process_env(app, number)?;
+    let spec = TaskSpec {
+        command: command.to_owned(),
+        cwd: daemon.settings.layout.release(app, number),
+        env,
+        run_as: daemon.settings.run_as,
+        timeout: RELEASE_COMMAND_TIMEOUT,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let forward = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                out.detail(line);
+            }
+        })
+    };
+    let result = run_task(&spec, tx).await;
+    let _ = forward.await;
+    result
+}
+
+/// Removes release trees beyond the newest few; the current one always stays.
+fn prune_releases(daemon: &Daemon, app: &str, current: i64) {
+    let dir = daemon.settings.layout.releases(app);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let mut numbers: Vec<i64> =
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    numbers.sort_unstable_by(|a, b| b.cmp(a));
+    for number in numbers.into_iter().skip(KEEP_RELEASES).filter(|&n| n != current) {
+        let _ = std::fs::remove_dir_all(dir.join(number.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_env_must_point_into_the_repo() {
+        let root = std::env::temp_dir().join(format!("berth-gitenv-{}", std::process::id()));
+        let repo = root.join("repos/app.git");
+        std::fs::create_dir_all(repo.join("objects/incoming-1")).unwrap();
+        let inside = repo.join("objects/incoming-1").display().to_string();
+        let objects = repo.join("objects").display().to_string();
+        let ok = vec![
+            ("GIT_OBJECT_DIRECTORY".to_owned(), inside.clone()),
+            ("GIT_ALTERNATE_OBJECT_DIRECTORIES".to_owned(), objects.clone()),
+        ];
+        assert_eq!(checked_git_env(&repo, &ok).unwrap(), ok);
+        let outside = vec![("GIT_OBJECT_DIRECTORY".to_owned(), "/etc".to_owned())];
+        assert!(checked_git_env(&repo, &outside).unwrap_err().contains("outside"));
+        let sneaky = vec![("GIT_OBJECT_DIRECTORY".to_owned(), format!("{inside}/../../../.."))];
+        assert!(checked_git_env(&repo, &sneaky).is_err());
+        let other = vec![("GIT_DIR".to_owned(), objects)];
+        assert!(checked_git_env(&repo, &other).unwrap_err().contains("not accepted"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,302 @@
+//! The API's handlers (axum), served on `run/berth.sock`. Every client goes through these:
+//! the CLI on the server, the ssh entry and the git hook.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_api::{
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, LogFile, Logs,
+    RepoInfo, RepoRequest,
+};
+use berth_procfile::validate_app_name;
+use berth_store::AppState;
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::deploy::{JobOutput, deploy};
+use crate::error::ApiError;
+use crate::repo::ensure_repo;
+use crate::state::{Daemon, now, tail_lines};
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/apps", get(list_apps))
+        .route("/apps/{app}", get(show_app).delete(destroy_app))
+        .route("/apps/{app}/repo", post(prepare_repo))
+        .route("/apps/{app}/deploys", post(start_deploy))
+        .route("/apps/{app}/config", get(get_config).patch(update_config))
+        .route("/apps/{app}/start", post(start_app))
+        .route("/apps/{app}/stop", post(stop_app))
+        .route("/apps/{app}/restart", post(restart_app))
+        .route("/apps/{app}/logs", get(get_logs))
+        .fallback(|| async {
+            ApiError::not_found("no such API endpoint; see `berth help` for what the API offers")
+        })
+        .with_state(daemon)
+}
+
+fn app_name(raw: &str) -> Result<String, ApiError> {
+    Ok(validate_app_name(raw)?)
+}
+
+async fn list_apps(State(daemon): State<Arc<Daemon>>) -> ApiResult<Vec<AppSummary>> {
+    let apps = daemon.store().apps()?;
+    Ok(Json(
+        apps.into_iter()
+            .map(|app| AppSummary {
+                instances: daemon.instance_infos(&app.name).0,
+                url: daemon.url(&app.name),
+                state: state_name(app.state).to_owned(),
+                release: app.current_release,
+                name: app.name,
+            })
+            .collect(),
+    ))
+}
+
+fn state_name(state: AppState) -> &'static str {
+    match state {
+        AppState::Running => "running",
+        AppState::Stopped => "stopped",
+    }
+}
+
+async fn show_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<AppDetail> {
+    let app = app_name(&app)?;
+    let (record, commit) = {
+        let store = daemon.store();
+        let record = store.app(&app)?;
+        let commit = match record.current_release {
+            Some(n) => store.release(&app, n)?.map(|r| r.commit),
+            None => None,
+        };
+        (record, commit)
+    };
+    let (_, processes, hosts) = daemon.instance_infos(&app);
+    Ok(Json(AppDetail {
+        url: daemon.url(&app),
+        name: app,
+        state: state_name(record.state).to_owned(),
+        release: record.current_release,
+        commit,
+        hosts,
+        processes,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct DestroyQuery {
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+async fn destroy_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Query(query): Query<DestroyQuery>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    daemon.store().app(&app)?;
+    if query.confirm.as_deref() != Some(app.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "destroying {app} needs confirmation: repeat the app name (`?confirm={app}`)"
+        )));
+    }
+    let lock = daemon.app_lock(&app);
+    let _guard = lock.lock().await;
+    daemon.remove_app(&app).await;
+    daemon.store().delete_app(&app)?;
+    let layout = &daemon.settings.layout;
+    for dir in [layout.repo(&app), layout.releases(&app), layout.cache(&app), layout.logs(&app)] {
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%err, "could not remove {}", dir.display());
+        }
+    }
+    let data = layout.data(&app);
+    let mut message = format!("{app} was destroyed");
+    if data.exists() {
+        message.push_str(&format!("; its data directory {} was kept", data.display()));
+    }
+    Ok(Json(Done { message }))
+}
+
+async fn prepare_repo(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<RepoRequest>,
+) -> ApiResult<RepoInfo> {
+    let app = app_name(&app)?;
+    let exists = daemon.store().app(&app).is_ok();
+    if !exists {
+        if !request.create {
+            return Err(ApiError::not_found(format!(
+                "there is no app named {app}: push to it first to create it"
+            )));
+        }
+        match daemon.store().create_app(&app, now()) {
+            Ok(()) | Err(berth_store::Error::AppExists(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let created = ensure_repo(&daemon.settings, &app).map_err(ApiError::internal)?;
+    Ok(Json(RepoInfo { path: daemon.settings.layout.repo(&app).display().to_string(), created }))
+}
+
+async fn start_deploy(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<DeployRequest>,
+) -> Result<Body, ApiError> {
+    let app = app_name(&app)?;
+    daemon.store().app(&app)?;
+    if request.commit.is_empty() || !request.commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "{:?} is not a commit id; give the full hexadecimal id",
+            request.commit
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = Arc::new(JobOutput::new(tx));
+    // The job runs in its own task: a client that goes away does not cut a deploy in half.
+    tokio::spawn(deploy(daemon, app, request, out));
+    let stream = UnboundedReceiverStream::new(rx).map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    Ok(Body::from_stream(stream))
+}
+
+async fn get_config(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<ConfigVars> {
+    let app = app_name(&app)?;
+    let vars = daemon.store().config(&app)?;
+    Ok(Json(ConfigVars { vars: vars.into_iter().collect(), restarted: false }))
+}
+
+fn check_config_key(key: &str) -> Result<(), ApiError> {
+    let mut chars = key.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid config key {key:?}: keys are letters, digits and underscores, not starting \
+             with a digit (for example DATABASE_URL)"
+        )))
+    }
+}
+
+async fn update_config(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(update): Json<ConfigUpdate>,
+) -> ApiResult<ConfigVars> {
+    let app = app_name(&app)?;
+    for key in update.set.keys().chain(&update.unset) {
+        check_config_key(key)?;
+    }
+    let set: Vec<(String, String)> = update.set.into_iter().collect();
+    daemon.store().update_config(&app, &set, &update.unset)?;
+    let record = daemon.store().app(&app)?;
+    let restart = record.state == AppState::Running && record.current_release.is_some();
+    if restart {
+        daemon.restart(&app).await.map_err(|err| {
+            ApiError::unprocessable(format!(
+                "the config was saved, but {app} did not restart with it, so its previous \
+                 processes keep running: {}",
+                err.message
+            ))
+        })?;
+    }
+    let vars: BTreeMap<String, String> = daemon.store().config(&app)?.into_iter().collect();
+    Ok(Json(ConfigVars { vars, restarted: restart }))
+}
+
+async fn start_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    daemon.store().set_app_state(&app, AppState::Running)?;
+    daemon.restart(&app).await?;
+    Ok(Json(Done { message: format!("{app} is running at {}", daemon.url(&app)) }))
+}
+
+async fn stop_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    daemon.store().set_app_state(&app, AppState::Stopped)?;
+    let lock = daemon.app_lock(&app);
+    let _guard = lock.lock().await;
+    daemon.stop_app(&app).await;
+    Ok(Json(Done { message: format!("{app} is stopped; `berth start {app}` starts it again") }))
+}
+
+async fn restart_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    if daemon.store().app(&app)?.state == AppState::Stopped {
+        return Err(ApiError::conflict(format!(
+            "{app} is stopped; start it with `berth start {app}`"
+        )));
+    }
+    daemon.restart(&app).await?;
+    Ok(Json(Done { message: format!("{app} was restarted") }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    process: Option<String>,
+    lines: Option<usize>,
+}
+
+async fn get_logs(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult<Logs> {
+    let app = app_name(&app)?;
+    daemon.store().app(&app)?;
+    let lines = query.lines.unwrap_or(100).min(100_000);
+    let dir = daemon.settings.layout.logs(&app);
+    if query.process.as_deref() == Some("build") {
+        let latest = daemon.store().releases(&app)?.into_iter().next();
+        let files = latest
+            .map(|r| {
+                let path = daemon.settings.layout.build_log(&app, r.number);
+                vec![LogFile { name: format!("build/{}", r.number), lines: tail_lines(&path, lines) }]
+            })
+            .unwrap_or_default();
+        return Ok(Json(Logs { files }));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if let Some(process) = &query.process {
+        names.retain(|name| name.split('.').next() == Some(process.as_str()));
+        if names.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "{app} has no logs for a process named {process}; its Procfile names the processes"
+            )));
+        }
+    }
+    let files = names
+        .into_iter()
+        .map(|name| {
+            let lines = tail_lines(&dir.join(format!("{name}.log")), lines);
+            LogFile { name, lines }
+        })
+        .collect();
+    Ok(Json(Logs { files }))
+}

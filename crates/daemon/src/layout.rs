@@ -1,0 +1,76 @@
+//! Where everything lives under `$BERTH_ROOT` (see DESIGN.md, "On disk").
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("berth.db")
+    }
+
+    pub fn repo(&self, app: &str) -> PathBuf {
+        self.root.join("repos").join(format!("{app}.git"))
+    }
+
+    pub fn releases(&self, app: &str) -> PathBuf {
+        self.root.join("releases").join(app)
+    }
+
+    pub fn release(&self, app: &str, number: i64) -> PathBuf {
+        self.releases(app).join(number.to_string())
+    }
+
+    pub fn cache(&self, app: &str) -> PathBuf {
+        self.root.join("cache").join(app)
+    }
+
+    pub fn data(&self, app: &str) -> PathBuf {
+        self.root.join("data").join(app)
+    }
+
+    pub fn logs(&self, app: &str) -> PathBuf {
+        self.root.join("logs").join(app)
+    }
+
+    pub fn instance_log(&self, app: &str, process_type: &str, index: u32) -> PathBuf {
+        self.logs(app).join(format!("{process_type}.{index}.log"))
+    }
+
+    pub fn build_log(&self, app: &str, number: i64) -> PathBuf {
+        self.logs(app).join("build").join(format!("{number}.log"))
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("berth.sock")
+    }
+
+    /// The router's bound address, written at start so that scripts and tests that asked for
+    /// port 0 can find it.
+    pub fn http_addr_file(&self) -> PathBuf {
+        self.run_dir().join("http.addr")
+    }
+
+    /// Creates the top-level directories.
+    pub fn create(&self) -> std::io::Result<()> {
+        for dir in ["repos", "releases", "cache", "data", "logs", "certs", "run"] {
+            std::fs::create_dir_all(self.root.join(dir))?;
+        }
+        Ok(())
+    }
+}

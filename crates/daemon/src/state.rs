@@ -1,0 +1,385 @@
+//! The daemon's state and the operations every interface shares: start, stop, restart an app's
+//! processes, and rebuild the router's table after each change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_api::InstanceInfo;
+use berth_build::{AppFiles, read_app_files};
+use berth_procfile::ProcessKind;
+use berth_router::{Backend, RouteTable, SharedRoutes};
+use berth_store::Store;
+use berth_supervise::{Instance, ProcessSpec, RunAs, wait_for_port};
+
+use crate::error::ApiError;
+use crate::layout::Layout;
+
+/// How long a new web instance has to start listening on its port.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the daemon was started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub layout: Layout,
+    /// Base domain: apps are served at `APP.<domain>`.
+    pub domain: String,
+    /// The router's bound address (known once it listens).
+    pub http_addr: SocketAddr,
+    /// The user app processes run as, when the daemon runs as root.
+    pub run_as: Option<RunAs>,
+    /// The berth binary, for git hooks.
+    pub exe: std::path::PathBuf,
+}
+
+/// The processes of one app that the daemon runs now.
+#[derive(Debug, Default)]
+pub struct AppRuntime {
+    pub instances: Vec<Instance>,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub settings: Settings,
+    store: Mutex<Store>,
+    runtimes: Mutex<HashMap<String, AppRuntime>>,
+    pub routes: SharedRoutes,
+    /// One lock per app so that deploys and restarts of an app happen one at a time.
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Daemon {
+    pub fn new(settings: Settings, store: Store, routes: SharedRoutes) -> Daemon {
+        Daemon {
+            settings,
+            store: Mutex::new(store),
+            runtimes: Mutex::new(HashMap::new()),
+            routes,
+            app_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn runtimes(&self) -> MutexGuard<'_, HashMap<String, AppRuntime>> {
+        self.runtimes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.app_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(app.to_owned()).or_default().clone()
+    }
+
+    /// The address people use to reach the app.
+    pub fn url(&self, app: &str) -> String {
+        let port = self.settings.http_addr.port();
+        if port == 80 {
+            format!("http://{app}.{}/", self.settings.domain)
+        } else {
+            format!("http://{app}.{}:{port}/", self.settings.domain)
+        }
+    }
+
+    pub fn instance_infos(&self, app: &str) -> (usize, Vec<InstanceInfo>, Vec<String>) {
+        let runtimes = self.runtimes();
+        let Some(runtime) = runtimes.get(app) else { return (0, Vec::new(), Vec::new()) };
+        let now = SystemTime::now();
+        let infos = runtime
+            .instances
+            .iter()
+            .map(|instance| {
+                let status = instance.status();
+                let spec = instance.spec();
+                InstanceInfo {
+                    process_type: spec.process_type.clone(),
+                    index: spec.index,
+                    pid: status.pid,
+                    port: spec.port,
+                    state: status.state.as_str().to_owned(),
+                    uptime_secs: status
+                        .started_at
+                        .filter(|_| status.pid.is_some())
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    restarts: status.restarts,
+                    last_exit: status.last_exit,
+                }
+            })
+            .collect();
+        (runtime.instances.len(), infos, runtime.hosts.clone())
+    }
+
+    /// The environment of the app's processes, by layer: the daemon's own environment, then
+    /// Berth's variables, then the repo's ENV file, then `config:set` values. Per-process
+    /// values (PORT) are added on top when each process starts.
+    fn base_env(&self, app: &str, release: i64) -> Vec<(String, String)> {
+        let layout = &self.settings.layout;
+        let mut env: Vec<(String, String)> =
+            std::env::vars().filter(|(k, _)| !k.starts_with("BERTH_")).collect();
+        env.extend([
+            ("APP".to_owned(), app.to_owned()),
+            ("BERTH_APP".to_owned(), app.to_owned()),
+            ("BERTH_RELEASE".to_owned(), release.to_string()),
+            ("DATA_ROOT".to_owned(), layout.data(app).display().to_string()),
+            ("LOG_ROOT".to_owned(), layout.logs(app).display().to_string()),
+            ("BIND_ADDRESS".to_owned(), "127.0.0.1".to_owned()),
+        ]);
+        env
+    }
+
+    /// Reads the release's files and the app's config into the environment its processes get.
+    fn release_env(
+        &self,
+        app: &str,
+        release: i64,
+    ) -> Result<(AppFiles, Vec<(String, String)>), String> {
+        let base = self.base_env(app, release);
+        let lookup = |key: &str| base.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let dir = self.settings.layout.release(app, release);
+        let files = read_app_files(&dir, &lookup)?;
+        let config = self.store().config(app).map_err(|e| e.to_string())?;
+        let mut env = base.clone();
+        env.extend(files.env.iter().cloned());
+        env.extend(config);
+        Ok((files, env))
+    }
+
+    /// The environment a one-off command of the release gets (a `release:` command).
+    pub fn process_env(&self, app: &str, release: i64) -> Result<Vec<(String, String)>, String> {
+        self.release_env(app, release).map(|(_, env)| env)
+    }
+
+    fn hosts(&self, app: &str, env: &[(String, String)]) -> Vec<String> {
+        let mut hosts = vec![format!("{app}.{}", self.settings.domain)];
+        if let Some((_, names)) = env.iter().rev().find(|(k, _)| k == "NGINX_SERVER_NAME") {
+            for name in names.split([',', ' ']).filter(|s| !s.is_empty()) {
+                if let Some(host) = berth_router::normalize_host(name)
+                    && !hosts.contains(&host)
+                {
+                    hosts.push(host);
+                }
+            }
+        }
+        hosts
+    }
+
+    /// Starts the processes of `release` next to whatever runs now, waits until every web
+    /// instance listens, then routes to the new instances and stops the old ones. When the new
+    /// processes do not come up, they are stopped and the old ones keep serving.
+    pub async fn activate(
+        &self,
+        app: &str,
+        release: i64,
+        out: &(dyn Fn(String) + Sync),
+    ) -> Result<(), String> {
+        let (files, env) = self.release_env(app, release)?;
+        let hosts = self.hosts(app, &env);
+        let layout = &self.settings.layout;
+        std::fs::create_dir_all(layout.data(app))
+            .map_err(|e| format!("cannot create {}: {e}", layout.data(app).display()))?;
+
+        let mut instances = Vec::new();
+        let mut web_ports = Vec::new();
+        for entry in &files.procfile.entries {
+            match entry.kind {
+                ProcessKind::Web | ProcessKind::Worker => {}
+                ProcessKind::Static | ProcessKind::Cron { .. } => {
+                    out(format!(
+                        "{}: `{}` processes are not run by this version of Berth yet; skipped",
+                        entry.name, entry.name
+                    ));
+                    continue;
+                }
+                ProcessKind::Wsgi | ProcessKind::Release | ProcessKind::Preflight => continue,
+            }
+            let port = if entry.kind.needs_port() {
+                Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
+            } else {
+                None
+            };
+            let mut process_env = env.clone();
+            process_env.push(("BERTH_PROCESS".to_owned(), format!("{}.1", entry.name)));
+            if let Some(port) = port {
+                process_env.push(("PORT".to_owned(), port.to_string()));
+            }
+            let instance = Instance::spawn(ProcessSpec {
+                app: app.to_owned(),
+                process_type: entry.name.clone(),
+                index: 1,
+                command: entry.command.clone(),
+                cwd: layout.release(app, release),
+                env: process_env,
+                log_path: layout.instance_log(app, &entry.name, 1),
+                port,
+                run_as: self.settings.run_as,
+                stop_timeout: STOP_TIMEOUT,
+            });
+            if let Some(port) = port {
+                web_ports.push((instances.len(), port));
+            }
+            instances.push(instance);
+        }
+
+        for &(i, port) in &web_ports {
+            let instance = &instances[i];
+            if let Err(err) = wait_for_port(instance, port, START_TIMEOUT).await {
+                let name = format!("{}.{}", instance.spec().process_type, instance.spec().index);
+                let log_path = instance.spec().log_path.clone();
+                for instance in instances {
+                    instance.stop().await;
+                }
+                let tail = tail_lines(&log_path, 15);
+                let mut message = format!("{name} did not start: {err}");
+                if !tail.is_empty() {
+                    message.push_str(&format!("\nlast lines of its log ({}):", log_path.display()));
+                    for line in tail {
+                        message.push_str(&format!("\n  {line}"));
+                    }
+                }
+                return Err(message);
+            }
+        }
+
+        let old = {
+            let mut runtimes = self.runtimes();
+            let old = runtimes.insert(app.to_owned(), AppRuntime { instances, hosts });
+            self.publish_routes(&runtimes);
+            old
+        };
+        if let Some(old) = old {
+            for instance in old.instances {
+                instance.stop().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process of the app; its hosts answer 502 (not running) until it starts.
+    pub async fn stop_app(&self, app: &str) {
+        let old = {
+            let mut runtimes = self.runtimes();
+            let old = runtimes.get_mut(app).map(|r| std::mem::take(&mut r.instances));
+            self.publish_routes(&runtimes);
+            old
+        };
+        for instance in old.into_iter().flatten() {
+            instance.stop().await;
+        }
+    }
+
+    /// Stops the app's processes and forgets its routes (destroy).
+    pub async fn remove_app(&self, app: &str) {
+        let old = {
+            let mut runtimes = self.runtimes();
+            let old = runtimes.remove(app);
+            self.publish_routes(&runtimes);
+            old
+        };
+        for instance in old.into_iter().flat_map(|r| r.instances) {
+            instance.stop().await;
+        }
+    }
+
+    /// Stops every app (daemon shutdown).
+    pub async fn stop_all(&self) {
+        let all: Vec<AppRuntime> = self.runtimes().drain().map(|(_, r)| r).collect();
+        for instance in all.into_iter().flat_map(|r| r.instances) {
+            instance.stop().await;
+        }
+    }
+
+    /// Builds a new route table from the running instances and swaps it in.
+    fn publish_routes(&self, runtimes: &HashMap<String, AppRuntime>) {
+        let mut table = RouteTable::new();
+        for (app, runtime) in runtimes {
+            let addrs: Vec<SocketAddr> = runtime
+                .instances
+                .iter()
+                .filter_map(|i| i.spec().port)
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+                .collect();
+            let backend = Arc::new(Backend::new(app.clone(), addrs));
+            for host in &runtime.hosts {
+                table.insert(host, backend.clone());
+            }
+        }
+        self.routes.store(Arc::new(table));
+    }
+
+    /// Restarts the app's current release, or fails with a message when there is none.
+    pub async fn restart(&self, app: &str) -> Result<(), ApiError> {
+        let record = self.store().app(app)?;
+        let Some(release) = record.current_release else {
+            return Err(ApiError::conflict(format!(
+                "{app} has no release yet: push to it first (git push berth main)"
+            )));
+        };
+        let lock = self.app_lock(app);
+        let _guard = lock.lock().await;
+        self.activate(app, release, &|line| tracing::info!(app, "{line}"))
+            .await
+            .map_err(ApiError::unprocessable)
+    }
+}
+
+/// A port that nothing listens on now. The app binds it a moment later; another process
+/// taking it in between is unlikely on a server, and shows up as a failed start.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The last `n` lines of a text file (empty when it cannot be read). Reads backwards from the
+/// end in blocks, so a large log costs no more than its tail.
+pub fn tail_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return Vec::new() };
+    let mut start = len;
+    let mut buffer: Vec<u8> = Vec::new();
+    while start > 0 && buffer.iter().filter(|&&b| b == b'\n').count() <= n {
+        let from = start.saturating_sub(BLOCK);
+        let mut block = vec![0; (start - from) as usize];
+        if file.seek(SeekFrom::Start(from)).is_err() || file.read_exact(&mut block).is_err() {
+            return Vec::new();
+        }
+        block.extend_from_slice(&buffer);
+        buffer = block;
+        start = from;
+    }
+    let text = String::from_utf8_lossy(&buffer);
+    let lines: Vec<&str> = text.lines().collect();
+    // When reading stopped mid-file, the first line may be cut; it is dropped unless needed.
+    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_reads_the_end_of_small_and_large_files() {
+        let dir = std::env::temp_dir().join(format!("berth-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        assert_eq!(tail_lines(&path, 2), ["b", "c"]);
+        assert_eq!(tail_lines(&path, 10), ["a", "b", "c"]);
+        let big: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, big).unwrap();
+        assert_eq!(tail_lines(&path, 3), ["line 49997", "line 49998", "line 49999"]);
+        assert_eq!(tail_lines(&path, 20_000).first().unwrap(), "line 30000");
+        assert!(tail_lines(&dir.join("missing"), 3).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

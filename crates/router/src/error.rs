@@ -1,0 +1,237 @@
+//! Why a request could not be proxied, and the short page the visitor sees instead.
+//!
+//! Errors are labelled by where they come from, as pingora does: downstream (the client
+//! asked for something we cannot serve, a 4xx), upstream (the app failed us, a 502) and
+//! internal (our own fault, a 500). The label decides the status and how loudly to log.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+use http_body_util::Full;
+
+/// Who is to blame for a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The client: a 4xx, nothing for the operator to fix.
+    Downstream,
+    /// The app: a 502, the operator should look at the app.
+    Upstream,
+    /// The router itself: a 500, a bug.
+    Internal,
+}
+
+/// A request that was answered by the router instead of an app.
+#[derive(Debug)]
+pub(crate) enum ProxyError {
+    /// The request has no `Host` header and no absolute URI.
+    MissingHost,
+    /// The `Host` header is repeated, not text, or not a host name.
+    InvalidHost,
+    /// No app is routed at this (normalised) host.
+    UnknownHost { host: String },
+    /// `CONNECT` would turn the router into an open tunnel.
+    ConnectNotAllowed,
+    /// The request target is neither a path nor an absolute URI (`OPTIONS *`).
+    UnsupportedTarget,
+    /// The app is routed but has no running instance.
+    AppNotRunning { app: String },
+    /// No instance of the app gave a response; `cause` is the last error seen.
+    AppDidNotAnswer { app: String, cause: String },
+    /// Something that should not happen; the text is for the log only.
+    Internal { cause: String },
+}
+
+impl ProxyError {
+    pub(crate) fn source(&self) -> Source {
+        match self {
+            ProxyError::MissingHost
+            | ProxyError::InvalidHost
+            | ProxyError::UnknownHost { .. }
+            | ProxyError::ConnectNotAllowed
+            | ProxyError::UnsupportedTarget => Source::Downstream,
+            ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
+                Source::Upstream
+            }
+            ProxyError::Internal { .. } => Source::Internal,
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost | ProxyError::InvalidHost | ProxyError::UnsupportedTarget => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the visitor is told, as (message, hint). Internal causes stay in the log.
+    fn explanation(&self) -> (String, Option<String>) {
+        match self {
+            ProxyError::MissingHost => ("the request has no Host header".into(), None),
+            ProxyError::InvalidHost => ("the request's Host header is not valid".into(), None),
+            ProxyError::UnknownHost { host } => (
+                format!("no app is served at {host}"),
+                Some("check the name, or add it with NGINX_SERVER_NAME in the app's ENV".into()),
+            ),
+            ProxyError::ConnectNotAllowed => ("CONNECT is not supported".into(), None),
+            ProxyError::UnsupportedTarget => ("the request target is not supported".into(), None),
+            ProxyError::AppNotRunning { app } => (
+                format!("the app {app} is not running"),
+                Some(format!(
+                    "start it with `berth start {app}`, or see why with `berth logs {app}`"
+                )),
+            ),
+            ProxyError::AppDidNotAnswer { app, .. } => {
+                (format!("the app {app} did not answer"), Some(format!("see `berth logs {app}`")))
+            }
+            ProxyError::Internal { .. } => {
+                ("the router failed to handle this request".into(), None)
+            }
+        }
+    }
+
+    /// Logs the failure at a level that matches its source: a visitor mistyping a name is
+    /// routine, an app that does not answer is worth an operator's attention.
+    pub(crate) fn log(&self, method: &Method, uri: &Uri, peer: SocketAddr) {
+        let status = self.status().as_u16();
+        match self.source() {
+            Source::Downstream => {
+                tracing::debug!(%method, %uri, %peer, status, "downstream error: {self}");
+            }
+            Source::Upstream => {
+                tracing::warn!(%method, %uri, %peer, status, "upstream error: {self}");
+            }
+            Source::Internal => {
+                tracing::warn!(%method, %uri, %peer, status, "internal error: {self}");
+            }
+        }
+    }
+
+    /// The page served in place of the app's response.
+    pub(crate) fn to_response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let (message, hint) = self.explanation();
+        let title = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("Error"));
+        let mut page = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
+             <body>\n<h1>{title}</h1>\n<p>{}</p>\n",
+            escape_html(&message)
+        );
+        if let Some(hint) = hint {
+            page.push_str(&format!("<p>{}</p>\n", escape_html(&hint)));
+        }
+        page.push_str("</body></html>\n");
+
+        let mut response = Response::new(Full::new(Bytes::from(page)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        // The page describes this moment (the app may be up a second later), so it must not
+        // be cached by the browser or anything in between.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::AppDidNotAnswer { app, cause } => {
+                write!(f, "the app {app} did not answer: {cause}")
+            }
+            ProxyError::Internal { cause } => write!(f, "{cause}"),
+            other => f.write_str(&other.explanation().0),
+        }
+    }
+}
+
+/// Host names are validated before they reach a page, but app names are not ours to trust.
+/// The text only ever lands between tags, never in an attribute, so quotes can stay.
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn page(error: ProxyError) -> (StatusCode, String) {
+        let response = error.to_response();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn pages_carry_status_message_and_hint() {
+        let (status, body) = page(ProxyError::UnknownHost { host: "x.example.com".into() }).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("<title>404 Not Found</title>"), "{body}");
+        assert!(body.contains("no app is served at x.example.com"), "{body}");
+        assert!(body.contains("NGINX_SERVER_NAME in the app's ENV"), "{body}");
+
+        let (status, body) = page(ProxyError::AppNotRunning { app: "blog".into() }).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.contains("the app blog is not running"), "{body}");
+        assert!(body.contains("berth start blog") && body.contains("berth logs blog"), "{body}");
+
+        let error = ProxyError::Internal { cause: "secret detail".into() };
+        let (status, body) = page(error).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.contains("secret detail"), "{body}");
+    }
+
+    #[test]
+    fn sources_map_to_status_classes() {
+        let cases = [
+            ProxyError::MissingHost,
+            ProxyError::InvalidHost,
+            ProxyError::UnknownHost { host: "h".into() },
+            ProxyError::ConnectNotAllowed,
+            ProxyError::UnsupportedTarget,
+            ProxyError::AppNotRunning { app: "a".into() },
+            ProxyError::AppDidNotAnswer { app: "a".into(), cause: "refused".into() },
+            ProxyError::Internal { cause: "bug".into() },
+        ];
+        for error in cases {
+            let status = error.status();
+            match error.source() {
+                Source::Downstream => assert!(status.is_client_error(), "{error:?}"),
+                Source::Upstream => assert_eq!(status, StatusCode::BAD_GATEWAY, "{error:?}"),
+                Source::Internal => assert!(status.is_server_error(), "{error:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn display_is_lower_case_and_keeps_the_cause_for_logs() {
+        let error =
+            ProxyError::AppDidNotAnswer { app: "a".into(), cause: "connection refused".into() };
+        assert_eq!(error.to_string(), "the app a did not answer: connection refused");
+        assert_eq!(ProxyError::MissingHost.to_string(), "the request has no Host header");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(escape_html("<b>&'\""), "&lt;b&gt;&amp;'\"");
+    }
+}

@@ -1,0 +1,371 @@
+//! The only crate that knows the storage engine: apps, config and releases in SQLite (WAL).
+//!
+//! The daemon is the only process that opens the store for writing. Types here are plain
+//! records, not wire types: `berth-api` has its own.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Errors from the store, with enough context to tell the user what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("app {0:?} does not exist")]
+    NoSuchApp(String),
+    #[error("app {0:?} already exists")]
+    AppExists(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether the user wants the app's processes running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppState {
+    Running,
+    Stopped,
+}
+
+impl AppState {
+    fn as_str(self) -> &'static str {
+        match self {
+            AppState::Running => "running",
+            AppState::Stopped => "stopped",
+        }
+    }
+
+    fn parse(s: &str) -> AppState {
+        if s == "stopped" { AppState::Stopped } else { AppState::Running }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub name: String,
+    pub created_at: i64,
+    pub state: AppState,
+    pub current_release: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    Building,
+    Failed,
+    Succeeded,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Building => "building",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Succeeded => "succeeded",
+        }
+    }
+
+    fn parse(s: &str) -> ReleaseStatus {
+        match s {
+            "failed" => ReleaseStatus::Failed,
+            "succeeded" => ReleaseStatus::Succeeded,
+            _ => ReleaseStatus::Building,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    pub app: String,
+    pub number: i64,
+    pub commit: String,
+    pub created_at: i64,
+    pub status: ReleaseStatus,
+    /// Who pushed: the fingerprint of the ssh key, or "api".
+    pub pushed_by: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running',
+    current_release INTEGER
+);
+CREATE TABLE IF NOT EXISTS config (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app, key)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    commit_sha TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    pushed_by TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (app, number)
+);
+";
+
+/// The store: one SQLite connection. Callers serialise access (the daemon holds it in a mutex;
+/// every query here is a few microseconds).
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` in WAL mode.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// An in-memory store for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    pub fn create_app(&self, name: &str, now: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO apps (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![name, now],
+        )?;
+        if n == 0 {
+            return Err(Error::AppExists(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, name: &str) -> Result<AppRecord> {
+        self.conn
+            .query_row(
+                "SELECT name, created_at, state, current_release FROM apps WHERE name = ?1",
+                [name],
+                app_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| Error::NoSuchApp(name.to_owned()))
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, created_at, state, current_release FROM apps ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], app_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_app(&self, name: &str) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(Error::NoSuchApp(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn set_app_state(&self, name: &str, state: AppState) -> Result<()> {
+        self.update_app("UPDATE apps SET state = ?2 WHERE name = ?1", name, state.as_str())
+    }
+
+    pub fn set_current_release(&self, name: &str, number: i64) -> Result<()> {
+        self.update_app("UPDATE apps SET current_release = ?2 WHERE name = ?1", name, number)
+    }
+
+    fn update_app(&self, sql: &str, name: &str, value: impl rusqlite::ToSql) -> Result<()> {
+        let n = self.conn.execute(sql, params![name, value])?;
+        if n == 0 {
+            return Err(Error::NoSuchApp(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The app's config vars, sorted by key.
+    pub fn config(&self, app: &str) -> Result<Vec<(String, String)>> {
+        self.app(app)?;
+        let mut stmt =
+            self.conn.prepare("SELECT key, value FROM config WHERE app = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([app], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets and removes config vars in one transaction.
+    pub fn update_config(&mut self, app: &str, set: &[(String, String)], unset: &[String]) -> Result<()> {
+        self.app(app)?;
+        let tx = self.conn.transaction()?;
+        for (key, value) in set {
+            tx.execute(
+                "INSERT INTO config (app, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+                params![app, key, value],
+            )?;
+        }
+        for key in unset {
+            tx.execute("DELETE FROM config WHERE app = ?1 AND key = ?2", params![app, key])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a new release in the `building` state and returns its number (one more than the
+    /// highest number the app ever had, so numbers are never reused).
+    pub fn create_release(&self, app: &str, commit: &str, pushed_by: &str, now: i64) -> Result<i64> {
+        self.app(app)?;
+        let number: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",
+            [app],
+            |row| row.get(0),
+        )?;
+        self.conn.execute(
+            "INSERT INTO releases (app, number, commit_sha, created_at, status, pushed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![app, number, commit, now, ReleaseStatus::Building.as_str(), pushed_by],
+        )?;
+        Ok(number)
+    }
+
+    pub fn set_release_status(&self, app: &str, number: i64, status: ReleaseStatus) -> Result<()> {
+        self.conn.execute(
+            "UPDATE releases SET status = ?3 WHERE app = ?1 AND number = ?2",
+            params![app, number, status.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn release(&self, app: &str, number: i64) -> Result<Option<ReleaseRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT app, number, commit_sha, created_at, status, pushed_by FROM releases
+                 WHERE app = ?1 AND number = ?2",
+                params![app, number],
+                release_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The app's releases, newest first.
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
+        self.app(app)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT app, number, commit_sha, created_at, status, pushed_by FROM releases
+             WHERE app = ?1 ORDER BY number DESC",
+        )?;
+        let rows = stmt.query_map([app], release_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn app_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
+    Ok(AppRecord {
+        name: row.get(0)?,
+        created_at: row.get(1)?,
+        state: AppState::parse(&row.get::<_, String>(2)?),
+        current_release: row.get(3)?,
+    })
+}
+
+fn release_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
+    Ok(ReleaseRecord {
+        app: row.get(0)?,
+        number: row.get(1)?,
+        commit: row.get(2)?,
+        created_at: row.get(3)?,
+        status: ReleaseStatus::parse(&row.get::<_, String>(4)?),
+        pushed_by: row.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_app() -> Store {
+        let store = Store::open_in_memory().unwrap();
+        store.create_app("web", 1).unwrap();
+        store
+    }
+
+    #[test]
+    fn apps_are_created_listed_and_deleted() {
+        let store = store_with_app();
+        store.create_app("alpha", 2).unwrap();
+        assert!(matches!(store.create_app("web", 3), Err(Error::AppExists(_))));
+        let names: Vec<_> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
+        assert_eq!(names, ["alpha", "web"]);
+        store.delete_app("alpha").unwrap();
+        assert!(matches!(store.app("alpha"), Err(Error::NoSuchApp(_))));
+        assert!(matches!(store.delete_app("alpha"), Err(Error::NoSuchApp(_))));
+    }
+
+    #[test]
+    fn state_and_current_release_persist() {
+        let store = store_with_app();
+        assert_eq!(store.app("web").unwrap().state, AppState::Running);
+        store.set_app_state("web", AppState::Stopped).unwrap();
+        store.set_current_release("web", 4).unwrap();
+        let app = store.app("web").unwrap();
+        assert_eq!((app.state, app.current_release), (AppState::Stopped, Some(4)));
+        assert!(store.set_app_state("nope", AppState::Stopped).is_err());
+    }
+
+    #[test]
+    fn config_sets_overwrites_and_unsets() {
+        let mut store = store_with_app();
+        let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        store.update_config("web", &set(&[("B", "2"), ("A", "1 = one")]), &[]).unwrap();
+        store.update_config("web", &set(&[("B", "3")]), &["A".into(), "MISSING".into()]).unwrap();
+        assert_eq!(store.config("web").unwrap(), set(&[("B", "3")]));
+        assert!(matches!(store.update_config("x", &[], &[]), Err(Error::NoSuchApp(_))));
+    }
+
+    #[test]
+    fn release_numbers_grow_and_are_not_reused_after_failure() {
+        let store = store_with_app();
+        let one = store.create_release("web", "abc", "SHA256:k", 10).unwrap();
+        store.set_release_status("web", one, ReleaseStatus::Failed).unwrap();
+        let two = store.create_release("web", "def", "SHA256:k", 11).unwrap();
+        assert_eq!((one, two), (1, 2));
+        let releases = store.releases("web").unwrap();
+        assert_eq!(releases[0].number, 2);
+        assert_eq!(releases[1].status, ReleaseStatus::Failed);
+        assert_eq!(store.release("web", 2).unwrap().unwrap().commit, "def");
+        assert_eq!(store.release("web", 9).unwrap(), None);
+    }
+
+    #[test]
+    fn deleting_an_app_removes_its_config_and_releases() {
+        let mut store = store_with_app();
+        store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
+        store.create_release("web", "abc", "", 1).unwrap();
+        store.delete_app("web").unwrap();
+        store.create_app("web", 2).unwrap();
+        assert!(store.config("web").unwrap().is_empty());
+        assert!(store.releases("web").unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopening_a_file_store_keeps_data() {
+        let dir = std::env::temp_dir().join(format!("berth-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("berth.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.create_app("kept", 5).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.app("kept").unwrap().created_at, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,355 @@
+//! A long-running process (web, worker) that is restarted when it exits.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::RunAs;
+
+/// Restart delays start here and double on each quick crash, up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran at least this long before exiting is treated as healthy, so its next
+/// restart waits only `MIN_BACKOFF`.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+
+/// Everything needed to start one instance of a process type.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub app: String,
+    pub process_type: String,
+    /// 1-based instance number, as in `web.1`.
+    pub index: u32,
+    /// Run by `/bin/sh -c`, like a Procfile line under foreman or piku.
+    pub command: String,
+    pub cwd: PathBuf,
+    /// The complete environment of the process (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// stdout and stderr are appended here.
+    pub log_path: PathBuf,
+    pub port: Option<u16>,
+    pub run_as: Option<RunAs>,
+    /// How long a process gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    /// The process is running.
+    Running,
+    /// The process exited and waits for its restart.
+    Backoff,
+    /// The instance was stopped on request.
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Running => "running",
+            InstanceState::Backoff => "crashed",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub started_at: Option<SystemTime>,
+    pub restarts: u32,
+    /// How the last run ended, e.g. "exit status 1" or "killed by SIGSEGV".
+    pub last_exit: Option<String>,
+}
+
+/// A supervised instance. Dropping the handle does not stop the process; call [`Instance::stop`].
+#[derive(Debug)]
+pub struct Instance {
+    spec: Arc<ProcessSpec>,
+    status: Arc<Mutex<InstanceStatus>>,
+    stop_tx: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Instance {
+    /// Starts the process and the task that restarts it when it exits.
+    pub fn spawn(spec: ProcessSpec) -> Instance {
+        let spec = Arc::new(spec);
+        let status = Arc::new(Mutex::new(InstanceStatus {
+            state: InstanceState::Backoff,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+        }));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(spec.clone(), status.clone(), stop_rx));
+        Instance { spec, status, stop_tx, task }
+    }
+
+    pub fn spec(&self) -> &ProcessSpec {
+        &self.spec
+    }
+
+    pub fn status(&self) -> InstanceStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops the process group: SIGTERM, then SIGKILL after the spec's timeout.
+    pub async fn stop(self) {
+        // The receiver lives as long as the task; a send error means it already ended.
+        let _ = self.stop_tx.send(true);
+        if let Err(err) = self.task.await {
+            tracing::warn!(%err, "supervisor task of {}.{} failed", self.spec.process_type, self.spec.index);
+        }
+    }
+}
+
+async fn supervise(
+    spec: Arc<ProcessSpec>,
+    status: Arc<Mutex<InstanceStatus>>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let set = |f: &dyn Fn(&mut InstanceStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let outcome = match spawn_child(&spec) {
+            Ok(mut child) => {
+                let pid = child.id();
+                set(&|s| {
+                    s.state = InstanceState::Running;
+                    s.pid = pid;
+                    s.started_at = Some(SystemTime::now());
+                });
+                tokio::select! {
+                    exit = child.wait() => match exit {
+                        Ok(exit) => describe_exit(exit),
+                        Err(err) => format!("could not wait for the process: {err}"),
+                    },
+                    _ = stop_rx.changed() => {
+                        terminate(&mut child, pid, spec.stop_timeout).await;
+                        set(&|s| {
+                            s.state = InstanceState::Stopped;
+                            s.pid = None;
+                        });
+                        return;
+                    }
+                }
+            }
+            Err(err) => format!("could not start `{}`: {err}", spec.command),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = MIN_BACKOFF;
+        }
+        append_log_line(
+            &spec,
+            &format!("{outcome}; restarting in {} s", backoff.as_secs()),
+        );
+        set(&|s| {
+            s.state = InstanceState::Backoff;
+            s.pid = None;
+            s.restarts += 1;
+            s.last_exit = Some(outcome.clone());
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop_rx.changed() => {
+                set(&|s| s.state = InstanceState::Stopped);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn spawn_child(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = OpenOptions::new().create(true).append(true).open(&spec.log_path)?;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .process_group(0);
+    if let Some(run_as) = spec.run_as {
+        cmd.uid(run_as.uid).gid(run_as.gid);
+    }
+    cmd.spawn()
+}
+
+/// Sends SIGTERM to the process group, then SIGKILL when it has not exited in time.
+pub(crate) async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, timeout: Duration) {
+    let Some(pid) = pid else { return };
+    let group = Pid::from_raw(pid as i32);
+    // The group may already be gone (the process exited as we were asked to stop it).
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Children that ignored SIGTERM while the leader exited are still in the group.
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else if let Some(signal) = status.signal() {
+        let name = Signal::try_from(signal).map(|s| s.as_str().to_owned());
+        format!("killed by {}", name.unwrap_or_else(|_| format!("signal {signal}")))
+    } else {
+        "exited".to_owned()
+    }
+}
+
+/// Berth's own notes go into the instance's log, so that `berth logs` shows why a process
+/// restarted next to what the process printed before it died.
+fn append_log_line(spec: &ProcessSpec, message: &str) {
+    let line = format!("berth: {}.{} {message}\n", spec.process_type, spec.index);
+    if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(&spec.log_path) {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`, polling until `timeout`.
+/// Fails early when the instance's process exits, with how it exited.
+pub async fn wait_for_port(instance: &Instance, port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let restarts_before = instance.status().restarts;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        let status = instance.status();
+        if status.restarts > restarts_before || status.state != InstanceState::Running {
+            let how = status.last_exit.unwrap_or_else(|| "stopped".to_owned());
+            return Err(format!("the process {how} before it listened on port {port}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "nothing listened on port {port} within {} s; the web process must listen on $PORT",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-supervise-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn spec(dir: &std::path::Path, command: &str) -> ProcessSpec {
+        ProcessSpec {
+            app: "t".into(),
+            process_type: "worker".into(),
+            index: 1,
+            command: command.into(),
+            cwd: dir.to_owned(),
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default()), ("GREETING".into(), "hi there".into())],
+            log_path: dir.join("logs/worker.1.log"),
+            port: None,
+            run_as: None,
+            stop_timeout: Duration::from_secs(2),
+        }
+    }
+
+    async fn poll(mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "condition not reached within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn pid_alive(pid: u32) -> bool {
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn output_and_environment_go_to_the_log() {
+        let dir = temp_dir("log");
+        let instance = Instance::spawn(spec(&dir, "echo \"$GREETING\"; echo oops >&2; exec sleep 30"));
+        let log = dir.join("logs/worker.1.log");
+        poll(|| std::fs::read_to_string(&log).is_ok_and(|s| s.contains("oops"))).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("hi there"), "{text}");
+        assert_eq!(instance.status().state, InstanceState::Running);
+        instance.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_crashed_process_is_restarted_and_the_exit_is_logged() {
+        let dir = temp_dir("crash");
+        let instance = Instance::spawn(spec(&dir, "echo started; exit 3"));
+        poll(|| instance.status().restarts >= 2).await;
+        let status = instance.status();
+        assert_eq!(status.last_exit.as_deref(), Some("exited with status 3"));
+        let log = std::fs::read_to_string(dir.join("logs/worker.1.log")).unwrap();
+        assert!(log.matches("started").count() >= 2, "{log}");
+        assert!(log.contains("berth: worker.1 exited with status 3; restarting in 1 s"), "{log}");
+        // The second restart waits longer than the first (backoff doubles).
+        assert!(log.contains("restarting in 2 s"), "{log}");
+        instance.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stop_reaches_the_whole_group_and_escalates_to_sigkill() {
+        let dir = temp_dir("stop");
+        // The shell ignores SIGTERM and has a child; both must be gone after stop.
+        let mut s = spec(&dir, "trap '' TERM; sleep 60 & echo $! > child.pid; wait");
+        s.stop_timeout = Duration::from_millis(300);
+        let instance = Instance::spawn(s);
+        let pid_file = dir.join("child.pid");
+        poll(|| std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))).await;
+        let child: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let leader = instance.status().pid.unwrap();
+        assert!(pid_alive(child) && pid_alive(leader));
+        instance.stop().await;
+        poll(|| !pid_alive(child) && !pid_alive(leader)).await;
+    }
+
+    #[tokio::test]
+    async fn wait_for_port_reports_an_early_exit() {
+        let dir = temp_dir("port");
+        let instance = Instance::spawn(spec(&dir, "exit 7"));
+        let err = wait_for_port(&instance, 1, Duration::from_secs(10)).await.unwrap_err();
+        assert!(err.contains("exited with status 7"), "{err}");
+        instance.stop().await;
+    }
+
+    #[tokio::test]
+    async fn wait_for_port_succeeds_once_something_listens() {
+        let dir = temp_dir("listen");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let instance = Instance::spawn(spec(&dir, "exec sleep 30"));
+        poll(|| instance.status().state == InstanceState::Running).await;
+        wait_for_port(&instance, port, Duration::from_secs(5)).await.unwrap();
+        instance.stop().await;
+    }
+}

@@ -1,0 +1,365 @@
+//! The commands people run on the server, directly or over ssh (`ssh berth@host ps myapp`):
+//! each is a request to the daemon's API and a human-readable rendering of the answer.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use berth_api::{AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs};
+use clap::{CommandFactory, Parser, Subcommand};
+use http::Method;
+
+use crate::{EXIT_FAILURE, EXIT_USAGE};
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// List apps.
+    Apps,
+    /// Show an app's processes: type, pid, port, state, uptime, restarts.
+    Ps { app: String },
+    /// Show the newest lines of an app's logs (PROCESS: web, worker… or build).
+    Logs {
+        app: String,
+        process: Option<String>,
+        /// How many lines of each log.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Show an app's config vars.
+    Config { app: String },
+    /// Print one config var.
+    #[command(name = "config:get")]
+    ConfigGet { app: String, key: String },
+    /// Set config vars (KEY=VALUE …) and restart the app.
+    #[command(name = "config:set")]
+    ConfigSet {
+        app: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove config vars and restart the app.
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        app: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Restart an app's processes.
+    Restart { app: String },
+    /// Stop an app's processes (its URL answers 502 until it starts).
+    Stop { app: String },
+    /// Start a stopped app.
+    Start { app: String },
+    /// Remove an app: processes, repository, releases, logs and config (data/APP is kept).
+    Destroy {
+        app: String,
+        /// Do not ask for the app's name again.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the commands.
+    Help,
+}
+
+/// The CLI as reached over ssh: only the server commands.
+#[derive(Debug, Parser)]
+#[command(name = "berth", disable_help_subcommand = true, disable_version_flag = true)]
+struct SshCli {
+    #[command(subcommand)]
+    command: ServerCommand,
+}
+
+/// The names of the commands ssh users may run.
+pub fn command_names() -> Vec<String> {
+    SshCli::command().get_subcommands().map(|c| c.get_name().to_owned()).collect()
+}
+
+/// Runs CLI arguments received over ssh. Anything that is not a Berth command is refused.
+pub fn run_ssh_args(root: &Path, args: &[String]) -> anyhow::Result<u8> {
+    let first = args.first().map(String::as_str).unwrap_or("help");
+    if matches!(first, "--help" | "-h") {
+        return run(root, ServerCommand::Help);
+    }
+    if !command_names().iter().any(|name| name == first) {
+        eprintln!(
+            "berth: `{first}` is not a Berth command; this account runs only Berth's commands, \
+             never a shell (`ssh <server> help` lists them)"
+        );
+        return Ok(EXIT_USAGE);
+    }
+    let argv = std::iter::once("berth".to_owned()).chain(args.iter().cloned());
+    match SshCli::try_parse_from(argv) {
+        Ok(cli) => run(root, cli.command),
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            Ok(code)
+        }
+    }
+}
+
+pub fn run(root: &Path, command: ServerCommand) -> anyhow::Result<u8> {
+    if let ServerCommand::Help = command {
+        let mut help = SshCli::command().override_usage("berth <COMMAND> [APP] [ARGS]");
+        println!("{}", help.render_long_help());
+        return Ok(0);
+    }
+    let client = Client::new(root.join("run").join("berth.sock"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(execute(&client, command)) {
+        Ok(code) => Ok(code),
+        Err(err) => match err.downcast::<berth_api::ClientError>() {
+            Ok(err) => {
+                eprintln!("berth: {err}");
+                Ok(EXIT_FAILURE)
+            }
+            Err(err) => Err(err),
+        },
+    }
+}
+
+fn app_path(app: &str, rest: &str) -> anyhow::Result<String> {
+    let app = berth_procfile::validate_app_name(app)?;
+    Ok(format!("/apps/{app}{rest}"))
+}
+
+async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        ServerCommand::Help => unreachable!("handled before connecting"),
+        ServerCommand::Apps => {
+            let apps: Vec<AppSummary> = client.get("/apps").await?;
+            if apps.is_empty() {
+                writeln!(stdout, "no apps yet: push one with `git push berth@<server>:APP main`")?;
+                return Ok(0);
+            }
+            let rows = apps.iter().map(|a| {
+                vec![
+                    a.name.clone(),
+                    a.state.clone(),
+                    a.release.map(|n| format!("v{n}")).unwrap_or_else(|| "-".into()),
+                    a.instances.to_string(),
+                    a.url.clone(),
+                ]
+            });
+            write_table(&mut stdout, &["APP", "STATE", "RELEASE", "PROCESSES", "URL"], rows)?;
+        }
+        ServerCommand::Ps { app } => {
+            let detail: AppDetail = client.get(&app_path(&app, "")?).await?;
+            render_ps(&mut stdout, &detail)?;
+        }
+        ServerCommand::Logs { app, process, lines } => {
+            let mut query = format!("/logs?lines={lines}");
+            if let Some(process) = &process {
+                query.push_str(&format!("&process={}", encode_query(process)));
+            }
+            let logs: Logs = client.get(&app_path(&app, &query)?).await?;
+            if logs.files.iter().all(|f| f.lines.is_empty()) {
+                writeln!(stdout, "{app} has no log lines yet")?;
+            }
+            for file in logs.files {
+                for line in file.lines {
+                    writeln!(stdout, "{} | {line}", file.name)?;
+                }
+            }
+        }
+        ServerCommand::Config { app } => {
+            let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
+            if config.vars.is_empty() {
+                writeln!(stdout, "{app} has no config vars; set one with `config:set {app} KEY=VALUE`")?;
+            }
+            for (key, value) in config.vars {
+                writeln!(stdout, "{key}={value}")?;
+            }
+        }
+        ServerCommand::ConfigGet { app, key } => {
+            let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
+            match config.vars.get(&key) {
+                Some(value) => writeln!(stdout, "{value}")?,
+                None => {
+                    eprintln!("berth: {app} has no config var {key} (`config {app}` lists them)");
+                    return Ok(EXIT_FAILURE);
+                }
+            }
+        }
+        ServerCommand::ConfigSet { app, pairs } => {
+            let mut set = BTreeMap::new();
+            for pair in &pairs {
+                let Some((key, value)) = pair.split_once('=') else {
+                    eprintln!("berth: `{pair}` is not KEY=VALUE (for example `config:set {app} DEBUG=1`)");
+                    return Ok(EXIT_USAGE);
+                };
+                set.insert(key.to_owned(), value.to_owned());
+            }
+            let keys: Vec<String> = set.keys().cloned().collect();
+            let update = ConfigUpdate { set, unset: Vec::new() };
+            let result: ConfigVars =
+                client.send(Method::PATCH, &app_path(&app, "/config")?, &update).await?;
+            writeln!(stdout, "set {} on {app}{}", keys.join(", "), restarted_note(&result))?;
+        }
+        ServerCommand::ConfigUnset { app, keys } => {
+            let update = ConfigUpdate { set: BTreeMap::new(), unset: keys.clone() };
+            let result: ConfigVars =
+                client.send(Method::PATCH, &app_path(&app, "/config")?, &update).await?;
+            writeln!(stdout, "unset {} on {app}{}", keys.join(", "), restarted_note(&result))?;
+        }
+        ServerCommand::Restart { app } => action(client, &mut stdout, &app, "/restart").await?,
+        ServerCommand::Stop { app } => action(client, &mut stdout, &app, "/stop").await?,
+        ServerCommand::Start { app } => action(client, &mut stdout, &app, "/start").await?,
+        ServerCommand::Destroy { app, force } => {
+            let path = app_path(&app, "")?;
+            // Fail on a missing app before asking anything.
+            let _: AppDetail = client.get(&path).await?;
+            if !force && !confirm_name(&app)? {
+                eprintln!("berth: destroy cancelled: the name did not match (or use --force)");
+                return Ok(EXIT_FAILURE);
+            }
+            let done: Done =
+                client.send(Method::DELETE, &format!("{path}?confirm={app}"), &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+    }
+    Ok(0)
+}
+
+async fn action(
+    client: &Client,
+    stdout: &mut impl Write,
+    app: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let done: Done = client.send(Method::POST, &app_path(app, what)?, &()).await?;
+    writeln!(stdout, "{}", done.message)?;
+    Ok(())
+}
+
+fn restarted_note(result: &ConfigVars) -> &'static str {
+    if result.restarted { "; restarted" } else { "" }
+}
+
+/// Asks for the app's name on stdin (ssh passes it through), as Heroku does for destroy.
+fn confirm_name(app: &str) -> anyhow::Result<bool> {
+    eprint!(
+        "This destroys {app}: its processes, repository, releases, logs and config.\n\
+         Type the app's name to confirm: "
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the confirmation")?;
+    Ok(line.trim() == app)
+}
+
+/// Percent-encodes a query value (process names are plain, but the user typed it).
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn render_ps(out: &mut impl Write, detail: &AppDetail) -> std::io::Result<()> {
+    let release = match (&detail.release, &detail.commit) {
+        (Some(n), Some(commit)) => format!("release v{n} (commit {})", &commit[..commit.len().min(7)]),
+        (Some(n), None) => format!("release v{n}"),
+        _ => "never deployed".to_owned(),
+    };
+    writeln!(out, "{}: {}, {release}, {}", detail.name, detail.state, detail.url)?;
+    if !detail.hosts.is_empty() {
+        writeln!(out, "hosts: {}", detail.hosts.join(", "))?;
+    }
+    if detail.processes.is_empty() {
+        writeln!(out, "no processes are running")?;
+        return Ok(());
+    }
+    let rows = detail.processes.iter().map(|p| {
+        vec![
+            format!("{}.{}", p.process_type, p.index),
+            p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            p.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            p.state.clone(),
+            p.uptime_secs.map(format_duration).unwrap_or_else(|| "-".into()),
+            p.restarts.to_string(),
+            p.last_exit.clone().unwrap_or_default(),
+        ]
+    });
+    write_table(out, &["PROCESS", "PID", "PORT", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"], rows)
+}
+
+fn format_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn write_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(format_duration(5), "5s");
+        assert_eq!(format_duration(125), "2m5s");
+        assert_eq!(format_duration(7260), "2h1m");
+        assert_eq!(format_duration(90000), "1d1h");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut out = Vec::new();
+        let rows = vec![vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()]].into_iter();
+        write_table(&mut out, &["NAME", "V", "LAST"], rows).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "NAME  V           LAST\na     long value  x\n");
+    }
+
+    #[test]
+    fn ssh_users_get_only_server_commands() {
+        let names = command_names();
+        for expected in ["apps", "ps", "logs", "config:set", "destroy", "help"] {
+            assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+        }
+        assert!(!names.contains(&"daemon".to_owned()));
+        assert!(!names.contains(&"setup:ssh".to_owned()));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode_query("web"), "web");
+        assert_eq!(encode_query("a&b=c"), "a%26b%3Dc");
+    }
+}

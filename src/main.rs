@@ -1,0 +1,143 @@
+//! The `berth` binary: parses the command line and dispatches to the daemon, the ssh entry,
+//! the git hook or a CLI command (a client of the daemon's API); maps errors to exit codes.
+
+mod cli;
+mod hook;
+mod keys;
+mod ssh;
+mod ssh_command;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status of a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status of a command that was refused or misused.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A self-hosted platform-as-a-service: git push, Procfile, router and API in one binary"
+)]
+struct Args {
+    /// Berth's data directory (default: $BERTH_ROOT, else ~/.berth).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// Run the daemon: store, supervisor, router and API.
+    Daemon {
+        /// Where the router listens for HTTP.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<std::net::SocketAddr>,
+        /// Base domain: apps are served at APP.<domain>.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+    },
+    /// The forced command of an authorised ssh key (reads SSH_ORIGINAL_COMMAND).
+    #[command(hide = true)]
+    Ssh {
+        /// The key's fingerprint, recorded as who pushed.
+        #[arg(long)]
+        key: String,
+    },
+    /// The pre-receive hook of an app's repository.
+    #[command(name = "git-hook", hide = true)]
+    GitHook { app: String },
+    /// Authorise a public key to push and run Berth commands over ssh.
+    #[command(name = "setup:ssh")]
+    SetupSsh {
+        /// The public key file (e.g. ~/.ssh/id_ed25519.pub), or - for standard input.
+        public_key: PathBuf,
+        /// The authorized_keys file to write (default: ~/.ssh/authorized_keys).
+        #[arg(long, value_name = "FILE")]
+        authorized_keys: Option<PathBuf>,
+    },
+    #[command(flatten)]
+    Server(cli::ServerCommand),
+}
+
+/// `--root`, else `$BERTH_ROOT`, else `~/.berth`. The second value says whether the root was
+/// chosen explicitly (and so must be passed on to the commands ssh keys run).
+fn resolve_root(flag: Option<PathBuf>) -> (PathBuf, bool) {
+    if let Some(root) = flag {
+        return (absolute(root), true);
+    }
+    if let Some(root) = std::env::var_os("BERTH_ROOT").filter(|v| !v.is_empty()) {
+        return (absolute(PathBuf::from(root)), true);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    (home.join(".berth"), false)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (root, root_explicit) = resolve_root(args.root);
+    let result = match args.command {
+        TopCommand::Daemon { http, domain } => run_daemon(root, http, domain),
+        TopCommand::Ssh { key } => ssh::run(&root, &key),
+        TopCommand::GitHook { app } => hook::run(&root, &app),
+        TopCommand::SetupSsh { public_key, authorized_keys } => {
+            keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
+        }
+        TopCommand::Server(command) => cli::run(&root, command),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("berth: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// A reader that went away (`berth logs | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run_daemon(
+    root: PathBuf,
+    http: Option<std::net::SocketAddr>,
+    domain: String,
+) -> anyhow::Result<u8> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // As root the router takes the standard port; as a user, a port a user may bind.
+    let http = http.unwrap_or_else(|| {
+        if nix::unistd::geteuid().is_root() {
+            "0.0.0.0:80".parse().expect("valid address")
+        } else {
+            "127.0.0.1:8080".parse().expect("valid address")
+        }
+    });
+    let exe = std::env::current_exe()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(berth_daemon::run(berth_daemon::DaemonOptions { root, http, domain, exe }))?;
+    Ok(0)
+}

@@ -1,0 +1,61 @@
+//! The forced command of every authorised key: runs git's pack services for app repositories
+//! and Berth's CLI commands, and refuses everything else before touching the disk.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use berth_api::{Client, RepoInfo, RepoRequest};
+use http::Method;
+
+use crate::ssh_command::{SshCommand, parse_ssh_command};
+use crate::{EXIT_FAILURE, EXIT_USAGE, cli};
+
+pub fn run(root: &Path, key: &str) -> anyhow::Result<u8> {
+    let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+    let command = match parse_ssh_command(original.as_deref()) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("berth: {err}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    match command {
+        SshCommand::Shell => {
+            eprintln!(
+                "berth: this account gives no shell; run a Berth command instead, for example \
+                 `ssh <server> apps` (`ssh <server> help` lists them)"
+            );
+            Ok(EXIT_USAGE)
+        }
+        SshCommand::ReceivePack { app } => git_service(root, key, &app, "receive-pack", true),
+        SshCommand::UploadPack { app } => git_service(root, key, &app, "upload-pack", false),
+        SshCommand::Cli { args } => cli::run_ssh_args(root, &args),
+    }
+}
+
+/// Makes sure the app's repository exists (creating the app on a first push), then hands the
+/// connection to git.
+fn git_service(root: &Path, key: &str, app: &str, service: &str, create: bool) -> anyhow::Result<u8> {
+    let client = Client::new(root.join("run").join("berth.sock"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let path = format!("/apps/{app}/repo");
+    let repo: RepoInfo = match runtime.block_on(client.send(Method::POST, &path, &RepoRequest { create })) {
+        Ok(repo) => repo,
+        Err(err) => {
+            eprintln!("berth: {err}");
+            return Ok(EXIT_FAILURE);
+        }
+    };
+    if repo.created {
+        eprintln!("-----> Created app {app}");
+    }
+    // exec keeps stdin and stdout, which carry git's protocol, connected to the ssh client.
+    let err = Command::new("git")
+        .arg(service)
+        .arg(&repo.path)
+        .env("BERTH_KEY", key)
+        .exec();
+    Err(err).context("cannot run git (apt-get install git)")
+}
