@@ -167,7 +167,10 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
         ServerCommand::Config { app } => {
             let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
             if config.vars.is_empty() {
-                writeln!(stdout, "{app} has no config vars; set one with `config:set {app} KEY=VALUE`")?;
+                writeln!(
+                    stdout,
+                    "{app} has no config vars; set one with `config:set {app} KEY=VALUE`"
+                )?;
             }
             for (key, value) in config.vars {
                 writeln!(stdout, "{key}={value}")?;
@@ -187,7 +190,9 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
             let mut set = BTreeMap::new();
             for pair in &pairs {
                 let Some((key, value)) = pair.split_once('=') else {
-                    eprintln!("berth: `{pair}` is not KEY=VALUE (for example `config:set {app} DEBUG=1`)");
+                    eprintln!(
+                        "berth: `{pair}` is not KEY=VALUE (for example `config:set {app} DEBUG=1`)"
+                    );
                     return Ok(EXIT_USAGE);
                 };
                 set.insert(key.to_owned(), value.to_owned());
@@ -262,7 +267,9 @@ fn encode_query(value: &str) -> String {
 
 fn render_ps(out: &mut impl Write, detail: &AppDetail) -> std::io::Result<()> {
     let release = match (&detail.release, &detail.commit) {
-        (Some(n), Some(commit)) => format!("release v{n} (commit {})", &commit[..commit.len().min(7)]),
+        (Some(n), Some(commit)) => {
+            format!("release v{n} (commit {})", &commit[..commit.len().min(7)])
+        }
         (Some(n), None) => format!("release v{n}"),
         _ => "never deployed".to_owned(),
     };
@@ -344,7 +351,10 @@ mod tests {
         let mut out = Vec::new();
         let rows = vec![vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()]].into_iter();
         write_table(&mut out, &["NAME", "V", "LAST"], rows).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "NAME  V           LAST\na     long value  x\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAME  V           LAST\na     long value  x\n"
+        );
     }
 
     #[test]

@@ -25,12 +25,15 @@ impl PublicKey {
     /// Parses `TYPE BASE64 [COMMENT]`, as in an `id_*.pub` file.
     pub fn parse(text: &str) -> anyhow::Result<PublicKey> {
         let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
-        let Some(line) = line else { bail!("the key file is empty; give a public key such as ~/.ssh/id_ed25519.pub") };
+        let Some(line) = line else {
+            bail!("the key file is empty; give a public key such as ~/.ssh/id_ed25519.pub")
+        };
         let mut parts = line.splitn(3, char::is_whitespace);
         let kind = parts.next().unwrap_or_default();
         let blob = parts.next().unwrap_or_default().trim();
         let comment = parts.next().unwrap_or_default().trim();
-        let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+        let known =
+            kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
         if !known {
             bail!(
                 "this is not an OpenSSH public key (it starts with {:?}); give the .pub file, \
@@ -40,7 +43,8 @@ impl PublicKey {
         }
         let decoded = STANDARD.decode(blob).context("the key's base64 part is damaged")?;
         // The blob starts with its own type name; a mismatch means a pasted-together key.
-        let name_len = decoded.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let name_len =
+            decoded.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
         let inner = name_len.and_then(|n| decoded.get(4..4 + n));
         if inner != Some(kind.as_bytes()) {
             bail!("the key's data does not match its type {kind}; copy the .pub file again");
@@ -80,7 +84,11 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-pub fn setup_ssh(public_key: &Path, authorized_keys: Option<PathBuf>, root: Option<&Path>) -> anyhow::Result<u8> {
+pub fn setup_ssh(
+    public_key: &Path,
+    authorized_keys: Option<PathBuf>,
+    root: Option<&Path>,
+) -> anyhow::Result<u8> {
     let text = if public_key == Path::new("-") {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("cannot read the key from stdin")?;
@@ -93,7 +101,8 @@ pub fn setup_ssh(public_key: &Path, authorized_keys: Option<PathBuf>, root: Opti
     let path = match authorized_keys {
         Some(path) => path,
         None => {
-            let home = std::env::var_os("HOME").context("HOME is not set; pass --authorized-keys FILE")?;
+            let home =
+                std::env::var_os("HOME").context("HOME is not set; pass --authorized-keys FILE")?;
             PathBuf::from(home).join(".ssh").join("authorized_keys")
         }
     };
@@ -145,7 +154,9 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_public_key() {
         let private = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n";
-        assert!(PublicKey::parse(private).unwrap_err().to_string().contains("never the private key"));
+        assert!(
+            PublicKey::parse(private).unwrap_err().to_string().contains("never the private key")
+        );
         assert!(PublicKey::parse("").unwrap_err().to_string().contains("empty"));
         assert!(PublicKey::parse("ssh-ed25519 !!!").unwrap_err().to_string().contains("base64"));
         let wrong_type = KEY.replace("ssh-ed25519", "ssh-rsa");
@@ -165,7 +176,10 @@ mod tests {
                 KEY.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
             )
         );
-        let line = authorized_line(&key, Path::new("/opt/my berth/berth"), Some(Path::new("/srv/b")));
-        assert!(line.starts_with("command=\"'/opt/my berth/berth' --root /srv/b ssh --key SHA256:"));
+        let line =
+            authorized_line(&key, Path::new("/opt/my berth/berth"), Some(Path::new("/srv/b")));
+        assert!(
+            line.starts_with("command=\"'/opt/my berth/berth' --root /srv/b ssh --key SHA256:")
+        );
     }
 }

@@ -21,6 +21,7 @@ pub const EXIT_USAGE: u8 = 2;
 #[command(
     name = "berth",
     version,
+    disable_help_subcommand = true,
     about = "A self-hosted platform-as-a-service: git push, Procfile, router and API in one binary"
 )]
 struct Args {

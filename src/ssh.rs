@@ -37,25 +37,28 @@ pub fn run(root: &Path, key: &str) -> anyhow::Result<u8> {
 
 /// Makes sure the app's repository exists (creating the app on a first push), then hands the
 /// connection to git.
-fn git_service(root: &Path, key: &str, app: &str, service: &str, create: bool) -> anyhow::Result<u8> {
+fn git_service(
+    root: &Path,
+    key: &str,
+    app: &str,
+    service: &str,
+    create: bool,
+) -> anyhow::Result<u8> {
     let client = Client::new(root.join("run").join("berth.sock"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let path = format!("/apps/{app}/repo");
-    let repo: RepoInfo = match runtime.block_on(client.send(Method::POST, &path, &RepoRequest { create })) {
-        Ok(repo) => repo,
-        Err(err) => {
-            eprintln!("berth: {err}");
-            return Ok(EXIT_FAILURE);
-        }
-    };
+    let repo: RepoInfo =
+        match runtime.block_on(client.send(Method::POST, &path, &RepoRequest { create })) {
+            Ok(repo) => repo,
+            Err(err) => {
+                eprintln!("berth: {err}");
+                return Ok(EXIT_FAILURE);
+            }
+        };
     if repo.created {
         eprintln!("-----> Created app {app}");
     }
     // exec keeps stdin and stdout, which carry git's protocol, connected to the ssh client.
-    let err = Command::new("git")
-        .arg(service)
-        .arg(&repo.path)
-        .env("BERTH_KEY", key)
-        .exec();
+    let err = Command::new("git").arg(service).arg(&repo.path).env("BERTH_KEY", key).exec();
     Err(err).context("cannot run git (apt-get install git)")
 }

@@ -25,7 +25,8 @@ pub struct Source {
 /// Writes the tree of `source.commit` into `dest` (which must not exist yet), like a clean
 /// `git checkout -f`: only versioned files, no `.git`.
 pub fn checkout(source: &Source, dest: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dest).with_context(|| format!("failed to create {}", dest.display()))?;
+    std::fs::create_dir_all(dest)
+        .with_context(|| format!("failed to create {}", dest.display()))?;
     let mut git = Command::new("git")
         .arg("--git-dir")
         .arg(&source.repo)
@@ -70,7 +71,10 @@ pub struct AppFiles {
 
 /// Reads the Procfile and ENV of a checked-out tree. An error is a message for the user that
 /// names the file, the line and the fix.
-pub fn read_app_files(dir: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<AppFiles, String> {
+pub fn read_app_files(
+    dir: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<AppFiles, String> {
     let procfile_path = dir.join("Procfile");
     let text = match std::fs::read_to_string(&procfile_path) {
         Ok(text) => text,
@@ -82,8 +86,7 @@ pub fn read_app_files(dir: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Re
         Err(err) => return Err(format!("cannot read the Procfile: {err}")),
     };
     let procfile = parse_procfile(&text);
-    let mut warnings: Vec<String> =
-        procfile.warnings().map(|d| format!("Procfile {d}")).collect();
+    let mut warnings: Vec<String> = procfile.warnings().map(|d| format!("Procfile {d}")).collect();
     if procfile.has_errors() {
         let errors: Vec<String> = procfile.errors().map(|d| format!("Procfile {d}")).collect();
         return Err(errors.join("\n"));

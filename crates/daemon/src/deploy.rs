@@ -85,7 +85,10 @@ impl JobOutput {
 
 /// Checks that the git variables a hook passed point into the app's own repository, so the
 /// API cannot be used to make git read other places.
-fn checked_git_env(repo: &Path, git_env: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+fn checked_git_env(
+    repo: &Path,
+    git_env: &[(String, String)],
+) -> Result<Vec<(String, String)>, String> {
     const ALLOWED: [&str; 3] =
         ["GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH"];
     let repo = repo.canonicalize().map_err(|e| format!("cannot open {}: {e}", repo.display()))?;
@@ -119,9 +122,7 @@ async fn deploy_inner(
     let layout = daemon.settings.layout.clone();
     let branch = request.git_ref.strip_prefix("refs/heads/").unwrap_or(&request.git_ref);
     if !DEPLOY_BRANCHES.contains(&branch) {
-        out.step(format!(
-            "Pushed {branch}; only main or master deploy, so nothing was deployed"
-        ));
+        out.step(format!("Pushed {branch}; only main or master deploy, so nothing was deployed"));
         return Ok(());
     }
     let git_env = checked_git_env(&layout.repo(app), &request.git_env)?;
@@ -147,7 +148,9 @@ async fn deploy_inner(
     let store = daemon.store();
     match &result {
         Ok(()) => {
-            store.set_release_status(app, number, ReleaseStatus::Succeeded).map_err(|e| e.to_string())?;
+            store
+                .set_release_status(app, number, ReleaseStatus::Succeeded)
+                .map_err(|e| e.to_string())?;
             store.set_current_release(app, number).map_err(|e| e.to_string())?;
             store.set_app_state(app, AppState::Running).map_err(|e| e.to_string())?;
             drop(store);
@@ -189,7 +192,8 @@ async fn build_and_start(
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("{e:#}"))?;
     if let Some(run_as) = daemon.settings.run_as {
-        chown_tree(&dir, run_as).map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
+        chown_tree(&dir, run_as)
+            .map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
     }
 
     let files = read_app_files(&dir, &|key| std::env::var(key).ok())?;
@@ -203,8 +207,7 @@ async fn build_and_start(
             wsgi.line, wsgi.command
         ));
     }
-    let kinds: Vec<String> =
-        files.procfile.entries.iter().map(|e| e.name.clone()).collect();
+    let kinds: Vec<String> = files.procfile.entries.iter().map(|e| e.name.clone()).collect();
     out.step(format!("Process types: {}", kinds.join(", ")));
     out.step("Generic app: the Procfile runs as it is");
 

@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, LogFile, Logs,
-    RepoInfo, RepoRequest,
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, LogFile, Logs, RepoInfo,
+    RepoRequest,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -69,7 +69,10 @@ fn state_name(state: AppState) -> &'static str {
     }
 }
 
-async fn show_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<AppDetail> {
+async fn show_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<AppDetail> {
     let app = app_name(&app)?;
     let (record, commit) = {
         let store = daemon.store();
@@ -177,7 +180,10 @@ async fn start_deploy(
     Ok(Body::from_stream(stream))
 }
 
-async fn get_config(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<ConfigVars> {
+async fn get_config(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<ConfigVars> {
     let app = app_name(&app)?;
     let vars = daemon.store().config(&app)?;
     Ok(Json(ConfigVars { vars: vars.into_iter().collect(), restarted: false }))
@@ -238,7 +244,10 @@ async fn stop_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) ->
     Ok(Json(Done { message: format!("{app} is stopped; `berth start {app}` starts it again") }))
 }
 
-async fn restart_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
+async fn restart_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Done> {
     let app = app_name(&app)?;
     if daemon.store().app(&app)?.state == AppState::Stopped {
         return Err(ApiError::conflict(format!(
@@ -269,7 +278,10 @@ async fn get_logs(
         let files = latest
             .map(|r| {
                 let path = daemon.settings.layout.build_log(&app, r.number);
-                vec![LogFile { name: format!("build/{}", r.number), lines: tail_lines(&path, lines) }]
+                vec![LogFile {
+                    name: format!("build/{}", r.number),
+                    lines: tail_lines(&path, lines),
+                }]
             })
             .unwrap_or_default();
         return Ok(Json(Logs { files }));

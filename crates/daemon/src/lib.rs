@@ -42,7 +42,9 @@ pub struct DaemonOptions {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let layout = Layout::new(&options.root);
-    layout.create().with_context(|| format!("cannot create Berth's tree in {}", options.root.display()))?;
+    layout
+        .create()
+        .with_context(|| format!("cannot create Berth's tree in {}", options.root.display()))?;
     let socket = layout.socket();
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         bail!(
@@ -72,7 +74,13 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     std::fs::write(layout.http_addr_file(), format!("{http_addr}\n"))?;
 
     let routes = berth_router::shared_routes();
-    let settings = Settings { layout: layout.clone(), domain: options.domain, http_addr, run_as, exe: options.exe };
+    let settings = Settings {
+        layout: layout.clone(),
+        domain: options.domain,
+        http_addr,
+        run_as,
+        exe: options.exe,
+    };
     let daemon = Arc::new(Daemon::new(settings, store, routes.clone()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

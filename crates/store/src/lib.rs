@@ -158,9 +158,9 @@ impl Store {
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, created_at, state, current_release FROM apps ORDER BY name",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, created_at, state, current_release FROM apps ORDER BY name")?;
         let rows = stmt.query_map([], app_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -199,7 +199,12 @@ impl Store {
     }
 
     /// Sets and removes config vars in one transaction.
-    pub fn update_config(&mut self, app: &str, set: &[(String, String)], unset: &[String]) -> Result<()> {
+    pub fn update_config(
+        &mut self,
+        app: &str,
+        set: &[(String, String)],
+        unset: &[String],
+    ) -> Result<()> {
         self.app(app)?;
         let tx = self.conn.transaction()?;
         for (key, value) in set {
@@ -218,7 +223,13 @@ impl Store {
 
     /// Records a new release in the `building` state and returns its number (one more than the
     /// highest number the app ever had, so numbers are never reused).
-    pub fn create_release(&self, app: &str, commit: &str, pushed_by: &str, now: i64) -> Result<i64> {
+    pub fn create_release(
+        &self,
+        app: &str,
+        commit: &str,
+        pushed_by: &str,
+        now: i64,
+    ) -> Result<i64> {
         self.app(app)?;
         let number: i64 = self.conn.query_row(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",

@@ -43,6 +43,8 @@ pub struct ProcessSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceState {
+    /// The process is being started.
+    Starting,
     /// The process is running.
     Running,
     /// The process exited and waits for its restart.
@@ -54,6 +56,7 @@ pub enum InstanceState {
 impl InstanceState {
     pub fn as_str(self) -> &'static str {
         match self {
+            InstanceState::Starting => "starting",
             InstanceState::Running => "running",
             InstanceState::Backoff => "crashed",
             InstanceState::Stopped => "stopped",
@@ -85,7 +88,7 @@ impl Instance {
     pub fn spawn(spec: ProcessSpec) -> Instance {
         let spec = Arc::new(spec);
         let status = Arc::new(Mutex::new(InstanceStatus {
-            state: InstanceState::Backoff,
+            state: InstanceState::Starting,
             pid: None,
             started_at: None,
             restarts: 0,
@@ -119,7 +122,8 @@ async fn supervise(
     status: Arc<Mutex<InstanceStatus>>,
     mut stop_rx: watch::Receiver<bool>,
 ) {
-    let set = |f: &dyn Fn(&mut InstanceStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    let set =
+        |f: &dyn Fn(&mut InstanceStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
@@ -151,10 +155,7 @@ async fn supervise(
         if started.elapsed() >= HEALTHY_RUN {
             backoff = MIN_BACKOFF;
         }
-        append_log_line(
-            &spec,
-            &format!("{outcome}; restarting in {} s", backoff.as_secs()),
-        );
+        append_log_line(&spec, &format!("{outcome}; restarting in {} s", backoff.as_secs()));
         set(&|s| {
             s.state = InstanceState::Backoff;
             s.pid = None;
@@ -194,7 +195,11 @@ fn spawn_child(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
 }
 
 /// Sends SIGTERM to the process group, then SIGKILL when it has not exited in time.
-pub(crate) async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, timeout: Duration) {
+pub(crate) async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: Option<u32>,
+    timeout: Duration,
+) {
     let Some(pid) = pid else { return };
     let group = Pid::from_raw(pid as i32);
     // The group may already be gone (the process exited as we were asked to stop it).
@@ -230,7 +235,11 @@ fn append_log_line(spec: &ProcessSpec, message: &str) {
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`, polling until `timeout`.
 /// Fails early when the instance's process exits, with how it exited.
-pub async fn wait_for_port(instance: &Instance, port: u16, timeout: Duration) -> Result<(), String> {
+pub async fn wait_for_port(
+    instance: &Instance,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let restarts_before = instance.status().restarts;
     loop {
@@ -238,7 +247,8 @@ pub async fn wait_for_port(instance: &Instance, port: u16, timeout: Duration) ->
             return Ok(());
         }
         let status = instance.status();
-        if status.restarts > restarts_before || status.state != InstanceState::Running {
+        let alive = matches!(status.state, InstanceState::Starting | InstanceState::Running);
+        if status.restarts > restarts_before || !alive {
             let how = status.last_exit.unwrap_or_else(|| "stopped".to_owned());
             return Err(format!("the process {how} before it listened on port {port}"));
         }
@@ -257,7 +267,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("berth-supervise-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("berth-supervise-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -270,7 +281,10 @@ mod tests {
             index: 1,
             command: command.into(),
             cwd: dir.to_owned(),
-            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default()), ("GREETING".into(), "hi there".into())],
+            env: vec![
+                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                ("GREETING".into(), "hi there".into()),
+            ],
             log_path: dir.join("logs/worker.1.log"),
             port: None,
             run_as: None,
@@ -293,7 +307,8 @@ mod tests {
     #[tokio::test]
     async fn output_and_environment_go_to_the_log() {
         let dir = temp_dir("log");
-        let instance = Instance::spawn(spec(&dir, "echo \"$GREETING\"; echo oops >&2; exec sleep 30"));
+        let instance =
+            Instance::spawn(spec(&dir, "echo \"$GREETING\"; echo oops >&2; exec sleep 30"));
         let log = dir.join("logs/worker.1.log");
         poll(|| std::fs::read_to_string(&log).is_ok_and(|s| s.contains("oops"))).await;
         let text = std::fs::read_to_string(&log).unwrap();

@@ -24,7 +24,10 @@ pub struct TaskSpec {
 
 /// Runs the task to completion, sending each line of its stdout and stderr to `output` as it
 /// comes. Returns `Ok(())` on exit status 0 and a description of the failure otherwise.
-pub async fn run_task(spec: &TaskSpec, output: mpsc::UnboundedSender<String>) -> Result<(), String> {
+pub async fn run_task(
+    spec: &TaskSpec,
+    output: mpsc::UnboundedSender<String>,
+) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -38,7 +41,8 @@ pub async fn run_task(spec: &TaskSpec, output: mpsc::UnboundedSender<String>) ->
     if let Some(run_as) = spec.run_as {
         cmd.uid(run_as.uid).gid(run_as.gid);
     }
-    let mut child = cmd.spawn().map_err(|err| format!("could not start `{}`: {err}", spec.command))?;
+    let mut child =
+        cmd.spawn().map_err(|err| format!("could not start `{}`: {err}", spec.command))?;
     let pid = child.id();
     let stdout = forward_lines(child.stdout.take(), output.clone());
     let stderr = forward_lines(child.stderr.take(), output);
@@ -60,11 +64,7 @@ pub async fn run_task(spec: &TaskSpec, output: mpsc::UnboundedSender<String>) ->
         let _ = stderr.await;
     })
     .await;
-    if exit.success() {
-        Ok(())
-    } else {
-        Err(format!("`{}` {}", spec.command, describe_exit(exit)))
-    }
+    if exit.success() { Ok(()) } else { Err(format!("`{}` {}", spec.command, describe_exit(exit))) }
 }
 
 fn forward_lines(
@@ -98,7 +98,10 @@ mod tests {
         TaskSpec {
             command: command.into(),
             cwd: std::env::temp_dir(),
-            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default()), ("X".into(), "42".into())],
+            env: vec![
+                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                ("X".into(), "42".into()),
+            ],
             run_as: None,
             timeout,
         }

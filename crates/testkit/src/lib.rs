@@ -1,1 +1,468 @@
-//! placeholder
+//! Real parts for tests: a temporary Berth root, a daemon on it, an `sshd` on loopback whose
+//! only key runs Berth's forced command, git repos to push, and a raw HTTP client.
+//!
+//! Nothing here is a mock: tests drive Berth the way a user does, through ssh and git and the
+//! router. Every wait polls with a deadline.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A directory removed on drop (kept when `BERTH_KEEP_TEST_DIRS` is set, for debugging).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A new directory under /tmp with a short name: unix socket paths must stay under 108
+    /// bytes, so a long `$TMPDIR` is avoided on purpose.
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/tmp/berth-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Sends SIGTERM to a child we started, waits up to `grace`, then SIGKILL.
+fn stop_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `berth daemon` on its own root, with the router on a free loopback port.
+#[derive(Debug)]
+pub struct TestDaemon {
+    pub root: PathBuf,
+    pub http_addr: SocketAddr,
+    pub domain: String,
+    child: Child,
+}
+
+impl TestDaemon {
+    pub fn start(bin: &Path, root: &Path, domain: &str) -> anyhow::Result<TestDaemon> {
+        std::fs::create_dir_all(root)?;
+        let log = std::fs::File::create(root.join("daemon.log"))?;
+        let child = Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .args(["daemon", "--http", "127.0.0.1:0", "--domain", domain])
+            .env("BERTH_LOG", "debug,hyper=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start berth daemon")?;
+        let mut daemon = TestDaemon {
+            root: root.to_owned(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            domain: domain.to_owned(),
+            child,
+        };
+        let addr_file = root.join("run/http.addr");
+        let socket = root.join("run/berth.sock");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("the daemon exited with {status}: {}", daemon.log());
+            }
+            let addr = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok());
+            if let Some(addr) = addr
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            {
+                daemon.http_addr = addr;
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not become ready: {}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the daemon with SIGTERM (it stops its apps) and waits for it.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(30));
+    }
+
+    /// `GET path` with `Host: host` through the router.
+    pub fn get(&self, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+        http_get(self.http_addr, host, path)
+    }
+
+    /// The host name of an app under the daemon's base domain.
+    pub fn app_host(&self, app: &str) -> String {
+        format!("{app}.{}", self.domain)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a plain socket (`Connection: close`, read to the end).
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers in the response")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().context("empty response")?;
+    let status = status_line.split_whitespace().nth(1).context("no status")?.parse()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Ok(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// An `sshd` on 127.0.0.1 with its own host key and config, whose `authorized_keys` holds one
+/// client key authorised by `berth setup:ssh` (so it runs Berth's forced command).
+#[derive(Debug)]
+pub struct TestSshd {
+    dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+    pub client_key: PathBuf,
+    child: Child,
+}
+
+impl TestSshd {
+    pub fn start(bin: &Path, berth_root: &Path, dir: &Path) -> anyhow::Result<TestSshd> {
+        std::fs::create_dir_all(dir)?;
+        let host_key = dir.join("host_key");
+        let client_key = dir.join("client_key");
+        for key in [&host_key, &client_key] {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", ""])
+                    .arg("-f")
+                    .arg(key),
+            )
+            .context("ssh-keygen failed (apt-get install openssh-client)")?;
+        }
+        let authorized = dir.join("authorized_keys");
+        let output = Command::new(bin)
+            .arg("--root")
+            .arg(berth_root)
+            .arg("setup:ssh")
+            .arg(client_key.with_extension("pub"))
+            .arg("--authorized-keys")
+            .arg(&authorized)
+            .output()?;
+        if !output.status.success() {
+            bail!("setup:ssh failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())?
+            .context("the current user has no passwd entry")?
+            .name;
+        let is_root = nix::unistd::geteuid().is_root();
+        if is_root {
+            // sshd refuses to start without its privilege separation directory, which only
+            // the ssh service's start creates on a fresh machine.
+            std::fs::create_dir_all("/run/sshd")?;
+        }
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("sshd is not installed (apt-get install openssh-server)")?;
+
+        // sshd cannot listen on port 0 and tell us the port, so try free ports until one binds.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                     AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nPermitRootLogin {root_login}\n\
+                     AllowAgentForwarding no\nAllowTcpForwarding no\nX11Forwarding no\n\
+                     PrintMotd no\nLogLevel VERBOSE\n",
+                    host = host_key.display(),
+                    pid = dir.join("sshd.pid").display(),
+                    authorized = authorized.display(),
+                    root_login = if is_root { "forced-commands-only" } else { "no" },
+                ),
+            )?;
+            let log = std::fs::File::create(dir.join("sshd.log"))?;
+            let mut child = Command::new(sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("cannot start sshd")?;
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    last_error = format!(
+                        "sshd exited with {status}: {}",
+                        std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(TestSshd { dir: dir.to_owned(), port, user, client_key, child });
+                }
+                if Instant::now() > deadline {
+                    stop_child(&mut child, Duration::from_secs(5));
+                    bail!("sshd did not listen on port {port}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        bail!("could not start sshd: {last_error}")
+    }
+
+    /// The ssh command line git and tests use: this key only, no host key prompts.
+    pub fn ssh_command(&self) -> Vec<String> {
+        let mut cmd = vec![
+            "ssh".to_owned(),
+            "-F".to_owned(),
+            "/dev/null".to_owned(),
+            "-i".to_owned(),
+            self.client_key.display().to_string(),
+            "-p".to_owned(),
+            self.port.to_string(),
+        ];
+        for option in [
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "IdentitiesOnly=yes",
+            "BatchMode=yes",
+            "LogLevel=ERROR",
+        ] {
+            cmd.push("-o".to_owned());
+            cmd.push(option.to_owned());
+        }
+        cmd
+    }
+
+    /// For `GIT_SSH_COMMAND`.
+    pub fn git_ssh_command(&self) -> String {
+        self.ssh_command().join(" ")
+    }
+
+    /// The git remote of an app, as a user writes it: `user@host:app`.
+    pub fn remote(&self, app: &str) -> String {
+        format!("{}@127.0.0.1:{app}", self.user)
+    }
+
+    /// Runs `ssh user@127.0.0.1 ARGS...` (the words are sent as one command line).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_input(args, "")
+    }
+
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        let cmd = self.ssh_command();
+        let mut child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .arg(format!("{}@127.0.0.1", self.user))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ssh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        child.wait_with_output().expect("wait for ssh")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestSshd {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let output = cmd.output()?;
+    if !output.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A local git repository with an app in it, pushed to Berth over the test sshd.
+#[derive(Debug)]
+pub struct AppRepo {
+    pub dir: PathBuf,
+    git_ssh: String,
+}
+
+impl AppRepo {
+    pub fn new(dir: &Path, sshd: &TestSshd) -> anyhow::Result<AppRepo> {
+        std::fs::create_dir_all(dir)?;
+        let repo = AppRepo { dir: dir.to_owned(), git_ssh: sshd.git_ssh_command() };
+        repo.git(&["init", "-q", "--initial-branch=main"])?;
+        Ok(repo)
+    }
+
+    /// Writes `files` (path, contents) into the work tree and commits them.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> anyhow::Result<()> {
+        for (path, contents) in files {
+            let path = self.dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, contents)?;
+        }
+        self.git(&["add", "-A"])?;
+        self.git(&["commit", "-q", "-m", message])?;
+        Ok(())
+    }
+
+    pub fn git(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_ok(&mut self.git_command(args))
+    }
+
+    fn git_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.args(["-c", "user.name=Berth Test", "-c", "user.email=test@berth.invalid"])
+            .args(args)
+            .current_dir(&self.dir)
+            .env("GIT_SSH_COMMAND", &self.git_ssh)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        cmd
+    }
+
+    /// `git push REMOTE main` (force, like a developer rewriting history before a deploy
+    /// would); returns the output whether or not the push was accepted.
+    pub fn push(&self, remote: &str) -> Output {
+        self.git_command(&["push", "--force", remote, "main"]).output().expect("run git push")
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"]).map(|s| s.trim().to_owned()).unwrap_or_default()
+    }
+}
+
+/// Everything `git push` and ssh print, stdout then stderr, for assertions and messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_responses() {
+        let plain = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi").unwrap();
+        assert_eq!((plain.status, plain.body.as_str()), (200, "hi"));
+        assert_eq!(plain.header("content-length"), Some("2"));
+        let chunked =
+            parse_response(b"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
+        assert_eq!((chunked.status, chunked.body.as_str()), (502, "abcde"));
+    }
+}

@@ -1,0 +1,132 @@
+//! Berth's CLI over ssh: every command of the walking skeleton, its output and exit code.
+
+use berth_testkit::output_text;
+
+use crate::World;
+
+#[test]
+fn cli_commands_over_ssh() {
+    let world = World::start("cli");
+    let out = world.ssh_ok(&["apps"]);
+    assert!(out.contains("no apps yet"), "{out}");
+
+    let procfile = "web: python3 app.py\nworker: echo worker up; exec sleep 600\n";
+    let repo = world.app_repo("shop", "v1", procfile, "GREETING=Hello\n");
+    world.push_ok(&repo, "shop");
+
+    let out = world.ssh_ok(&["apps"]);
+    let row = out.lines().find(|l| l.starts_with("shop")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("running") && row.contains("v1") && row.contains("http://shop.berth.test:"),
+        "{out}"
+    );
+
+    let out = world.ssh_ok(&["ps", "shop"]);
+    assert!(out.starts_with("shop: running, release v1 (commit "), "{out}");
+    let header: Vec<&str> = out.lines().nth(2).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header[..3], ["PROCESS", "PID", "PORT"], "{out}");
+    let web = out.lines().find(|l| l.starts_with("web.1")).unwrap_or_else(|| panic!("{out}"));
+    assert!(web.contains("running"), "{out}");
+    let worker = out.lines().find(|l| l.starts_with("worker.1")).unwrap_or_else(|| panic!("{out}"));
+    assert!(worker.split_whitespace().nth(2) == Some("-"), "a worker has no port:\n{out}");
+
+    // Logs of all processes, of one process, and of the build.
+    let _ = world.get("shop", "/logged");
+    let out = world.ssh_ok(&["logs", "shop"]);
+    assert!(out.contains("web.1 | web listening on"), "{out}");
+    assert!(out.contains("worker.1 | worker up"), "{out}");
+    let out = world.ssh_ok(&["logs", "shop", "web", "--lines", "50"]);
+    assert!(out.contains("GET /logged"), "{out}");
+    assert!(!out.contains("worker.1"), "{out}");
+    let out = world.ssh_ok(&["logs", "shop", "build"]);
+    assert!(out.contains("build/1 | -----> Deploying shop v1"), "{out}");
+    let output = world.ssh(&["logs", "shop", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("no logs for a process named nope"));
+
+    // Config.
+    let out = world.ssh_ok(&["config", "shop"]);
+    assert!(out.contains("has no config vars"), "{out}");
+    world.ssh_ok(&["config:set", "shop", "B=2", "A=1"]);
+    assert_eq!(world.ssh_ok(&["config", "shop"]), "A=1\nB=2\n");
+    assert_eq!(world.ssh_ok(&["config:get", "shop", "B"]), "2\n");
+    let output = world.ssh(&["config:get", "shop", "MISSING"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("shop has no config var MISSING"));
+    world.ssh_ok(&["config:unset", "shop", "A"]);
+    assert_eq!(world.ssh_ok(&["config", "shop"]), "B=2\n");
+    let output = world.ssh(&["config:set", "shop", "NOEQUALS"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output_text(&output).contains("is not KEY=VALUE"));
+
+    // Restart gives new processes; stop makes the router answer 502; start brings it back.
+    let pid = web_pid(&world, "shop");
+    let out = world.ssh_ok(&["restart", "shop"]);
+    assert!(out.contains("shop was restarted"), "{out}");
+    assert_ne!(web_pid(&world, "shop"), pid);
+    assert_eq!(world.get("shop", "/").status, 200);
+
+    let out = world.ssh_ok(&["stop", "shop"]);
+    assert!(out.contains("shop is stopped"), "{out}");
+    let page = world.get("shop", "/");
+    assert_eq!(page.status, 502);
+    assert!(
+        page.body.contains("shop is not running") || page.body.contains("shop</"),
+        "{}",
+        page.body
+    );
+    assert!(world.ssh_ok(&["ps", "shop"]).contains("no processes are running"));
+    let output = world.ssh(&["restart", "shop"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("start it with"));
+    let out = world.ssh_ok(&["start", "shop"]);
+    assert!(out.contains("shop is running at http://shop.berth.test:"), "{out}");
+    assert_eq!(world.get("shop", "/").body, "Hello v1");
+
+    // Unknown apps are named in the error.
+    let output = world.ssh(&["ps", "nosuch"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        output_text(&output).contains("there is no app named nosuch"),
+        "{}",
+        output_text(&output)
+    );
+
+    // Destroy asks for the name again; a wrong answer changes nothing.
+    let output = world.sshd.run_with_input(&["destroy", "shop"], "shoe\n");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("destroy cancelled"), "{}", output_text(&output));
+    assert_eq!(world.get("shop", "/").status, 200);
+
+    let output = world.sshd.run_with_input(&["destroy", "shop"], "shop\n");
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert!(output_text(&output).contains("shop was destroyed"));
+    assert_eq!(world.get("shop", "/").status, 404);
+    assert!(!world.root().join("repos/shop.git").exists());
+    assert!(!world.root().join("releases/shop").exists());
+    assert!(world.ssh_ok(&["apps"]).contains("no apps yet"));
+
+    // --force skips the question.
+    let repo = world.app_repo("temp", "v1", "web: python3 app.py\n", "");
+    world.push_ok(&repo, "temp");
+    let out = world.ssh_ok(&["destroy", "temp", "--force"]);
+    assert!(out.contains("temp was destroyed"), "{out}");
+}
+
+fn web_pid(world: &World, app: &str) -> String {
+    let ps = world.ssh_ok(&["ps", app]);
+    let line = ps.lines().find(|l| l.starts_with("web.1")).unwrap_or_else(|| panic!("{ps}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let world = World::start("help");
+    let out = world.ssh_ok(&["help"]);
+    for command in
+        ["apps", "ps", "logs", "config:set", "config:unset", "restart", "stop", "start", "destroy"]
+    {
+        assert!(out.contains(command), "help does not mention {command}:\n{out}");
+    }
+    assert!(!out.contains("daemon"), "help shows a server-only command:\n{out}");
+}
