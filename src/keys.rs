@@ -116,11 +116,11 @@ pub fn setup_ssh(
         println!("key {fingerprint} is already authorised in {}", path.display());
         return Ok(0);
     }
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let exe = std::env::current_exe()?;
     let mut text = existing;

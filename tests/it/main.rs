@@ -4,6 +4,7 @@
 mod cli;
 mod push;
 mod ssh;
+mod tidy;
 
 use std::path::Path;
 use std::process::Output;

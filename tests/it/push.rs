@@ -73,7 +73,7 @@ fn config_set_restarts_the_app_with_the_new_value() {
     world.push_ok(&repo, "conf");
     assert_eq!(world.get("conf", "/").body, "Hello v1");
     assert_eq!(world.get("conf", "/env/COMBINED").body, "Hello world");
-    assert_eq!(world.get("conf", "/env/PORT").body.parse::<u16>().is_ok(), true);
+    assert!(world.get("conf", "/env/PORT").body.parse::<u16>().is_ok());
     assert_eq!(world.get("conf", "/env/BIND_ADDRESS").body, "127.0.0.1");
 
     // config:set overrides ENV; values with spaces and '=' survive ssh.

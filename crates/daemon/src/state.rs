@@ -184,8 +184,16 @@ impl Daemon {
         let (files, env) = self.release_env(app, release)?;
         let hosts = self.hosts(app, &env);
         let layout = &self.settings.layout;
-        std::fs::create_dir_all(layout.data(app))
-            .map_err(|e| format!("cannot create {}: {e}", layout.data(app).display()))?;
+        let data = layout.data(app);
+        if !data.exists() {
+            std::fs::create_dir_all(&data)
+                .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+            // The app writes its persistent files here, so it must own the directory.
+            if let Some(run_as) = self.settings.run_as {
+                crate::ownership::chown_tree(&data, run_as)
+                    .map_err(|e| format!("cannot hand {} to the app user: {e}", data.display()))?;
+            }
+        }
 
         let mut instances = Vec::new();
         let mut web_ports = Vec::new();

@@ -16,6 +16,8 @@ pub enum Error {
     AppExists(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the database file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -118,6 +120,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` in WAL mode.
     pub fn open(path: &Path) -> Result<Store> {
+        // Config vars hold secrets: only the daemon's user may read the database. SQLite
+        // gives its -wal and -shm files the same mode as the database file.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?;
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -377,6 +390,9 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.app("kept").unwrap().created_at, 5);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the database holds secrets");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
