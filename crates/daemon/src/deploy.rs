@@ -1,6 +1,7 @@
 //! The deploy job: from a pushed commit to a running release, with its output streamed to
 //! the client (`git push` shows it as `remote:` lines) and kept in `logs/APP/build/N.log`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{DeployRequest, JobEvent};
-use berth_build::{Source, checkout, read_app_files};
+use berth_build::{
+    AppFiles, BuildDirs, BuildOutcome, BuildPlan, PlanContext, Source, checkout, installed_pythons,
+    plan, run_plan, which,
+};
 use berth_procfile::ProcessKind;
 use berth_store::{AppState, ReleaseStatus};
 use berth_supervise::{TaskSpec, run_task};
@@ -196,24 +200,37 @@ async fn build_and_start(
             .map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
     }
 
-    let files = read_app_files(&dir, &|key| std::env::var(key).ok())?;
+    // The environment before the build: what preflight and the build commands run with.
+    let (files, env) = daemon.release_env(app, number, &BuildOutcome::default())?;
     for warning in &files.warnings {
         out.detail(format!("warning: {warning}"));
     }
-    if let Some(wsgi) = files.procfile.get("wsgi") {
-        return Err(format!(
-            "Procfile line {}: `wsgi:` needs the Python builder, which this version of Berth does \
-             not have yet; use `web: gunicorn {} --bind $BIND_ADDRESS:$PORT` meanwhile",
-            wsgi.line, wsgi.command
-        ));
+    let names: Vec<String> = files.procfile.entries.iter().map(|e| e.name.clone()).collect();
+    out.step(format!("Process types: {}", names.join(", ")));
+
+    if let Some(preflight) = files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Preflight) {
+        out.step(format!("Running preflight command: {}", preflight.command));
+        run_streamed(daemon, &dir, &env, &preflight.command, out)
+            .await
+            .map_err(|e| format!("the preflight command failed: {e}"))?;
     }
-    let kinds: Vec<String> = files.procfile.entries.iter().map(|e| e.name.clone()).collect();
-    out.step(format!("Process types: {}", kinds.join(", ")));
-    out.step("Generic app: the Procfile runs as it is");
+
+    let plan = plan_build(&dir, &files, &env)?;
+    out.step(&plan.summary);
+    for warning in &plan.warnings {
+        out.detail(format!("warning: {warning}"));
+    }
+    let dirs = BuildDirs { release: &dir, cache: &layout.cache(app), run_as: daemon.settings.run_as };
+    let print = |line: String| out.line(line);
+    let outcome = run_plan(&plan, &dirs, &env, &print).await?;
+    daemon.save_build(app, number, &outcome)?;
 
     if let Some(release) = files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Release) {
         out.step(format!("Running release command: {}", release.command));
-        run_streamed(daemon, app, number, &release.command, out).await?;
+        let (_, env) = daemon.release_env(app, number, &outcome)?;
+        run_streamed(daemon, &dir, &env, &release.command, out)
+            .await
+            .map_err(|e| format!("the release command failed: {e}"))?;
     }
 
     out.step("Starting processes");
@@ -221,18 +238,39 @@ async fn build_and_start(
     daemon.activate(app, number, &detail).await
 }
 
+/// Plans the build from the release tree, with the tools on the environment's PATH.
+fn plan_build(dir: &Path, files: &AppFiles, env: &[(String, String)]) -> Result<BuildPlan, String> {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let knobs: BTreeMap<String, String> = env.iter().cloned().collect();
+    let path = knobs.get("PATH").cloned().unwrap_or_default();
+    let pythons = installed_pythons(&path);
+    let python_version_file = std::fs::read_to_string(dir.join(".python-version")).ok();
+    let has_tool = |name: &str| which(name, &path).is_some();
+    plan(&PlanContext {
+        files: &names,
+        env: &knobs,
+        procfile: &files.procfile,
+        has_tool: &has_tool,
+        pythons: &pythons,
+        python_version_file: python_version_file.as_deref(),
+    })
+}
+
 async fn run_streamed(
     daemon: &Arc<Daemon>,
-    app: &str,
-    number: i64,
+    dir: &Path,
+    env: &[(String, String)],
     command: &str,
     out: &Arc<JobOutput>,
 ) -> Result<(), String> {
-    let env = daemon.process_env(app, number)?;
     let spec = TaskSpec {
         command: command.to_owned(),
-        cwd: daemon.settings.layout.release(app, number),
-        env,
+        cwd: dir.to_owned(),
+        env: env.to_vec(),
         run_as: daemon.settings.run_as,
         timeout: RELEASE_COMMAND_TIMEOUT,
     };

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_api::InstanceInfo;
-use berth_build::{AppFiles, read_app_files};
+use berth_build::{AppFiles, BuildOutcome, read_app_files, wsgi_command};
 use berth_procfile::ProcessKind;
-use berth_router::{Backend, RouteTable, SharedRoutes};
+use berth_router::{Backend, RouteTable, SharedRoutes, StaticMount, parse_static_paths};
+use serde::{Deserialize, Serialize};
 use berth_store::Store;
 use berth_supervise::{Instance, ProcessSpec, RunAs, wait_for_port};
 
@@ -39,6 +40,17 @@ pub struct Settings {
 pub struct AppRuntime {
     pub instances: Vec<Instance>,
     pub hosts: Vec<String>,
+    /// Directories the router serves itself (`static:` lines, `NGINX_STATIC_PATHS`).
+    pub statics: Vec<StaticMount>,
+    /// The file served for every path nothing else matched (`NGINX_CATCH_ALL`).
+    pub catch_all: Option<std::path::PathBuf>,
+}
+
+/// What a release's build gave its processes, as kept in the store.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoredBuild {
+    env: Vec<(String, String)>,
+    path_prefix: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -125,6 +137,15 @@ impl Daemon {
         let layout = &self.settings.layout;
         let mut env: Vec<(String, String)> =
             std::env::vars().filter(|(k, _)| !k.starts_with("BERTH_")).collect();
+        // Processes that run as the app's user get that user's home, so tools that keep
+        // caches there (pip, npm, cargo) write where they may.
+        if let Some(run_as) = self.settings.run_as
+            && let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(run_as.uid))
+        {
+            env.push(("HOME".to_owned(), user.dir.display().to_string()));
+            env.push(("USER".to_owned(), user.name.clone()));
+            env.push(("LOGNAME".to_owned(), user.name));
+        }
         env.extend([
             ("APP".to_owned(), app.to_owned()),
             ("BERTH_APP".to_owned(), app.to_owned()),
@@ -136,13 +157,22 @@ impl Daemon {
         env
     }
 
-    /// Reads the release's files and the app's config into the environment its processes get.
-    fn release_env(
+    /// Reads the release's files and the app's config into the environment its processes get,
+    /// on top of what its build gave them.
+    pub fn release_env(
         &self,
         app: &str,
         release: i64,
+        build: &BuildOutcome,
     ) -> Result<(AppFiles, Vec<(String, String)>), String> {
-        let base = self.base_env(app, release);
+        let mut base = self.base_env(app, release);
+        base.extend(build.process_env.iter().cloned());
+        if !build.path_prefix.is_empty() {
+            let path = base.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+            let mut parts = build.path_prefix.clone();
+            parts.extend(path);
+            base.push(("PATH".to_owned(), parts.join(":")));
+        }
         let lookup = |key: &str| base.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let dir = self.settings.layout.release(app, release);
         let files = read_app_files(&dir, &lookup)?;
@@ -153,9 +183,44 @@ impl Daemon {
         Ok((files, env))
     }
 
-    /// The environment a one-off command of the release gets (a `release:` command).
-    pub fn process_env(&self, app: &str, release: i64) -> Result<Vec<(String, String)>, String> {
-        self.release_env(app, release).map(|(_, env)| env)
+    /// Keeps what the build gave the release's processes, for every later start.
+    pub fn save_build(&self, app: &str, release: i64, build: &BuildOutcome) -> Result<(), String> {
+        let stored = StoredBuild { env: build.process_env.clone(), path_prefix: build.path_prefix.clone() };
+        let json = serde_json::to_string(&stored).map_err(|e| e.to_string())?;
+        self.store().set_release_build_env(app, release, &json).map_err(|e| e.to_string())
+    }
+
+    fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
+        let json = self.store().release(app, release).ok().flatten().map(|r| r.build_env).unwrap_or_default();
+        let stored: StoredBuild = serde_json::from_str(&json).unwrap_or_default();
+        BuildOutcome { process_env: stored.env, path_prefix: stored.path_prefix, reused_dependencies: false }
+    }
+
+    /// The directories the router serves for the release: `static: DIR` lines at `/`, then
+    /// piku's `NGINX_STATIC_PATHS=/url:dir,...`, and `NGINX_CATCH_ALL=file`.
+    fn static_routes(
+        &self,
+        app: &str,
+        release: i64,
+        files: &AppFiles,
+        env: &[(String, String)],
+    ) -> Result<(Vec<StaticMount>, Option<std::path::PathBuf>), String> {
+        let dir = self.settings.layout.release(app, release);
+        let knob = |key: &str| {
+            env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty())
+        };
+        let mut mounts: Vec<StaticMount> = files
+            .procfile
+            .entries
+            .iter()
+            .filter(|e| e.kind == ProcessKind::Static)
+            .map(|e| StaticMount::new("/", dir.join(e.command.trim().trim_start_matches('/'))))
+            .collect();
+        if let Some(paths) = knob("NGINX_STATIC_PATHS") {
+            mounts.extend(parse_static_paths(&paths, &dir).map_err(|e| format!("NGINX_STATIC_PATHS: {e}"))?);
+        }
+        let catch_all = knob("NGINX_CATCH_ALL").map(|file| dir.join(file.trim_start_matches('/')));
+        Ok((mounts, catch_all))
     }
 
     fn hosts(&self, app: &str, env: &[(String, String)]) -> Vec<String> {
@@ -181,8 +246,10 @@ impl Daemon {
         release: i64,
         out: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let (files, env) = self.release_env(app, release)?;
+        let build = self.stored_build(app, release);
+        let (files, env) = self.release_env(app, release, &build)?;
         let hosts = self.hosts(app, &env);
+        let (statics, catch_all) = self.static_routes(app, release, &files, &env)?;
         let layout = &self.settings.layout;
         let data = layout.data(app);
         if !data.exists() {
@@ -198,17 +265,22 @@ impl Daemon {
         let mut instances = Vec::new();
         let mut web_ports = Vec::new();
         for entry in &files.procfile.entries {
-            match entry.kind {
-                ProcessKind::Web | ProcessKind::Worker => {}
-                ProcessKind::Static | ProcessKind::Cron { .. } => {
-                    out(format!(
-                        "{}: `{}` processes are not run by this version of Berth yet; skipped",
-                        entry.name, entry.name
-                    ));
+            let command = match entry.kind {
+                ProcessKind::Web | ProcessKind::Worker => entry.command.clone(),
+                ProcessKind::Wsgi => {
+                    let knobs = env.iter().cloned().collect();
+                    let (command, notes) = wsgi_command(&entry.command, &knobs);
+                    for note in notes {
+                        out(format!("warning: {note}"));
+                    }
+                    command
+                }
+                ProcessKind::Cron { .. } => {
+                    out(format!("{}: cron lines are not run by this version of Berth yet; skipped", entry.name));
                     continue;
                 }
-                ProcessKind::Wsgi | ProcessKind::Release | ProcessKind::Preflight => continue,
-            }
+                ProcessKind::Static | ProcessKind::Release | ProcessKind::Preflight => continue,
+            };
             let port = if entry.kind.needs_port() {
                 Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
             } else {
@@ -223,7 +295,7 @@ impl Daemon {
                 app: app.to_owned(),
                 process_type: entry.name.clone(),
                 index: 1,
-                command: entry.command.clone(),
+                command,
                 cwd: layout.release(app, release),
                 env: process_env,
                 log_path: layout.instance_log(app, &entry.name, 1),
@@ -259,7 +331,8 @@ impl Daemon {
 
         let old = {
             let mut runtimes = self.runtimes();
-            let old = runtimes.insert(app.to_owned(), AppRuntime { instances, hosts });
+            let old = runtimes
+                .insert(app.to_owned(), AppRuntime { instances, hosts, statics, catch_all });
             self.publish_routes(&runtimes);
             old
         };
@@ -275,7 +348,12 @@ impl Daemon {
     pub async fn stop_app(&self, app: &str) {
         let old = {
             let mut runtimes = self.runtimes();
-            let old = runtimes.get_mut(app).map(|r| std::mem::take(&mut r.instances));
+            let old = runtimes.get_mut(app).map(|runtime| {
+                // A stopped app serves nothing, its static files included.
+                runtime.statics.clear();
+                runtime.catch_all = None;
+                std::mem::take(&mut runtime.instances)
+            });
             self.publish_routes(&runtimes);
             old
         };
@@ -315,7 +393,10 @@ impl Daemon {
                 .filter_map(|i| i.spec().port)
                 .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
                 .collect();
-            let backend = Arc::new(Backend::new(app.clone(), addrs));
+            let backend = Arc::new(
+                Backend::new(app.clone(), addrs)
+                    .with_static(runtime.statics.clone(), runtime.catch_all.clone()),
+            );
             for host in &runtime.hosts {
                 table.insert(host, backend.clone());
             }

@@ -8,9 +8,11 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
+
+use crate::static_files;
 
 /// Who is to blame for a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,14 @@ pub(crate) enum ProxyError {
     ConnectNotAllowed,
     /// The request target is neither a path nor an absolute URI (`OPTIONS *`).
     UnsupportedTarget,
+    /// A static path whose segments could climb out of its directory or confuse a file
+    /// system (`..`, a backslash, NUL).
+    PathNotAllowed,
+    /// Neither the app's files nor its catch-all have anything at this path, and no
+    /// instance runs to ask; or the path is one that is never served (`.git`).
+    NotFound { app: String },
+    /// A method other than GET or HEAD for a file the router serves itself.
+    MethodNotAllowed,
     /// The app is routed but has no running instance.
     AppNotRunning { app: String },
     /// No instance of the app gave a response; `cause` is the last error seen.
@@ -51,7 +61,10 @@ impl ProxyError {
             | ProxyError::InvalidHost
             | ProxyError::UnknownHost { .. }
             | ProxyError::ConnectNotAllowed
-            | ProxyError::UnsupportedTarget => Source::Downstream,
+            | ProxyError::UnsupportedTarget
+            | ProxyError::PathNotAllowed
+            | ProxyError::NotFound { .. }
+            | ProxyError::MethodNotAllowed => Source::Downstream,
             ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
                 Source::Upstream
             }
@@ -61,11 +74,14 @@ impl ProxyError {
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::InvalidHost | ProxyError::UnsupportedTarget => {
-                StatusCode::BAD_REQUEST
+            ProxyError::MissingHost
+            | ProxyError::InvalidHost
+            | ProxyError::UnsupportedTarget
+            | ProxyError::PathNotAllowed => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost { .. } | ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ConnectNotAllowed | ProxyError::MethodNotAllowed => {
+                StatusCode::METHOD_NOT_ALLOWED
             }
-            ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
-            ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -84,6 +100,11 @@ impl ProxyError {
             ),
             ProxyError::ConnectNotAllowed => ("CONNECT is not supported".into(), None),
             ProxyError::UnsupportedTarget => ("the request target is not supported".into(), None),
+            ProxyError::PathNotAllowed => ("the request path is not allowed".into(), None),
+            ProxyError::NotFound { app } => {
+                (format!("the app {app} has nothing at this address"), None)
+            }
+            ProxyError::MethodNotAllowed => ("this address only answers GET and HEAD".into(), None),
             ProxyError::AppNotRunning { app } => (
                 format!("the app {app} is not running"),
                 Some(format!(
@@ -138,6 +159,10 @@ impl ProxyError {
         // The page describes this moment (the app may be up a second later), so it must not
         // be cached by the browser or anything in between.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // RFC 9110 section 15.5.6: a 405 lists the methods that would have worked.
+        if let ProxyError::MethodNotAllowed = self {
+            headers.insert(ALLOW, static_files::allow_header());
+        }
         response
     }
 }
@@ -194,6 +219,14 @@ mod tests {
         assert!(body.contains("the app blog is not running"), "{body}");
         assert!(body.contains("berth start blog") && body.contains("berth logs blog"), "{body}");
 
+        let response = ProxyError::MethodNotAllowed.to_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+
+        let (status, body) = page(ProxyError::NotFound { app: "site".into() }).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("the app site has nothing at this address"), "{body}");
+
         let error = ProxyError::Internal { cause: "secret detail".into() };
         let (status, body) = page(error).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -208,6 +241,9 @@ mod tests {
             ProxyError::UnknownHost { host: "h".into() },
             ProxyError::ConnectNotAllowed,
             ProxyError::UnsupportedTarget,
+            ProxyError::PathNotAllowed,
+            ProxyError::NotFound { app: "a".into() },
+            ProxyError::MethodNotAllowed,
             ProxyError::AppNotRunning { app: "a".into() },
             ProxyError::AppDidNotAnswer { app: "a".into(), cause: "refused".into() },
             ProxyError::Internal { cause: "bug".into() },

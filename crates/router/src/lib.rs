@@ -4,14 +4,23 @@
 //! apps start, stop or change names; [`serve`] reads one snapshot per request and never
 //! touches the store, so a slow database cannot slow a visitor down.
 //!
+//! A backend can also have static directories and a catch-all file (piku's `static:`
+//! worker, `NGINX_STATIC_PATHS` and `NGINX_CATCH_ALL`), which the router serves from disk
+//! itself; see [`Backend::with_static`] and [`parse_static_paths`].
+//!
 //! Requests for unknown hosts, stopped apps or apps that do not answer get a short HTML
 //! page from the router itself (404, 502) that tells the operator what to do next.
 
+mod body;
 mod error;
 mod headers;
 mod proxy;
 mod server;
+mod static_files;
 mod table;
+#[cfg(test)]
+mod test_support;
 
 pub use server::serve;
+pub use static_files::{StaticMount, parse_static_paths};
 pub use table::{Backend, RouteTable, SharedRoutes, normalize_host, shared_routes};

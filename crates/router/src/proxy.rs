@@ -1,4 +1,5 @@
-//! One request's trip: find the app by host, forward to one of its instances, relay the answer.
+//! One request's trip: find the app by host, answer from its static files or forward to one
+//! of its instances, relay the answer.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -11,15 +12,16 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
-use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::{BoxError, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers::{remove_hop_by_hop, set_forwarded};
-use crate::table::{SharedRoutes, normalize_host};
+use crate::static_files;
+use crate::table::{Backend, SharedRoutes, normalize_host};
 
 /// How long to wait for an instance to accept a connection before trying the next one. An
 /// instance on the same machine answers in microseconds or refuses at once; waiting longer
@@ -28,11 +30,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an idle keep-alive connection to an app is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// An app's streamed response, or a page the router wrote itself.
-pub(crate) type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// What every connection shares: the route table and the pool of connections to the apps.
 pub(crate) struct Proxy {
@@ -64,7 +61,7 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 error.log(&method, &uri, peer);
-                error.to_response().map(Either::Right)
+                error.to_response().map(ResponseBody::Page)
             }
         }
     }
@@ -84,9 +81,37 @@ impl Proxy {
         // one across the awaits below would pin an old table for the whole request.
         let backend = self.routes.load().lookup_normalized(&host).cloned();
         let backend = backend.ok_or(ProxyError::UnknownHost { host })?;
-        if backend.addrs.is_empty() {
-            return Err(ProxyError::AppNotRunning { app: backend.app.clone() });
+
+        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+        if let Some(response) =
+            static_files::serve_from_mounts(&backend, method, uri, headers).await?
+        {
+            return Ok(response);
         }
+        if !backend.addrs.is_empty() {
+            return self.forward_to_instances(request, peer, &backend, original_host).await;
+        }
+        if let Some(catch_all) = backend.catch_all() {
+            return static_files::serve_catch_all(&backend, catch_all, method, headers).await;
+        }
+        // An app that serves files has answered every path it has; one that does not is
+        // simply stopped, and the operator should hear about that.
+        if backend.static_mounts().is_empty() {
+            Err(ProxyError::AppNotRunning { app: backend.app.clone() })
+        } else {
+            Err(ProxyError::NotFound { app: backend.app.clone() })
+        }
+    }
+
+    /// Forwards to the backend's instances, round-robin, moving on to the next one while
+    /// connections are refused.
+    async fn forward_to_instances(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        backend: &Backend,
+        original_host: HeaderValue,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let path_and_query = match request.uri().path_and_query() {
             Some(path_and_query) if path_and_query.as_str().starts_with('/') => {
                 path_and_query.clone()
@@ -135,7 +160,7 @@ impl Proxy {
                     remove_hop_by_hop(&mut parts.headers);
                     let status = parts.status.as_u16();
                     tracing::debug!(app = %backend.app, %addr, status, "proxied");
-                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                    return Ok(Response::from_parts(parts, ResponseBody::App(body)));
                 }
                 // Nothing reached the instance, so trying another one cannot do anything twice.
                 Err(error) if error.is_connect() && body.is_unsent() => {

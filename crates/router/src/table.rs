@@ -7,15 +7,23 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::static_files::{StaticMount, longest_prefix_first};
+
 /// DNS limits a name to 253 characters; anything longer cannot be a host we serve.
 const MAX_HOST_LEN: usize = 253;
 
-/// One app's web process: where its instances listen.
+/// One app as the router sees it: where its web instances listen, and which files the
+/// router serves for it from disk.
+///
+/// A request is answered, in this order, by a file under a static mount, by an instance,
+/// by the catch-all file, and otherwise by a 404 page (an app with static files) or the
+/// "not running" 502 page (an app without).
 #[derive(Debug)]
 pub struct Backend {
     /// The app's name, used in logs and error pages.
@@ -24,12 +32,43 @@ pub struct Backend {
     pub addrs: Vec<SocketAddr>,
     /// Counts requests so that successive ones start at successive addresses.
     next: AtomicUsize,
+    /// Longest prefix first.
+    static_mounts: Vec<StaticMount>,
+    catch_all: Option<PathBuf>,
 }
 
 impl Backend {
     /// A backend for `app` with instances at `addrs` (none if the app is stopped).
     pub fn new(app: impl Into<String>, addrs: Vec<SocketAddr>) -> Backend {
-        Backend { app: app.into(), addrs, next: AtomicUsize::new(0) }
+        Backend {
+            app: app.into(),
+            addrs,
+            next: AtomicUsize::new(0),
+            static_mounts: Vec::new(),
+            catch_all: None,
+        }
+    }
+
+    /// The same backend with static directories served by the router itself (piku's
+    /// `static:` worker and `NGINX_STATIC_PATHS`), and a file served for every GET or HEAD
+    /// that nothing else answered (`NGINX_CATCH_ALL`, for apps that route on the client).
+    ///
+    /// Relative paths are taken relative to the daemon's working directory, so resolve them
+    /// against the release directory first. The mounts may come in any order; the longest
+    /// prefix is tried first. Nothing is checked on disk here: a directory that does not
+    /// exist simply matches no request.
+    pub fn with_static(self, mounts: Vec<StaticMount>, catch_all: Option<PathBuf>) -> Backend {
+        Backend { static_mounts: longest_prefix_first(mounts), catch_all, ..self }
+    }
+
+    /// The static mounts, longest prefix first.
+    pub fn static_mounts(&self) -> &[StaticMount] {
+        &self.static_mounts
+    }
+
+    /// The file served for paths nothing else answers, if any.
+    pub fn catch_all(&self) -> Option<&Path> {
+        self.catch_all.as_deref()
     }
 
     /// The index in `addrs` at which the next request should start (round-robin).
@@ -208,6 +247,35 @@ mod tests {
         let starts: Vec<usize> = (0..6).map(|_| backend.next_start()).collect();
         assert_eq!(starts, [0, 1, 2, 0, 1, 2]);
         assert_eq!(Backend::new("stopped", vec![]).next_start(), 0);
+    }
+
+    #[test]
+    fn with_static_orders_mounts_longest_prefix_first() {
+        let mounts = vec![
+            StaticMount::new("/", "/srv/root"),
+            StaticMount::new("/static/img", "/srv/img"),
+            StaticMount::new("/static", "/srv/static"),
+            StaticMount::new("/", "/srv/second-root"),
+        ];
+        let backend =
+            Backend::new("myapp", vec![]).with_static(mounts, Some("/srv/index.html".into()));
+        let prefixes: Vec<(&str, &Path)> = backend
+            .static_mounts()
+            .iter()
+            .map(|mount| (mount.prefix.as_str(), mount.dir.as_path()))
+            .collect();
+        assert_eq!(
+            prefixes,
+            [
+                ("/static/img", Path::new("/srv/img")),
+                ("/static", Path::new("/srv/static")),
+                ("/", Path::new("/srv/root")),
+                ("/", Path::new("/srv/second-root")),
+            ]
+        );
+        assert_eq!(backend.catch_all(), Some(Path::new("/srv/index.html")));
+        assert_eq!(backend.app, "myapp");
+        assert!(Backend::new("plain", vec![]).static_mounts().is_empty());
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct ReleaseRecord {
     pub status: ReleaseStatus,
     /// Who pushed: the fingerprint of the ssh key, or "api".
     pub pushed_by: String,
+    /// What the build gave the processes (JSON written by the daemon; empty before the build).
+    pub build_env: String,
 }
 
 const SCHEMA: &str = "
@@ -106,9 +108,25 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at INTEGER NOT NULL,
     status TEXT NOT NULL,
     pushed_by TEXT NOT NULL DEFAULT '',
+    build_env TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (app, number)
 );
 ";
+
+/// Columns added after a table was first created: (table, column, definition).
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("releases", "build_env", "TEXT NOT NULL DEFAULT ''")];
+
+/// Adds the columns a database created by an older Berth lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+        if !stmt.exists([column])? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// The store: one SQLite connection. Callers serialise access (the daemon holds it in a mutex;
 /// every query here is a few microseconds).
@@ -137,6 +155,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store { conn })
     }
 
@@ -265,11 +284,19 @@ impl Store {
         Ok(())
     }
 
+    pub fn set_release_build_env(&self, app: &str, number: i64, build_env: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE releases SET build_env = ?3 WHERE app = ?1 AND number = ?2",
+            params![app, number, build_env],
+        )?;
+        Ok(())
+    }
+
     pub fn release(&self, app: &str, number: i64) -> Result<Option<ReleaseRecord>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT app, number, commit_sha, created_at, status, pushed_by FROM releases
+                "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env FROM releases
                  WHERE app = ?1 AND number = ?2",
                 params![app, number],
                 release_from_row,
@@ -281,7 +308,7 @@ impl Store {
     pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
         self.app(app)?;
         let mut stmt = self.conn.prepare(
-            "SELECT app, number, commit_sha, created_at, status, pushed_by FROM releases
+            "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env FROM releases
              WHERE app = ?1 ORDER BY number DESC",
         )?;
         let rows = stmt.query_map([app], release_from_row)?;
@@ -306,6 +333,7 @@ fn release_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> 
         created_at: row.get(3)?,
         status: ReleaseStatus::parse(&row.get::<_, String>(4)?),
         pushed_by: row.get(5)?,
+        build_env: row.get(6)?,
     })
 }
 
@@ -365,6 +393,8 @@ mod tests {
         assert_eq!(releases[0].number, 2);
         assert_eq!(releases[1].status, ReleaseStatus::Failed);
         assert_eq!(store.release("web", 2).unwrap().unwrap().commit, "def");
+        store.set_release_build_env("web", 2, "{\"a\":1}").unwrap();
+        assert_eq!(store.release("web", 2).unwrap().unwrap().build_env, "{\"a\":1}");
         assert_eq!(store.release("web", 9).unwrap(), None);
     }
 
@@ -377,6 +407,30 @@ mod tests {
         store.create_app("web", 2).unwrap();
         assert!(store.config("web").unwrap().is_empty());
         assert!(store.releases("web").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_old_database_gains_the_new_columns() {
+        let dir = std::env::temp_dir().join(format!("berth-store-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("berth.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE apps (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL,
+                   state TEXT NOT NULL DEFAULT 'running', current_release INTEGER);
+                 CREATE TABLE releases (app TEXT NOT NULL, number INTEGER NOT NULL,
+                   commit_sha TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL,
+                   pushed_by TEXT NOT NULL DEFAULT '', PRIMARY KEY (app, number));
+                 INSERT INTO apps (name, created_at) VALUES ('old', 1);
+                 INSERT INTO releases VALUES ('old', 1, 'abc', 1, 'succeeded', 'k');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let release = store.release("old", 1).unwrap().unwrap();
+        assert_eq!((release.commit.as_str(), release.build_env.as_str()), ("abc", ""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

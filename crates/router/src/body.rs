@@ -1,0 +1,72 @@
+//! What the router sends back: an app's streamed response, a page of its own, or a file.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::fs::File;
+use tokio::io::Take;
+use tokio_stream::Stream;
+use tokio_util::io::ReaderStream;
+
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The body of every response the router writes.
+///
+/// An enum rather than a boxed body so that the common cases cost no allocation; every
+/// variant is `Unpin`, which keeps polling free of pin projections.
+pub(crate) enum ResponseBody {
+    /// The app's response, relayed as it arrives.
+    App(Incoming),
+    /// Something the router wrote itself: an error page, or nothing (HEAD, 304, 301).
+    Page(Full<Bytes>),
+    /// A file read from disk in chunks as the client takes them, so a large download
+    /// holds only one chunk in memory. The `Take` caps it at the length announced in
+    /// `Content-Length` even if the file grows meanwhile, and is what a byte range will use.
+    File(ReaderStream<Take<File>>),
+}
+
+impl ResponseBody {
+    /// An empty body, for responses whose headers say everything.
+    pub(crate) fn empty() -> ResponseBody {
+        ResponseBody::Page(Full::default())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::App(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Page(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::File(chunks) => Pin::new(chunks)
+                .poll_next(cx)
+                .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data).map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::App(body) => body.is_end_stream(),
+            ResponseBody::Page(body) => body.is_end_stream(),
+            // A file's end is only known by reading it; its length is in the headers.
+            ResponseBody::File(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::App(body) => body.size_hint(),
+            ResponseBody::Page(body) => body.size_hint(),
+            ResponseBody::File(_) => SizeHint::default(),
+        }
+    }
+}

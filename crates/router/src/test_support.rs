@@ -1,0 +1,139 @@
+//! Helpers for the socket tests: a proxy on a free port, fake app instances, and a raw
+//! HTTP/1.1 client, so that tests see exactly the bytes a browser would.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use crate::server::serve;
+use crate::table::{Backend, RouteTable, SharedRoutes, shared_routes};
+
+/// Every wait in these tests is bounded by this, so a bug fails a test instead of
+/// hanging it; nothing waits for a fixed time.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+
+pub(crate) struct TestProxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: oneshot::Sender<()>,
+    pub(crate) server: JoinHandle<io::Result<()>>,
+}
+
+/// Starts `serve` on a fresh port. The listener is bound before the task starts, so
+/// connections queue in its backlog and the proxy is ready as soon as this returns.
+pub(crate) async fn start_proxy(routes: SharedRoutes) -> TestProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, routes, async move {
+        let _ = stopped.await;
+    }));
+    TestProxy { addr, stop, server }
+}
+
+pub(crate) fn routes_with(entries: &[(&str, &str, Vec<SocketAddr>)]) -> SharedRoutes {
+    let routes = shared_routes();
+    routes.store(Arc::new(table_with(entries)));
+    routes
+}
+
+pub(crate) fn table_with(entries: &[(&str, &str, Vec<SocketAddr>)]) -> RouteTable {
+    let mut table = RouteTable::new();
+    for (host, app, addrs) in entries {
+        table.insert(host, Arc::new(Backend::new(*app, addrs.clone())));
+    }
+    table
+}
+
+/// An address where nothing listens: a port the kernel just handed out and took back.
+pub(crate) async fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+/// Reads one HTTP/1.1 message framed by `Content-Length` (or without a body), returning
+/// its head and body, or `None` at a clean end of stream.
+pub(crate) async fn read_message(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            assert!(buffer.is_empty(), "stream ended inside a message head");
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+    let content_length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = buffer[head_end..].to_vec();
+    while body.len() < content_length {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "stream ended inside a message body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((head, String::from_utf8(body).unwrap()))
+}
+
+/// An app instance that answers each request with its name, then the request head and
+/// body exactly as it received them. Its `Keep-Alive` header must not reach the client.
+pub(crate) async fn echo_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Some((head, body)) = read_message(&mut stream).await {
+                    let echo = format!("{name}\n{head}{body}");
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\n\
+                         X-Upstream: {name}\r\n\r\n{echo}",
+                        echo.len()
+                    );
+                    stream.write_all(response.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
+}
+
+/// Sends raw bytes on a fresh connection and reads the response to the end of stream;
+/// requests carry `Connection: close`, so the proxy closes after answering.
+pub(crate) async fn send(proxy: SocketAddr, request: String) -> Reply {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    let raw = timeout(DEADLINE, exchange).await.expect("the proxy answered in time");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response head");
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap();
+    Reply { status, head: head.to_string(), body: body.to_string() }
+}
+
+pub(crate) fn get(host: &str, target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+}
