@@ -3,6 +3,7 @@
 
 mod cli;
 mod push;
+mod runtimes;
 mod ssh;
 mod tidy;
 
@@ -57,10 +58,16 @@ pub struct World {
 
 impl World {
     pub fn start(label: &str) -> World {
+        World::start_with_env(label, &[])
+    }
+
+    /// A world whose daemon (and so every build and app) gets extra environment.
+    pub fn start_with_env(label: &str, env: &[(String, String)]) -> World {
         let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
         let tmp = TempDir::new(label);
         let root = tmp.path().join("root");
-        let daemon = TestDaemon::start(bin, &root, "berth.test").expect("start daemon");
+        let daemon =
+            TestDaemon::start_with_env(bin, &root, "berth.test", env).expect("start daemon");
         let sshd = TestSshd::start(bin, &root, &tmp.path().join("sshd")).expect("start sshd");
         World { sshd, daemon, tmp }
     }
@@ -84,6 +91,22 @@ impl World {
         }
         repo.commit(&files, version).expect("commit");
         repo
+    }
+
+    /// Commits `files` into a new repo for `name`.
+    pub fn repo_with(&self, name: &str, files: &[(&str, &str)]) -> AppRepo {
+        let repo = self.repo(name);
+        repo.commit(files, "first").expect("commit");
+        repo
+    }
+
+    /// Pushes and asserts that the push was refused; returns everything it printed.
+    pub fn push_refused(&self, repo: &AppRepo, app: &str) -> String {
+        let output = repo.push(&self.sshd.remote(app));
+        let text = output_text(&output);
+        assert!(!output.status.success(), "push was accepted:\n{text}");
+        assert!(text.contains("[remote rejected]"), "{text}");
+        text
     }
 
     /// Pushes and asserts that the push was accepted; returns everything it printed.

@@ -11,7 +11,8 @@ pub fn plan(_ctx: &PlanContext<'_>, runtime: Runtime) -> BuildPlan {
         plan.tools.push(Tool::new("java", "default-jdk"));
         plan.tools.push(Tool::new("clojure", "clojure"));
         plan.command_env.push(("GITLIBS".to_owned(), "{cache}/gitlibs".to_owned()));
-        plan.steps.push("clojure -Sdeps '{:mvn/local-repo \"'\"$BERTH_CACHE\"'/m2\"}' -P".to_owned());
+        plan.steps
+            .push("clojure -Sdeps '{:mvn/local-repo \"'\"$BERTH_CACHE\"'/m2\"}' -P".to_owned());
     } else {
         plan = BuildPlan::new(runtime, "Clojure app (project.clj, lein uberjar)");
         plan.tools.push(Tool::new("java", "default-jdk"));
@@ -28,9 +29,11 @@ mod tests {
 
     #[test]
     fn clojure_cli_and_leiningen_commands() {
-        let plan = plan_with(&["deps.edn"], &[], &["java", "clojure"], "web: clojure -M -m app\n").unwrap();
+        let plan = plan_with(&["deps.edn"], &[], &["java", "clojure"], "web: clojure -M -m app\n")
+            .unwrap();
         assert!(plan.steps[0].starts_with("clojure -Sdeps") && plan.steps[0].ends_with(" -P"));
-        let plan = plan_with(&["project.clj"], &[], &["java", "lein"], "web: java -jar app.jar\n").unwrap();
+        let plan = plan_with(&["project.clj"], &[], &["java", "lein"], "web: java -jar app.jar\n")
+            .unwrap();
         assert_eq!(plan.steps, ["lein uberjar"]);
         let err = plan_with(&["project.clj"], &[], &["java"], "web: x\n").unwrap_err();
         assert!(err.contains("leiningen"), "{err}");

@@ -10,7 +10,8 @@ pub fn plan(ctx: &PlanContext<'_>, runtime: Runtime) -> BuildPlan {
         plan = BuildPlan::new(runtime, "Java app (pom.xml, mvn package)");
         plan.tools.push(Tool::new("java", "default-jdk"));
         plan.tools.push(Tool::new("mvn", "maven"));
-        plan.steps.push("mvn -B -DskipTests -Dmaven.repo.local=\"$BERTH_CACHE/m2\" package".to_owned());
+        plan.steps
+            .push("mvn -B -DskipTests -Dmaven.repo.local=\"$BERTH_CACHE/m2\" package".to_owned());
     } else {
         plan = BuildPlan::new(runtime, "Java app (build.gradle, gradle build)");
         plan.tools.push(Tool::new("java", "default-jdk"));
@@ -31,8 +32,13 @@ mod tests {
 
     #[test]
     fn maven_and_gradle_commands() {
-        let plan = plan_with(&["pom.xml"], &[], &["java", "mvn"], "web: java -jar target/app.jar\n").unwrap();
-        assert_eq!(plan.steps, ["mvn -B -DskipTests -Dmaven.repo.local=\"$BERTH_CACHE/m2\" package"]);
+        let plan =
+            plan_with(&["pom.xml"], &[], &["java", "mvn"], "web: java -jar target/app.jar\n")
+                .unwrap();
+        assert_eq!(
+            plan.steps,
+            ["mvn -B -DskipTests -Dmaven.repo.local=\"$BERTH_CACHE/m2\" package"]
+        );
         let plan = plan_with(&["build.gradle", "gradlew"], &[], &["java"], "web: x\n").unwrap();
         assert_eq!(plan.steps, ["sh ./gradlew build -x test --no-daemon"]);
         let err = plan_with(&["build.gradle"], &[], &["java"], "web: x\n").unwrap_err();

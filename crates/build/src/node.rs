@@ -11,9 +11,10 @@ pub fn plan(ctx: &PlanContext<'_>) -> Result<BuildPlan, String> {
             ("npm ci", Tool::new("npm", "npm"))
         }
         "npm" => ("npm install", Tool::new("npm", "npm")),
-        "yarn" if ctx.has_file("yarn.lock") => {
-            ("yarn install --frozen-lockfile", Tool::new("yarn", "yarnpkg (or npm install -g yarn)"))
-        }
+        "yarn" if ctx.has_file("yarn.lock") => (
+            "yarn install --frozen-lockfile",
+            Tool::new("yarn", "yarnpkg (or npm install -g yarn)"),
+        ),
         "yarn" => ("yarn install", Tool::new("yarn", "yarnpkg (or npm install -g yarn)")),
         "pnpm" if ctx.has_file("pnpm-lock.yaml") => {
             ("pnpm install --frozen-lockfile", Tool::new("pnpm", "pnpm (or npm install -g pnpm)"))
@@ -37,9 +38,15 @@ pub fn plan(ctx: &PlanContext<'_>) -> Result<BuildPlan, String> {
     }
     plan.dependencies = Some(DependencyStep {
         cache_name: "node_modules".to_owned(),
-        inputs: ["package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml"]
-            .map(String::from)
-            .to_vec(),
+        inputs: [
+            "package.json",
+            "package-lock.json",
+            "npm-shrinkwrap.json",
+            "yarn.lock",
+            "pnpm-lock.yaml",
+        ]
+        .map(String::from)
+        .to_vec(),
         key_commands: vec!["node --version".to_owned()],
         key_extra: manager.clone(),
         commands: vec![command.to_owned()],
@@ -55,7 +62,8 @@ mod tests {
     use crate::plan::tests::plan_with;
 
     fn command(files: &[&str], env: &[(&str, &str)]) -> String {
-        let plan = plan_with(files, env, &["node", "npm", "yarn", "pnpm"], "web: node app.js\n").unwrap();
+        let plan =
+            plan_with(files, env, &["node", "npm", "yarn", "pnpm"], "web: node app.js\n").unwrap();
         plan.dependencies.unwrap().commands.join("; ")
     }
 
@@ -63,20 +71,36 @@ mod tests {
     fn the_command_follows_the_lock_file_and_the_manager() {
         assert_eq!(command(&["package.json", "package-lock.json"], &[]), "npm ci");
         assert_eq!(command(&["package.json"], &[]), "npm install");
-        assert_eq!(command(&["package.json", "yarn.lock"], &[("NODE_PACKAGE_MANAGER", "yarn")]), "yarn install --frozen-lockfile");
+        assert_eq!(
+            command(&["package.json", "yarn.lock"], &[("NODE_PACKAGE_MANAGER", "yarn")]),
+            "yarn install --frozen-lockfile"
+        );
         assert_eq!(command(&["package.json"], &[("NODE_PACKAGE_MANAGER", "pnpm")]), "pnpm install");
-        assert_eq!(command(&["package.json", "pnpm-lock.yaml"], &[("NODE_PACKAGE_MANAGER", "PNPM")]), "pnpm install --frozen-lockfile");
+        assert_eq!(
+            command(&["package.json", "pnpm-lock.yaml"], &[("NODE_PACKAGE_MANAGER", "PNPM")]),
+            "pnpm install --frozen-lockfile"
+        );
     }
 
     #[test]
     fn node_modules_are_snapshotted_and_node_version_checked() {
-        let plan = plan_with(&["package.json"], &[("NODE_VERSION", "18")], &["node", "npm"], "web: x\n").unwrap();
+        let plan =
+            plan_with(&["package.json"], &[("NODE_VERSION", "18")], &["node", "npm"], "web: x\n")
+                .unwrap();
         let deps = plan.dependencies.as_ref().unwrap();
         assert_eq!(deps.placement, Placement::Snapshot("node_modules".into()));
         assert_eq!(plan.version_checks[0].wanted, "18");
-        let err = plan_with(&["package.json"], &[("NODE_PACKAGE_MANAGER", "bun")], &["node"], "web: x\n").unwrap_err();
+        let err =
+            plan_with(&["package.json"], &[("NODE_PACKAGE_MANAGER", "bun")], &["node"], "web: x\n")
+                .unwrap_err();
         assert!(err.contains("use npm, yarn or pnpm"), "{err}");
-        let err = plan_with(&["package.json"], &[("NODE_PACKAGE_MANAGER", "yarn")], &["node", "npm"], "web: x\n").unwrap_err();
+        let err = plan_with(
+            &["package.json"],
+            &[("NODE_PACKAGE_MANAGER", "yarn")],
+            &["node", "npm"],
+            "web: x\n",
+        )
+        .unwrap_err();
         assert!(err.contains("`yarn`"), "{err}");
     }
 }

@@ -138,7 +138,9 @@ pub fn plan(ctx: &PlanContext<'_>) -> Result<BuildPlan, String> {
         Runtime::Rust => crate::rust::plan(ctx),
         Runtime::Maven | Runtime::Gradle => crate::java::plan(ctx, runtime),
         Runtime::ClojureCli | Runtime::Leiningen => crate::clojure::plan(ctx, runtime),
-        Runtime::Generic => BuildPlan::new(Runtime::Generic, "Generic app: the Procfile runs as it is"),
+        Runtime::Generic => {
+            BuildPlan::new(Runtime::Generic, "Generic app: the Procfile runs as it is")
+        }
     };
     if runtime != Runtime::PythonRequirements
         && runtime != Runtime::PythonProject
@@ -214,7 +216,8 @@ pub(crate) mod tests {
 
     #[test]
     fn wsgi_without_python_is_refused_with_the_fix() {
-        let err = plan_with(&["package.json"], &[], &["node", "npm"], "wsgi: app:app\n").unwrap_err();
+        let err =
+            plan_with(&["package.json"], &[], &["node", "npm"], "wsgi: app:app\n").unwrap_err();
         assert!(err.starts_with("Procfile line 1: `wsgi:` runs a Python app"), "{err}");
     }
 }

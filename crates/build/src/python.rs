@@ -10,7 +10,10 @@ use crate::wsgi::WsgiServer;
 pub fn interpreter(ctx: &PlanContext<'_>) -> Result<String, String> {
     let (wanted, source) = match ctx.knob("PYTHON_VERSION") {
         Some(v) => (v.to_owned(), "PYTHON_VERSION"),
-        None => match ctx.python_version_file.and_then(|t| t.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'))) {
+        None => match ctx
+            .python_version_file
+            .and_then(|t| t.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')))
+        {
             Some(v) => (v.to_owned(), ".python-version"),
             None => return Ok("python3".to_owned()),
         },
@@ -29,7 +32,8 @@ pub fn interpreter(ctx: &PlanContext<'_>) -> Result<String, String> {
     if ctx.pythons.contains(&short) {
         Ok(format!("python{short}"))
     } else {
-        let installed = if ctx.pythons.is_empty() { "none".to_owned() } else { ctx.pythons.join(", ") };
+        let installed =
+            if ctx.pythons.is_empty() { "none".to_owned() } else { ctx.pythons.join(", ") };
         Err(format!(
             "{source} asks for Python {wanted}, which this server does not have (installed: \
              {installed}); install python{short} or change {source}"
@@ -40,7 +44,9 @@ pub fn interpreter(ctx: &PlanContext<'_>) -> Result<String, String> {
 pub fn plan(ctx: &PlanContext<'_>, runtime: Runtime) -> Result<BuildPlan, String> {
     let python = interpreter(ctx)?;
     let use_uv = (ctx.has_tool)("uv");
-    let use_poetry = runtime == Runtime::PythonProject && ctx.has_file("poetry.lock") && (ctx.has_tool)("poetry");
+    let use_poetry = runtime == Runtime::PythonProject
+        && ctx.has_file("poetry.lock")
+        && (ctx.has_tool)("poetry");
     let wsgi = ctx.procfile.get("wsgi").map(|_| WsgiServer::from_env(ctx.env));
 
     let mut inputs = Vec::new();
@@ -62,7 +68,9 @@ pub fn plan(ctx: &PlanContext<'_>, runtime: Runtime) -> Result<BuildPlan, String
             } else {
                 manager = "pip";
                 commands.push(format!("{python} -m venv \"$BERTH_DEPS\""));
-                commands.push("\"$BERTH_DEPS/bin/pip\" install --disable-pip-version-check .".to_owned());
+                commands.push(
+                    "\"$BERTH_DEPS/bin/pip\" install --disable-pip-version-check .".to_owned(),
+                );
             }
         }
         _ => {
@@ -70,7 +78,9 @@ pub fn plan(ctx: &PlanContext<'_>, runtime: Runtime) -> Result<BuildPlan, String
             if use_uv {
                 manager = "uv";
                 commands.push(format!("uv venv --quiet --python {python} \"$BERTH_DEPS\""));
-                commands.push("VIRTUAL_ENV=\"$BERTH_DEPS\" uv pip install -r requirements.txt".to_owned());
+                commands.push(
+                    "VIRTUAL_ENV=\"$BERTH_DEPS\" uv pip install -r requirements.txt".to_owned(),
+                );
             } else {
                 manager = "pip";
                 commands.push(format!("{python} -m venv \"$BERTH_DEPS\""));
@@ -91,10 +101,8 @@ pub fn plan(ctx: &PlanContext<'_>, runtime: Runtime) -> Result<BuildPlan, String
         });
     }
 
-    let mut plan = BuildPlan::new(
-        runtime,
-        format!("Python app ({}, {manager}, {python})", inputs[0]),
-    );
+    let mut plan =
+        BuildPlan::new(runtime, format!("Python app ({}, {manager}, {python})", inputs[0]));
     plan.tools.push(Tool::new(&python, if python == "python3" { "python3-venv" } else { &python }));
     match manager {
         "uv" => plan.tools.push(Tool::new("uv", "python3-uv (or pipx install uv)")),
@@ -126,7 +134,8 @@ mod tests {
 
     #[test]
     fn requirements_use_pip_without_uv_and_uv_with_it() {
-        let pip = plan_with(&["requirements.txt"], &[], &["python3"], "web: python3 app.py\n").unwrap();
+        let pip =
+            plan_with(&["requirements.txt"], &[], &["python3"], "web: python3 app.py\n").unwrap();
         assert_eq!(pip.summary, "Python app (requirements.txt, pip, python3)");
         assert_eq!(
             commands(&pip),
@@ -141,7 +150,8 @@ mod tests {
         assert_eq!(deps.key_commands, ["python3 --version"]);
         assert!(pip.path_prefix.contains(&"{deps}/bin".to_owned()));
 
-        let uv = plan_with(&["requirements.txt"], &[], &["python3", "uv"], "web: python3 app.py\n").unwrap();
+        let uv = plan_with(&["requirements.txt"], &[], &["python3", "uv"], "web: python3 app.py\n")
+            .unwrap();
         assert_eq!(
             commands(&uv),
             [
@@ -159,8 +169,17 @@ mod tests {
             commands(&plan).last().unwrap(),
             "\"$BERTH_DEPS/bin/pip\" install --disable-pip-version-check gunicorn"
         );
-        let plan = plan_with(&["requirements.txt"], &[("WSGI_SERVER", "uwsgi")], &["python3", "uv"], "wsgi: app:app\n").unwrap();
-        assert_eq!(commands(&plan).last().unwrap(), "VIRTUAL_ENV=\"$BERTH_DEPS\" uv pip install uwsgi");
+        let plan = plan_with(
+            &["requirements.txt"],
+            &[("WSGI_SERVER", "uwsgi")],
+            &["python3", "uv"],
+            "wsgi: app:app\n",
+        )
+        .unwrap();
+        assert_eq!(
+            commands(&plan).last().unwrap(),
+            "VIRTUAL_ENV=\"$BERTH_DEPS\" uv pip install uwsgi"
+        );
         assert!(plan.dependencies.unwrap().key_extra.contains("uwsgi"));
     }
 
@@ -169,7 +188,8 @@ mod tests {
         let files = ["pyproject.toml", "poetry.lock"];
         let poetry = plan_with(&files, &[], &["python3", "poetry", "uv"], "web: x\n").unwrap();
         assert!(commands(&poetry)[1].contains("poetry install --no-root --only main"));
-        let uv = plan_with(&["pyproject.toml", "uv.lock"], &[], &["python3", "uv"], "web: x\n").unwrap();
+        let uv =
+            plan_with(&["pyproject.toml", "uv.lock"], &[], &["python3", "uv"], "web: x\n").unwrap();
         assert_eq!(
             commands(&uv),
             ["UV_PROJECT_ENVIRONMENT=\"$BERTH_DEPS\" uv sync --no-dev --python python3 --frozen"]
@@ -180,15 +200,33 @@ mod tests {
 
     #[test]
     fn python_version_picks_an_installed_interpreter_or_says_which_exist() {
-        let plan = plan_with(&["requirements.txt"], &[("PYTHON_VERSION", "3.11.7")], &["python3.11"], "web: x\n").unwrap();
+        let plan = plan_with(
+            &["requirements.txt"],
+            &[("PYTHON_VERSION", "3.11.7")],
+            &["python3.11"],
+            "web: x\n",
+        )
+        .unwrap();
         assert_eq!(commands(&plan)[0], "python3.11 -m venv \"$BERTH_DEPS\"");
-        let err = plan_with(&["requirements.txt"], &[("PYTHON_VERSION", "3.9")], &["python3"], "web: x\n").unwrap_err();
+        let err = plan_with(
+            &["requirements.txt"],
+            &[("PYTHON_VERSION", "3.9")],
+            &["python3"],
+            "web: x\n",
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             "PYTHON_VERSION asks for Python 3.9, which this server does not have (installed: \
              3.11); install python3.9 or change PYTHON_VERSION"
         );
-        let err = plan_with(&["requirements.txt"], &[("PYTHON_VERSION", "2.7")], &["python3"], "web: x\n").unwrap_err();
+        let err = plan_with(
+            &["requirements.txt"],
+            &[("PYTHON_VERSION", "2.7")],
+            &["python3"],
+            "web: x\n",
+        )
+        .unwrap_err();
         assert!(err.contains("Berth builds Python 3 apps"), "{err}");
     }
 

@@ -59,7 +59,8 @@ pub async fn run_plan(
         command_env.push((key.clone(), resolve(value, dirs, &deps_entry)));
     }
     command_env.push(("BERTH_CACHE".to_owned(), dirs.cache.display().to_string()));
-    std::fs::create_dir_all(dirs.cache).map_err(|e| format!("cannot create {}: {e}", dirs.cache.display()))?;
+    std::fs::create_dir_all(dirs.cache)
+        .map_err(|e| format!("cannot create {}: {e}", dirs.cache.display()))?;
     hand_over(dirs.cache, dirs.run_as)?;
 
     for check in &plan.version_checks {
@@ -85,7 +86,11 @@ pub async fn run_plan(
     }
 
     Ok(BuildOutcome {
-        process_env: plan.process_env.iter().map(|(k, v)| (k.clone(), resolve(v, dirs, &entry))).collect(),
+        process_env: plan
+            .process_env
+            .iter()
+            .map(|(k, v)| (k.clone(), resolve(v, dirs, &entry)))
+            .collect(),
         path_prefix: plan.path_prefix.iter().map(|p| resolve(p, dirs, &entry)).collect(),
         reused_dependencies: reused,
     })
@@ -101,7 +106,12 @@ fn hand_over(dir: &Path, run_as: Option<RunAs>) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(command: &str, dirs: &BuildDirs<'_>, env: &[(String, String)], out: &(dyn Fn(String) + Sync)) -> Result<(), String> {
+async fn run(
+    command: &str,
+    dirs: &BuildDirs<'_>,
+    env: &[(String, String)],
+    out: &(dyn Fn(String) + Sync),
+) -> Result<(), String> {
     let spec = TaskSpec {
         command: command.to_owned(),
         cwd: dirs.release.to_owned(),
@@ -126,7 +136,11 @@ async fn run(command: &str, dirs: &BuildDirs<'_>, env: &[(String, String)], out:
 }
 
 /// Runs a command and returns what it printed (for versions).
-async fn capture(command: &str, dirs: &BuildDirs<'_>, env: &[(String, String)]) -> Result<String, String> {
+async fn capture(
+    command: &str,
+    dirs: &BuildDirs<'_>,
+    env: &[(String, String)],
+) -> Result<String, String> {
     let spec = TaskSpec {
         command: command.to_owned(),
         cwd: dirs.release.to_owned(),
@@ -144,7 +158,11 @@ async fn capture(command: &str, dirs: &BuildDirs<'_>, env: &[(String, String)]) 
     Ok(text.trim().to_owned())
 }
 
-async fn check_version(check: &VersionCheck, dirs: &BuildDirs<'_>, env: &[(String, String)]) -> Result<(), String> {
+async fn check_version(
+    check: &VersionCheck,
+    dirs: &BuildDirs<'_>,
+    env: &[(String, String)],
+) -> Result<(), String> {
     let installed = capture(&check.command, dirs, env).await?;
     if version_matches(&installed, &check.wanted) {
         Ok(())
@@ -166,7 +184,11 @@ pub fn version_matches(installed: &str, wanted: &str) -> bool {
     !wanted.is_empty() && (installed == wanted || installed.starts_with(&format!("{wanted}.")))
 }
 
-async fn cache_key(step: &DependencyStep, dirs: &BuildDirs<'_>, env: &[(String, String)]) -> Result<String, String> {
+async fn cache_key(
+    step: &DependencyStep,
+    dirs: &BuildDirs<'_>,
+    env: &[(String, String)],
+) -> Result<String, String> {
     let mut hasher = Sha256::new();
     hasher.update(step.cache_name.as_bytes());
     hasher.update(b"\0");
@@ -202,7 +224,8 @@ async fn install_dependencies(
 ) -> Result<bool, String> {
     let done = entry.with_extension("done");
     let parent = entry.parent().unwrap_or(dirs.cache);
-    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     hand_over(parent, dirs.run_as)?;
     let mut env = env.to_vec();
     env.push(("BERTH_DEPS".to_owned(), entry.display().to_string()));
@@ -234,7 +257,9 @@ async fn install_dependencies(
         let built = dirs.release.join(dir);
         if built.exists() {
             let command = format!("cp -al {} {}", quote(&built), quote(entry));
-            run(&command, dirs, &env, out).await.map_err(|e| format!("cannot keep {dir} in the cache: {e}"))?;
+            run(&command, dirs, &env, out)
+                .await
+                .map_err(|e| format!("cannot keep {dir} in the cache: {e}"))?;
         }
     }
     std::fs::File::create(&done).map_err(|e| format!("cannot write {}: {e}", done.display()))?;
@@ -253,7 +278,9 @@ async fn restore_snapshot(
     // Hard links: the copy costs no space and no time, and the entry stays intact because
     // package managers replace files rather than write into them.
     let command = format!("cp -al {} {}", quote(entry), quote(target));
-    run(&command, dirs, env, out).await.map_err(|e| format!("cannot reuse cached dependencies: {e}"))
+    run(&command, dirs, env, out)
+        .await
+        .map_err(|e| format!("cannot reuse cached dependencies: {e}"))
 }
 
 fn quote(path: &Path) -> String {
@@ -285,9 +312,10 @@ fn prune(dir: &Path) {
 /// Finds a command on a PATH value.
 pub fn which(name: &str, path: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).find(|p| {
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// The Python versions (`3.11`) whose `python3.N` is on the PATH.
@@ -338,8 +366,12 @@ mod tests {
     fn counting_plan(placement: Placement) -> BuildPlan {
         let mut plan = BuildPlan::new(Runtime::Generic, "test");
         let command = match placement {
-            Placement::InCache => "mkdir -p \"$BERTH_DEPS\" && echo installed >> ../runs && cat deps.txt > \"$BERTH_DEPS/copy\"",
-            Placement::Snapshot(_) => "mkdir -p mods && echo installed >> ../runs && cat deps.txt > mods/copy",
+            Placement::InCache => {
+                "mkdir -p \"$BERTH_DEPS\" && echo installed >> ../runs && cat deps.txt > \"$BERTH_DEPS/copy\""
+            }
+            Placement::Snapshot(_) => {
+                "mkdir -p mods && echo installed >> ../runs && cat deps.txt > mods/copy"
+            }
         };
         plan.dependencies = Some(DependencyStep {
             cache_name: "deps".into(),
@@ -354,7 +386,11 @@ mod tests {
         plan
     }
 
-    async fn build(dir: &Path, plan: &BuildPlan, deps: &str) -> (Result<BuildOutcome, String>, Vec<String>) {
+    async fn build(
+        dir: &Path,
+        plan: &BuildPlan,
+        deps: &str,
+    ) -> (Result<BuildOutcome, String>, Vec<String>) {
         let release = dir.join("release");
         std::fs::write(release.join("deps.txt"), deps).unwrap();
         let cache = dir.join("cache");
@@ -375,7 +411,10 @@ mod tests {
         let (first, lines) = build(&dir, &plan, "a==1\n").await;
         let first = first.unwrap();
         assert!(!first.reused_dependencies);
-        assert!(lines.iter().any(|l| l.starts_with("-----> Installing dependencies (deps.txt)")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("-----> Installing dependencies (deps.txt)")),
+            "{lines:?}"
+        );
         let (second, lines) = build(&dir, &plan, "a==1\n").await;
         let second = second.unwrap();
         assert!(second.reused_dependencies, "{lines:?}");
@@ -410,12 +449,14 @@ mod tests {
     async fn a_failed_install_leaves_no_entry_and_names_the_command() {
         let dir = temp("fail");
         let mut plan = counting_plan(Placement::InCache);
-        plan.dependencies.as_mut().unwrap().commands = vec!["echo 'no such package' >&2; exit 1".into()];
+        plan.dependencies.as_mut().unwrap().commands =
+            vec!["echo 'no such package' >&2; exit 1".into()];
         let (result, lines) = build(&dir, &plan, "bad\n").await;
         let err = result.unwrap_err();
         assert!(err.starts_with("installing dependencies failed: `echo"), "{err}");
         assert!(lines.iter().any(|l| l.contains("no such package")), "{lines:?}");
-        let entries: Vec<_> = std::fs::read_dir(dir.join("cache/deps")).unwrap().flatten().collect();
+        let entries: Vec<_> =
+            std::fs::read_dir(dir.join("cache/deps")).unwrap().flatten().collect();
         assert!(entries.is_empty(), "{entries:?}");
     }
 
@@ -427,7 +468,8 @@ mod tests {
         for name in ["python3.12", "python3.9", "python3.11-config", "tool"] {
             std::fs::write(bin.join(name), "#!/bin/sh\n").unwrap();
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
         }
         let path = format!("{}:/nonexistent", bin.display());
         assert_eq!(installed_pythons(&path), ["3.9", "3.12"]);

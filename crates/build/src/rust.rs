@@ -24,9 +24,12 @@ mod tests {
 
     #[test]
     fn cargo_builds_in_the_cache_and_copies_executables() {
-        let plan = plan_with(&["Cargo.toml"], &[], &["cargo"], "web: ./target/release/app\n").unwrap();
+        let plan =
+            plan_with(&["Cargo.toml"], &[], &["cargo"], "web: ./target/release/app\n").unwrap();
         assert_eq!(plan.steps[0], "cargo build --release");
         assert!(plan.steps[1].contains("cp {} target/release/"));
-        assert!(plan.command_env.contains(&("CARGO_TARGET_DIR".into(), "{cache}/cargo-target".into())));
+        assert!(
+            plan.command_env.contains(&("CARGO_TARGET_DIR".into(), "{cache}/cargo-target".into()))
+        );
     }
 }

@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn gunicorn_by_default_with_piku_knobs() {
         let (cmd, notes) = wsgi_command("app:app", &env(&[]));
-        assert_eq!(cmd, "exec gunicorn --bind \"$BIND_ADDRESS:$PORT\" --workers 1 --access-logfile - app:app");
+        assert_eq!(
+            cmd,
+            "exec gunicorn --bind \"$BIND_ADDRESS:$PORT\" --workers 1 --access-logfile - app:app"
+        );
         assert!(notes.is_empty());
         let knobs = env(&[
             ("UWSGI_PROCESSES", "4"),
@@ -124,7 +127,8 @@ mod tests {
 
     #[test]
     fn uwsgi_on_request() {
-        let knobs = env(&[("WSGI_SERVER", "uWSGI"), ("UWSGI_PROCESSES", "2"), ("UWSGI_IDLE", "30")]);
+        let knobs =
+            env(&[("WSGI_SERVER", "uWSGI"), ("UWSGI_PROCESSES", "2"), ("UWSGI_IDLE", "30")]);
         let (cmd, notes) = wsgi_command("app:app", &knobs);
         assert_eq!(
             cmd,

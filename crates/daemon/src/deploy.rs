@@ -200,6 +200,7 @@ async fn build_and_start(
             .map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
     }
 
+    daemon.ensure_data_dir(app)?;
     // The environment before the build: what preflight and the build commands run with.
     let (files, env) = daemon.release_env(app, number, &BuildOutcome::default())?;
     for warning in &files.warnings {
@@ -208,7 +209,9 @@ async fn build_and_start(
     let names: Vec<String> = files.procfile.entries.iter().map(|e| e.name.clone()).collect();
     out.step(format!("Process types: {}", names.join(", ")));
 
-    if let Some(preflight) = files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Preflight) {
+    if let Some(preflight) =
+        files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Preflight)
+    {
         out.step(format!("Running preflight command: {}", preflight.command));
         run_streamed(daemon, &dir, &env, &preflight.command, out)
             .await
@@ -220,7 +223,8 @@ async fn build_and_start(
     for warning in &plan.warnings {
         out.detail(format!("warning: {warning}"));
     }
-    let dirs = BuildDirs { release: &dir, cache: &layout.cache(app), run_as: daemon.settings.run_as };
+    let dirs =
+        BuildDirs { release: &dir, cache: &layout.cache(app), run_as: daemon.settings.run_as };
     let print = |line: String| out.line(line);
     let outcome = run_plan(&plan, &dirs, &env, &print).await?;
     daemon.save_build(app, number, &outcome)?;

@@ -10,9 +10,9 @@ use berth_api::InstanceInfo;
 use berth_build::{AppFiles, BuildOutcome, read_app_files, wsgi_command};
 use berth_procfile::ProcessKind;
 use berth_router::{Backend, RouteTable, SharedRoutes, StaticMount, parse_static_paths};
-use serde::{Deserialize, Serialize};
 use berth_store::Store;
 use berth_supervise::{Instance, ProcessSpec, RunAs, wait_for_port};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::layout::Layout;
@@ -140,7 +140,8 @@ impl Daemon {
         // Processes that run as the app's user get that user's home, so tools that keep
         // caches there (pip, npm, cargo) write where they may.
         if let Some(run_as) = self.settings.run_as
-            && let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(run_as.uid))
+            && let Ok(Some(user)) =
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(run_as.uid))
         {
             env.push(("HOME".to_owned(), user.dir.display().to_string()));
             env.push(("USER".to_owned(), user.name.clone()));
@@ -185,15 +186,26 @@ impl Daemon {
 
     /// Keeps what the build gave the release's processes, for every later start.
     pub fn save_build(&self, app: &str, release: i64, build: &BuildOutcome) -> Result<(), String> {
-        let stored = StoredBuild { env: build.process_env.clone(), path_prefix: build.path_prefix.clone() };
+        let stored =
+            StoredBuild { env: build.process_env.clone(), path_prefix: build.path_prefix.clone() };
         let json = serde_json::to_string(&stored).map_err(|e| e.to_string())?;
         self.store().set_release_build_env(app, release, &json).map_err(|e| e.to_string())
     }
 
     fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
-        let json = self.store().release(app, release).ok().flatten().map(|r| r.build_env).unwrap_or_default();
+        let json = self
+            .store()
+            .release(app, release)
+            .ok()
+            .flatten()
+            .map(|r| r.build_env)
+            .unwrap_or_default();
         let stored: StoredBuild = serde_json::from_str(&json).unwrap_or_default();
-        BuildOutcome { process_env: stored.env, path_prefix: stored.path_prefix, reused_dependencies: false }
+        BuildOutcome {
+            process_env: stored.env,
+            path_prefix: stored.path_prefix,
+            reused_dependencies: false,
+        }
     }
 
     /// The directories the router serves for the release: `static: DIR` lines at `/`, then
@@ -207,7 +219,11 @@ impl Daemon {
     ) -> Result<(Vec<StaticMount>, Option<std::path::PathBuf>), String> {
         let dir = self.settings.layout.release(app, release);
         let knob = |key: &str| {
-            env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty())
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
         };
         let mut mounts: Vec<StaticMount> = files
             .procfile
@@ -217,7 +233,9 @@ impl Daemon {
             .map(|e| StaticMount::new("/", dir.join(e.command.trim().trim_start_matches('/'))))
             .collect();
         if let Some(paths) = knob("NGINX_STATIC_PATHS") {
-            mounts.extend(parse_static_paths(&paths, &dir).map_err(|e| format!("NGINX_STATIC_PATHS: {e}"))?);
+            mounts.extend(
+                parse_static_paths(&paths, &dir).map_err(|e| format!("NGINX_STATIC_PATHS: {e}"))?,
+            );
         }
         let catch_all = knob("NGINX_CATCH_ALL").map(|file| dir.join(file.trim_start_matches('/')));
         Ok((mounts, catch_all))
@@ -251,16 +269,7 @@ impl Daemon {
         let hosts = self.hosts(app, &env);
         let (statics, catch_all) = self.static_routes(app, release, &files, &env)?;
         let layout = &self.settings.layout;
-        let data = layout.data(app);
-        if !data.exists() {
-            std::fs::create_dir_all(&data)
-                .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-            // The app writes its persistent files here, so it must own the directory.
-            if let Some(run_as) = self.settings.run_as {
-                crate::ownership::chown_tree(&data, run_as)
-                    .map_err(|e| format!("cannot hand {} to the app user: {e}", data.display()))?;
-            }
-        }
+        self.ensure_data_dir(app)?;
 
         let mut instances = Vec::new();
         let mut web_ports = Vec::new();
@@ -276,7 +285,10 @@ impl Daemon {
                     command
                 }
                 ProcessKind::Cron { .. } => {
-                    out(format!("{}: cron lines are not run by this version of Berth yet; skipped", entry.name));
+                    out(format!(
+                        "{}: cron lines are not run by this version of Berth yet; skipped",
+                        entry.name
+                    ));
                     continue;
                 }
                 ProcessKind::Static | ProcessKind::Release | ProcessKind::Preflight => continue,
@@ -340,6 +352,21 @@ impl Daemon {
             for instance in old.instances {
                 instance.stop().await;
             }
+        }
+        Ok(())
+    }
+
+    /// Creates the app's persistent data directory (`DATA_ROOT`), owned by the app's user.
+    pub fn ensure_data_dir(&self, app: &str) -> Result<(), String> {
+        let data = self.settings.layout.data(app);
+        if data.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        if let Some(run_as) = self.settings.run_as {
+            crate::ownership::chown_tree(&data, run_as)
+                .map_err(|e| format!("cannot hand {} to the app user: {e}", data.display()))?;
         }
         Ok(())
     }

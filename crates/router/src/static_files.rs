@@ -74,22 +74,21 @@ pub(crate) fn longest_prefix_first(mut mounts: Vec<StaticMount>) -> Vec<StaticMo
 /// path is resolved against `base`, the release directory.
 ///
 /// Whitespace around items and empty items (a trailing comma) are tolerated. The first bad
-/// item is returned as an error that names it and shows the expected form.
+/// item is returned as an error that names it and shows the expected form, in lower case
+/// and without the variable's name, which the caller puts in front.
 pub fn parse_static_paths(value: &str, base: &Path) -> Result<Vec<StaticMount>, String> {
     const EXPECTED: &str = "expected /url:path, as in /static:public";
     let mut mounts = Vec::new();
     for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let Some((url, path)) = item.split_once(':') else {
-            return Err(format!("NGINX_STATIC_PATHS item {item:?} has no ':'; {EXPECTED}"));
+            return Err(format!("item {item:?} has no ':'; {EXPECTED}"));
         };
         let (url, path) = (url.trim(), path.trim());
         if !url.starts_with('/') {
-            return Err(format!(
-                "NGINX_STATIC_PATHS item {item:?}: the url must start with '/'; {EXPECTED}"
-            ));
+            return Err(format!("item {item:?}: the url must start with '/'; {EXPECTED}"));
         }
         if path.is_empty() {
-            return Err(format!("NGINX_STATIC_PATHS item {item:?} has no path; {EXPECTED}"));
+            return Err(format!("item {item:?} has no path; {EXPECTED}"));
         }
         // Collecting the components drops `.` segments, so "./public" and "public" give the
         // same directory; `..` is kept, because what it means depends on symlinks.
@@ -534,7 +533,7 @@ mod tests {
                 (Ok(expected), Ok(parsed)) => assert_eq!(parsed, expected, "{value:?}"),
                 (Err(needle), Err(message)) => {
                     assert!(message.contains(needle), "{value:?}: {message}");
-                    assert!(message.starts_with("NGINX_STATIC_PATHS"), "{message}");
+                    assert!(message.starts_with("item \""), "{message}");
                     assert!(message.contains("expected /url:path"), "{message}");
                 }
                 _ => panic!("{value:?}: expected {expected:?}, got {parsed:?}"),

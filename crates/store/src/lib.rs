@@ -120,7 +120,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] =
 /// Adds the columns a database created by an older Berth lacks.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, definition) in ADDED_COLUMNS {
-        let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
         if !stmt.exists([column])? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
         }

@@ -89,13 +89,27 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub fn start(bin: &Path, root: &Path, domain: &str) -> anyhow::Result<TestDaemon> {
+        TestDaemon::start_with_env(bin, root, domain, &[])
+    }
+
+    /// Starts a daemon with extra environment (a PATH with or without a tool, say), which its
+    /// apps and builds inherit.
+    pub fn start_with_env(
+        bin: &Path,
+        root: &Path,
+        domain: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<TestDaemon> {
         std::fs::create_dir_all(root)?;
-        let log = std::fs::File::create(root.join("daemon.log"))?;
+        // Appending keeps the log of an earlier daemon on the same root.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(root.join("daemon.log"))?;
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
             .args(["daemon", "--http", "127.0.0.1:0", "--domain", domain])
             .env("BERTH_LOG", "debug,hyper=info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
