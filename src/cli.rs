@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use berth_api::{AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs};
+use berth_api::{AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs, Scale};
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
 
@@ -16,8 +16,15 @@ use crate::{EXIT_FAILURE, EXIT_USAGE};
 pub enum ServerCommand {
     /// List apps.
     Apps,
-    /// Show an app's processes: type, pid, port, state, uptime, restarts.
+    /// Show an app's processes: type, pid, port, state, uptime, restarts, memory.
     Ps { app: String },
+    /// Set how many instances of each process type run (TYPE=N ...), or show it.
+    #[command(name = "ps:scale")]
+    PsScale {
+        app: String,
+        #[arg(value_name = "TYPE=N")]
+        counts: Vec<String>,
+    },
     /// Show the newest lines of an app's logs (PROCESS: web, worker… or build).
     Logs {
         app: String,
@@ -148,6 +155,29 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
         ServerCommand::Ps { app } => {
             let detail: AppDetail = client.get(&app_path(&app, "")?).await?;
             render_ps(&mut stdout, &detail)?;
+        }
+        ServerCommand::PsScale { app, counts } => {
+            let path = app_path(&app, "/scale")?;
+            let scale: Scale = if counts.is_empty() {
+                client.get(&path).await?
+            } else {
+                let mut update = Scale::default();
+                for pair in &counts {
+                    let parsed =
+                        pair.split_once('=').and_then(|(t, n)| Some((t, n.parse::<u32>().ok()?)));
+                    let Some((process_type, count)) = parsed else {
+                        eprintln!(
+                            "berth: `{pair}` is not TYPE=N (for example `ps:scale {app} web=2 worker=1`)"
+                        );
+                        return Ok(EXIT_USAGE);
+                    };
+                    update.counts.insert(process_type.to_owned(), count);
+                }
+                client.send(Method::PATCH, &path, &update).await?
+            };
+            let counts: Vec<String> =
+                scale.counts.iter().map(|(t, n)| format!("{t}={n}")).collect();
+            writeln!(stdout, "{app}: {}", counts.join(" "))?;
         }
         ServerCommand::Logs { app, process, lines } => {
             let mut query = format!("/logs?lines={lines}");
@@ -289,10 +319,20 @@ fn render_ps(out: &mut impl Write, detail: &AppDetail) -> std::io::Result<()> {
             p.state.clone(),
             p.uptime_secs.map(format_duration).unwrap_or_else(|| "-".into()),
             p.restarts.to_string(),
+            p.memory_bytes.map(format_bytes).unwrap_or_else(|| "-".into()),
             p.last_exit.clone().unwrap_or_default(),
         ]
     });
-    write_table(out, &["PROCESS", "PID", "PORT", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"], rows)
+    let header = ["PROCESS", "PID", "PORT", "STATE", "UPTIME", "RESTARTS", "MEMORY", "LAST EXIT"];
+    write_table(out, &header, rows)
+}
+
+fn format_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b => format!("{}K", b / 1024),
+    }
 }
 
 fn format_duration(secs: u64) -> String {
@@ -344,6 +384,9 @@ mod tests {
         assert_eq!(format_duration(125), "2m5s");
         assert_eq!(format_duration(7260), "2h1m");
         assert_eq!(format_duration(90000), "1d1h");
+        assert_eq!(format_bytes(512 * 1024), "512K");
+        assert_eq!(format_bytes(25 * 1024 * 1024 + 512 * 1024), "25.5M");
+        assert_eq!(format_bytes(3 << 30), "3.0G");
     }
 
     #[test]

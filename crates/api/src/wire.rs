@@ -45,6 +45,15 @@ pub struct InstanceInfo {
     pub uptime_secs: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// Resident memory of the instance's processes (its whole process group).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+}
+
+/// `GET/PATCH /apps/{app}/scale`: instances per process type.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Scale {
+    pub counts: BTreeMap<String, u32>,
 }
 
 /// `PATCH /apps/{app}/config`.

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
     AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, LogFile, Logs, RepoInfo,
-    RepoRequest,
+    RepoRequest, Scale,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::deploy::{JobOutput, deploy};
 use crate::error::ApiError;
+use crate::processes::MAX_INSTANCES;
 use crate::repo::ensure_repo;
 use crate::state::{Daemon, now, tail_lines};
 
@@ -37,6 +38,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/stop", post(stop_app))
         .route("/apps/{app}/restart", post(restart_app))
         .route("/apps/{app}/logs", get(get_logs))
+        .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; see `berth help` for what the API offers")
         })
@@ -311,4 +313,62 @@ async fn get_logs(
         })
         .collect();
     Ok(Json(Logs { files }))
+}
+
+/// The scale of every long-running process type of the current release (1 unless set).
+fn current_scale(daemon: &Daemon, app: &str) -> Result<(i64, Scale), ApiError> {
+    let record = daemon.store().app(app)?;
+    let Some(release) = record.current_release else {
+        return Err(ApiError::conflict(format!(
+            "{app} has no release yet, so no processes to scale: push to it first"
+        )));
+    };
+    let (files, _) = daemon
+        .release_env(app, release, &berth_build::BuildOutcome::default())
+        .map_err(ApiError::internal)?;
+    let set: BTreeMap<String, u32> = daemon.store().scale(app)?.into_iter().collect();
+    let counts = files
+        .procfile
+        .entries
+        .iter()
+        .filter(|e| e.kind.is_long_running())
+        .map(|e| (e.name.clone(), set.get(&e.name).copied().unwrap_or(1)))
+        .collect();
+    Ok((release, Scale { counts }))
+}
+
+async fn get_scale(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Scale> {
+    let app = app_name(&app)?;
+    Ok(Json(current_scale(&daemon, &app)?.1))
+}
+
+async fn update_scale(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(update): Json<Scale>,
+) -> ApiResult<Scale> {
+    let app = app_name(&app)?;
+    let (release, current) = current_scale(&daemon, &app)?;
+    for (process_type, &count) in &update.counts {
+        if !current.counts.contains_key(process_type) {
+            let known: Vec<&str> = current.counts.keys().map(String::as_str).collect();
+            return Err(ApiError::bad_request(format!(
+                "{app} has no process type {process_type:?} to scale; its Procfile has: {}",
+                known.join(", ")
+            )));
+        }
+        if count > MAX_INSTANCES {
+            return Err(ApiError::bad_request(format!(
+                "{process_type}={count} is more than the {MAX_INSTANCES} instances Berth runs of one type"
+            )));
+        }
+    }
+    let counts: Vec<(String, u32)> = update.counts.into_iter().collect();
+    daemon.store().set_scale(&app, &counts)?;
+    if daemon.store().app(&app)?.state == AppState::Running {
+        let lock = daemon.app_lock(&app);
+        let _guard = lock.lock().await;
+        daemon.apply_scale(&app, release).await.map_err(ApiError::unprocessable)?;
+    }
+    Ok(Json(current_scale(&daemon, &app)?.1))
 }

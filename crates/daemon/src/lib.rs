@@ -10,6 +10,7 @@ mod error;
 mod http;
 mod layout;
 mod ownership;
+mod processes;
 mod repo;
 mod state;
 

@@ -4,22 +4,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_api::InstanceInfo;
-use berth_build::{AppFiles, BuildOutcome, read_app_files, wsgi_command};
+use berth_build::{AppFiles, BuildOutcome, read_app_files};
 use berth_procfile::ProcessKind;
 use berth_router::{Backend, RouteTable, SharedRoutes, StaticMount, parse_static_paths};
 use berth_store::Store;
-use berth_supervise::{Instance, ProcessSpec, RunAs, wait_for_port};
+use berth_supervise::{Instance, RunAs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::layout::Layout;
-
-/// How long a new web instance has to start listening on its port.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the daemon was started with.
 #[derive(Debug, Clone)]
@@ -38,6 +34,8 @@ pub struct Settings {
 /// The processes of one app that the daemon runs now.
 #[derive(Debug, Default)]
 pub struct AppRuntime {
+    /// The release the instances run.
+    pub release: i64,
     pub instances: Vec<Instance>,
     pub hosts: Vec<String>,
     /// Directories the router serves itself (`static:` lines, `NGINX_STATIC_PATHS`).
@@ -82,7 +80,7 @@ impl Daemon {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn runtimes(&self) -> MutexGuard<'_, HashMap<String, AppRuntime>> {
+    pub(crate) fn runtimes(&self) -> MutexGuard<'_, HashMap<String, AppRuntime>> {
         self.runtimes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -124,6 +122,7 @@ impl Daemon {
                         .map(|d| d.as_secs()),
                     restarts: status.restarts,
                     last_exit: status.last_exit,
+                    memory_bytes: instance.memory_bytes(),
                 }
             })
             .collect();
@@ -192,7 +191,7 @@ impl Daemon {
         self.store().set_release_build_env(app, release, &json).map_err(|e| e.to_string())
     }
 
-    fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
+    pub(crate) fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
         let json = self
             .store()
             .release(app, release)
@@ -210,7 +209,7 @@ impl Daemon {
 
     /// The directories the router serves for the release: `static: DIR` lines at `/`, then
     /// piku's `NGINX_STATIC_PATHS=/url:dir,...`, and `NGINX_CATCH_ALL=file`.
-    fn static_routes(
+    pub(crate) fn static_routes(
         &self,
         app: &str,
         release: i64,
@@ -241,7 +240,7 @@ impl Daemon {
         Ok((mounts, catch_all))
     }
 
-    fn hosts(&self, app: &str, env: &[(String, String)]) -> Vec<String> {
+    pub(crate) fn hosts(&self, app: &str, env: &[(String, String)]) -> Vec<String> {
         let mut hosts = vec![format!("{app}.{}", self.settings.domain)];
         if let Some((_, names)) = env.iter().rev().find(|(k, _)| k == "NGINX_SERVER_NAME") {
             for name in names.split([',', ' ']).filter(|s| !s.is_empty()) {
@@ -253,107 +252,6 @@ impl Daemon {
             }
         }
         hosts
-    }
-
-    /// Starts the processes of `release` next to whatever runs now, waits until every web
-    /// instance listens, then routes to the new instances and stops the old ones. When the new
-    /// processes do not come up, they are stopped and the old ones keep serving.
-    pub async fn activate(
-        &self,
-        app: &str,
-        release: i64,
-        out: &(dyn Fn(String) + Sync),
-    ) -> Result<(), String> {
-        let build = self.stored_build(app, release);
-        let (files, env) = self.release_env(app, release, &build)?;
-        let hosts = self.hosts(app, &env);
-        let (statics, catch_all) = self.static_routes(app, release, &files, &env)?;
-        let layout = &self.settings.layout;
-        self.ensure_data_dir(app)?;
-
-        let mut instances = Vec::new();
-        let mut web_ports = Vec::new();
-        for entry in &files.procfile.entries {
-            let command = match entry.kind {
-                ProcessKind::Web | ProcessKind::Worker => entry.command.clone(),
-                ProcessKind::Wsgi => {
-                    let knobs = env.iter().cloned().collect();
-                    let (command, notes) = wsgi_command(&entry.command, &knobs);
-                    for note in notes {
-                        out(format!("warning: {note}"));
-                    }
-                    command
-                }
-                ProcessKind::Cron { .. } => {
-                    out(format!(
-                        "{}: cron lines are not run by this version of Berth yet; skipped",
-                        entry.name
-                    ));
-                    continue;
-                }
-                ProcessKind::Static | ProcessKind::Release | ProcessKind::Preflight => continue,
-            };
-            let port = if entry.kind.needs_port() {
-                Some(free_port().map_err(|e| format!("cannot find a free port: {e}"))?)
-            } else {
-                None
-            };
-            let mut process_env = env.clone();
-            process_env.push(("BERTH_PROCESS".to_owned(), format!("{}.1", entry.name)));
-            if let Some(port) = port {
-                process_env.push(("PORT".to_owned(), port.to_string()));
-            }
-            let instance = Instance::spawn(ProcessSpec {
-                app: app.to_owned(),
-                process_type: entry.name.clone(),
-                index: 1,
-                command,
-                cwd: layout.release(app, release),
-                env: process_env,
-                log_path: layout.instance_log(app, &entry.name, 1),
-                port,
-                run_as: self.settings.run_as,
-                stop_timeout: STOP_TIMEOUT,
-            });
-            if let Some(port) = port {
-                web_ports.push((instances.len(), port));
-            }
-            instances.push(instance);
-        }
-
-        for &(i, port) in &web_ports {
-            let instance = &instances[i];
-            if let Err(err) = wait_for_port(instance, port, START_TIMEOUT).await {
-                let name = format!("{}.{}", instance.spec().process_type, instance.spec().index);
-                let log_path = instance.spec().log_path.clone();
-                for instance in instances {
-                    instance.stop().await;
-                }
-                let tail = tail_lines(&log_path, 15);
-                let mut message = format!("{name} did not start: {err}");
-                if !tail.is_empty() {
-                    message.push_str(&format!("\nlast lines of its log ({}):", log_path.display()));
-                    for line in tail {
-                        message.push_str(&format!("\n  {line}"));
-                    }
-                }
-                return Err(message);
-            }
-        }
-
-        let old = {
-            let mut runtimes = self.runtimes();
-            let old = runtimes
-                .insert(app.to_owned(), AppRuntime { instances, hosts, statics, catch_all });
-            self.publish_routes(&runtimes);
-            old
-        };
-        if let Some(old) = old {
-            for instance in old.instances {
-                instance.stop().await;
-            }
-        }
-        Ok(())
     }
 
     /// Creates the app's persistent data directory (`DATA_ROOT`), owned by the app's user.
@@ -411,7 +309,7 @@ impl Daemon {
     }
 
     /// Builds a new route table from the running instances and swaps it in.
-    fn publish_routes(&self, runtimes: &HashMap<String, AppRuntime>) {
+    pub(crate) fn publish_routes(&self, runtimes: &HashMap<String, AppRuntime>) {
         let mut table = RouteTable::new();
         for (app, runtime) in runtimes {
             let addrs: Vec<SocketAddr> = runtime
@@ -431,7 +329,8 @@ impl Daemon {
         self.routes.store(Arc::new(table));
     }
 
-    /// Restarts the app's current release, or fails with a message when there is none.
+    /// Restarts the app's current release one instance after another, or fails with a
+    /// message when there is none.
     pub async fn restart(&self, app: &str) -> Result<(), ApiError> {
         let record = self.store().app(app)?;
         let Some(release) = record.current_release else {
@@ -441,17 +340,10 @@ impl Daemon {
         };
         let lock = self.app_lock(app);
         let _guard = lock.lock().await;
-        self.activate(app, release, &|line| tracing::info!(app, "{line}"))
+        self.rolling_restart(app, release, &|line| tracing::info!(app, "{line}"))
             .await
             .map_err(ApiError::unprocessable)
     }
-}
-
-/// A port that nothing listens on now. The app binds it a moment later; another process
-/// taking it in between is unlikely on a server, and shows up as a failed start.
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The last `n` lines of a text file (empty when it cannot be read). Reads backwards from the

@@ -111,6 +111,12 @@ CREATE TABLE IF NOT EXISTS releases (
     build_env TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (app, number)
 );
+CREATE TABLE IF NOT EXISTS scale (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    process_type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (app, process_type)
+);
 ";
 
 /// Columns added after a table was first created: (table, column, definition).
@@ -249,6 +255,32 @@ impl Store {
         }
         for key in unset {
             tx.execute("DELETE FROM config WHERE app = ?1 AND key = ?2", params![app, key])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The instance counts the user set with `ps:scale`, by process type (types not listed
+    /// run one instance).
+    pub fn scale(&self, app: &str) -> Result<Vec<(String, u32)>> {
+        self.app(app)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT process_type, count FROM scale WHERE app = ?1 ORDER BY process_type",
+        )?;
+        let rows = stmt.query_map([app], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets instance counts for some process types, leaving the others as they are.
+    pub fn set_scale(&mut self, app: &str, counts: &[(String, u32)]) -> Result<()> {
+        self.app(app)?;
+        let tx = self.conn.transaction()?;
+        for (process_type, count) in counts {
+            tx.execute(
+                "INSERT INTO scale (app, process_type, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (app, process_type) DO UPDATE SET count = excluded.count",
+                params![app, process_type, count],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -400,12 +432,24 @@ mod tests {
     }
 
     #[test]
+    fn scale_is_kept_per_process_type() {
+        let mut store = store_with_app();
+        assert!(store.scale("web").unwrap().is_empty());
+        store.set_scale("web", &[("web".into(), 3), ("worker".into(), 0)]).unwrap();
+        store.set_scale("web", &[("web".into(), 2)]).unwrap();
+        assert_eq!(store.scale("web").unwrap(), [("web".to_owned(), 2), ("worker".to_owned(), 0)]);
+        assert!(matches!(store.set_scale("nope", &[]), Err(Error::NoSuchApp(_))));
+    }
+
+    #[test]
     fn deleting_an_app_removes_its_config_and_releases() {
         let mut store = store_with_app();
         store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
         store.create_release("web", "abc", "", 1).unwrap();
+        store.set_scale("web", &[("web".into(), 3)]).unwrap();
         store.delete_app("web").unwrap();
         store.create_app("web", 2).unwrap();
+        assert!(store.scale("web").unwrap().is_empty());
         assert!(store.config("web").unwrap().is_empty());
         assert!(store.releases("web").unwrap().is_empty());
     }

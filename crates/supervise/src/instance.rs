@@ -107,6 +107,12 @@ impl Instance {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Resident memory of every process in the instance's process group, from /proc.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let pid = self.status().pid?;
+        Some(group_rss_bytes(pid))
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after the spec's timeout.
     pub async fn stop(self) {
         // The receiver lives as long as the task; a send error means it already ended.
@@ -212,6 +218,33 @@ pub(crate) async fn terminate(
     let _ = killpg(group, Signal::SIGKILL);
 }
 
+/// Sums the resident set size of the processes whose process group is `pgid`.
+fn group_rss_bytes(pgid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The fields after the command name, which is in parentheses and may hold spaces:
+            // state, ppid, pgrp, ...
+            let group: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()?;
+            if group != pgid {
+                return None;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(kib * 1024)
+        })
+        .sum()
+}
+
 pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(code) = status.code() {
@@ -314,6 +347,9 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("hi there"), "{text}");
         assert_eq!(instance.status().state, InstanceState::Running);
+        // sleep's resident memory is a few hundred KiB at least, and well under a GiB.
+        let memory = instance.memory_bytes().unwrap();
+        assert!(memory > 100 * 1024 && memory < 1 << 30, "{memory}");
         instance.stop().await;
     }
 

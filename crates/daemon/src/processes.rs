@@ -1,0 +1,332 @@
+//! Running a release's processes at their scale: the switch-over of a deploy (all new
+//! instances up before any old one stops), the rolling restart (one instance after another),
+//! and scaling up and down without touching the instances that stay.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_build::wsgi_command;
+use berth_procfile::ProcessKind;
+use berth_supervise::{Instance, ProcessSpec, wait_for_port};
+
+use crate::state::{AppRuntime, Daemon, tail_lines};
+
+/// How long a new web instance has to start listening on its port.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process gets between SIGTERM and SIGKILL, unless the app sets
+/// `BERTH_STOP_TIMEOUT` (seconds).
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most instances of one process type `ps:scale` accepts.
+pub const MAX_INSTANCES: u32 = 64;
+
+/// Everything a release should run, computed from its files, environment and scale.
+pub(crate) struct Desired {
+    /// Specs without a port: the port is chosen when the instance starts.
+    pub specs: Vec<ProcessSpec>,
+    pub hosts: Vec<String>,
+    pub statics: Vec<berth_router::StaticMount>,
+    pub catch_all: Option<std::path::PathBuf>,
+}
+
+/// A key that names one instance: `web.2`.
+fn key(spec: &ProcessSpec) -> (String, u32) {
+    (spec.process_type.clone(), spec.index)
+}
+
+impl Daemon {
+    /// The processes `release` should run, at the app's scale.
+    pub(crate) fn desired(
+        &self,
+        app: &str,
+        release: i64,
+        out: &(dyn Fn(String) + Sync),
+    ) -> Result<Desired, String> {
+        let build = self.stored_build(app, release);
+        let (files, env) = self.release_env(app, release, &build)?;
+        let hosts = self.hosts(app, &env);
+        let (statics, catch_all) = self.static_routes(app, release, &files, &env)?;
+        self.ensure_data_dir(app)?;
+        let scale: BTreeMap<String, u32> =
+            self.store().scale(app).map_err(|e| e.to_string())?.into_iter().collect();
+        let knobs: BTreeMap<String, String> = env.iter().cloned().collect();
+        let stop_timeout = match knobs.get("BERTH_STOP_TIMEOUT") {
+            None => DEFAULT_STOP_TIMEOUT,
+            Some(value) => Duration::from_secs(value.trim().parse().map_err(|_| {
+                format!("BERTH_STOP_TIMEOUT={value:?} is not a number of seconds (for example 30)")
+            })?),
+        };
+        let layout = &self.settings.layout;
+
+        let mut specs = Vec::new();
+        for entry in &files.procfile.entries {
+            let command = match entry.kind {
+                ProcessKind::Web | ProcessKind::Worker => entry.command.clone(),
+                ProcessKind::Wsgi => {
+                    let (command, notes) = wsgi_command(&entry.command, &knobs);
+                    for note in notes {
+                        out(format!("warning: {note}"));
+                    }
+                    command
+                }
+                ProcessKind::Cron { .. }
+                | ProcessKind::Static
+                | ProcessKind::Release
+                | ProcessKind::Preflight => continue,
+            };
+            let count = scale.get(&entry.name).copied().unwrap_or(1);
+            for index in 1..=count {
+                let mut process_env = env.clone();
+                process_env.push(("BERTH_PROCESS".to_owned(), format!("{}.{index}", entry.name)));
+                specs.push(ProcessSpec {
+                    app: app.to_owned(),
+                    process_type: entry.name.clone(),
+                    index,
+                    command: command.clone(),
+                    cwd: layout.release(app, release),
+                    env: process_env,
+                    log_path: layout.instance_log(app, &entry.name, index),
+                    port: entry.kind.needs_port().then_some(0),
+                    run_as: self.settings.run_as,
+                    stop_timeout,
+                });
+            }
+        }
+        Ok(Desired { specs, hosts, statics, catch_all })
+    }
+
+    /// Starts one instance (with a fresh port when it serves HTTP) and, for a web instance,
+    /// waits until it listens. On failure the instance is stopped and the error says why, with
+    /// the end of its log.
+    async fn start_ready(&self, mut spec: ProcessSpec) -> Result<Instance, String> {
+        if spec.port.is_some() {
+            let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
+            spec.port = Some(port);
+            spec.env.push(("PORT".to_owned(), port.to_string()));
+        }
+        let instance = Instance::spawn(spec);
+        let Some(port) = instance.spec().port else { return Ok(instance) };
+        match wait_for_port(&instance, port, START_TIMEOUT).await {
+            Ok(()) => Ok(instance),
+            Err(err) => {
+                let name = format!("{}.{}", instance.spec().process_type, instance.spec().index);
+                let log_path = instance.spec().log_path.clone();
+                instance.stop().await;
+                let mut message = format!("{name} did not start: {err}");
+                let tail = tail_lines(&log_path, 15);
+                if !tail.is_empty() {
+                    message.push_str(&format!("\nlast lines of its log ({}):", log_path.display()));
+                    for line in tail {
+                        message.push_str(&format!("\n  {line}"));
+                    }
+                }
+                Err(message)
+            }
+        }
+    }
+
+    /// Starts every process of `release` next to whatever runs now, waits until every web
+    /// instance listens, then routes to the new instances and stops the old ones. When a new
+    /// process does not come up, the new ones are stopped and the old ones keep serving.
+    pub async fn activate(
+        &self,
+        app: &str,
+        release: i64,
+        out: &(dyn Fn(String) + Sync),
+    ) -> Result<(), String> {
+        let desired = self.desired(app, release, out)?;
+        let started =
+            futures_join_all(desired.specs.into_iter().map(|spec| self.start_ready(spec))).await;
+        let mut instances = Vec::new();
+        let mut error = None;
+        for result in started {
+            match result {
+                Ok(instance) => instances.push(instance),
+                Err(err) => error = error.or(Some(err)),
+            }
+        }
+        if let Some(err) = error {
+            for instance in instances {
+                instance.stop().await;
+            }
+            return Err(err);
+        }
+        let runtime = AppRuntime {
+            release,
+            instances,
+            hosts: desired.hosts,
+            statics: desired.statics,
+            catch_all: desired.catch_all,
+        };
+        let old = {
+            let mut runtimes = self.runtimes();
+            let old = runtimes.insert(app.to_owned(), runtime);
+            self.publish_routes(&runtimes);
+            old
+        };
+        for instance in old.into_iter().flat_map(|r| r.instances) {
+            instance.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Replaces the app's instances one after another (new up and routed before the old one
+    /// stops), so that an app with several web instances never stops answering. Picks up
+    /// config changes; instances beyond the scale are stopped, missing ones started.
+    pub async fn rolling_restart(
+        &self,
+        app: &str,
+        release: i64,
+        out: &(dyn Fn(String) + Sync),
+    ) -> Result<(), String> {
+        let desired = self.desired(app, release, out)?;
+        if !self.runtimes().contains_key(app) {
+            return self.activate(app, release, out).await;
+        }
+        {
+            let mut runtimes = self.runtimes();
+            if let Some(runtime) = runtimes.get_mut(app) {
+                runtime.release = release;
+                runtime.hosts = desired.hosts.clone();
+                runtime.statics = desired.statics.clone();
+                runtime.catch_all = desired.catch_all.clone();
+            }
+            self.publish_routes(&runtimes);
+        }
+        let wanted: Vec<(String, u32)> = desired.specs.iter().map(key).collect();
+        for spec in desired.specs {
+            let new = self.start_ready(spec).await?;
+            let old = self.swap_instance(app, new);
+            if let Some(old) = old {
+                old.stop().await;
+            }
+        }
+        self.stop_unwanted(app, &wanted).await;
+        Ok(())
+    }
+
+    /// Brings the running instances to the app's scale: starts the missing ones and stops the
+    /// extra ones, leaving the others alone.
+    pub async fn apply_scale(&self, app: &str, release: i64) -> Result<(), String> {
+        let desired = self.desired(app, release, &|_| {})?;
+        if !self.runtimes().contains_key(app) {
+            return self.activate(app, release, &|_| {}).await;
+        }
+        let running: Vec<(String, u32)> = {
+            let runtimes = self.runtimes();
+            runtimes
+                .get(app)
+                .map(|r| r.instances.iter().map(|i| key(i.spec())).collect())
+                .unwrap_or_default()
+        };
+        let wanted: Vec<(String, u32)> = desired.specs.iter().map(key).collect();
+        let missing: Vec<ProcessSpec> =
+            desired.specs.into_iter().filter(|s| !running.contains(&key(s))).collect();
+        let started =
+            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec))).await;
+        let mut error = None;
+        for result in started {
+            match result {
+                Ok(instance) => {
+                    if let Some(old) = self.swap_instance(app, instance) {
+                        old.stop().await;
+                    }
+                }
+                Err(err) => error = error.or(Some(err)),
+            }
+        }
+        self.stop_unwanted(app, &wanted).await;
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Puts `new` in the app's runtime and route table in place of the instance with the same
+    /// type and index, and returns that one.
+    fn swap_instance(&self, app: &str, new: Instance) -> Option<Instance> {
+        let mut runtimes = self.runtimes();
+        let runtime = runtimes.get_mut(app)?;
+        let position = runtime.instances.iter().position(|i| key(i.spec()) == key(new.spec()));
+        let old = match position {
+            Some(position) => Some(std::mem::replace(&mut runtime.instances[position], new)),
+            None => {
+                runtime.instances.push(new);
+                None
+            }
+        };
+        runtime.instances.sort_by_key(|i| key(i.spec()));
+        self.publish_routes(&runtimes);
+        old
+    }
+
+    /// Takes the instances that are not `wanted` out of the route table, then stops them.
+    async fn stop_unwanted(&self, app: &str, wanted: &[(String, u32)]) {
+        let unwanted: Vec<Instance> = {
+            let mut runtimes = self.runtimes();
+            let Some(runtime) = runtimes.get_mut(app) else { return };
+            let (keep, drop): (Vec<Instance>, Vec<Instance>) =
+                std::mem::take(&mut runtime.instances)
+                    .into_iter()
+                    .partition(|i| wanted.contains(&key(i.spec())));
+            runtime.instances = keep;
+            self.publish_routes(&runtimes);
+            drop
+        };
+        futures_join_all(unwanted.into_iter().map(|i| i.stop())).await;
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order (a small `join_all`, to keep
+/// the futures crate out of the dependency tree).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future completed")).collect()
+}
+
+/// A port that nothing listens on now. The app binds it a moment later; another process
+/// taking it in between is unlikely on a server, and shows up as a failed start.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_all_keeps_order_and_runs_concurrently() {
+        // Each future waits until all five have started: run one after another, they would
+        // never finish (the timeout only guards against that hang).
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let outputs = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_join_all((0..5u64).map(|i| {
+                let started = &started;
+                async move {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while started.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+                        tokio::task::yield_now().await;
+                    }
+                    i
+                }
+            })),
+        )
+        .await
+        .expect("the futures ran concurrently");
+        assert_eq!(outputs, [0, 1, 2, 3, 4]);
+    }
+}
