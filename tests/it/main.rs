@@ -5,6 +5,7 @@ mod cli;
 mod push;
 mod runtimes;
 mod ssh;
+mod supervise;
 mod tidy;
 
 use std::path::Path;

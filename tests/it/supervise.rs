@@ -1,0 +1,107 @@
+//! Process supervision as users see it: scale, restarts, rolling restart.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_testkit::{output_text, poll};
+
+use crate::World;
+
+/// Which instances answer `/env/BERTH_PROCESS` over `n` requests through the router.
+fn responders(world: &World, app: &str, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| world.get(app, "/env/BERTH_PROCESS").body).collect()
+}
+
+fn web_lines(ps: &str) -> Vec<&str> {
+    ps.lines().filter(|l| l.starts_with("web.")).collect()
+}
+
+#[test]
+fn scale_up_and_down_survives_redeploys_and_daemon_restarts() {
+    let mut world = World::start("scale");
+    let procfile = "web: python3 app.py\nworker: exec sleep 600\n";
+    let repo = world.app_repo("scaled", "v1", procfile, "");
+    world.push_ok(&repo, "scaled");
+    assert_eq!(world.ssh_ok(&["ps:scale", "scaled"]), "scaled: web=1 worker=1\n");
+
+    let out = world.ssh_ok(&["ps:scale", "scaled", "web=3", "worker=2"]);
+    assert_eq!(out, "scaled: web=3 worker=2\n");
+    let ps = world.ssh_ok(&["ps", "scaled"]);
+    assert_eq!(web_lines(&ps).len(), 3, "{ps}");
+    assert_eq!(ps.lines().filter(|l| l.starts_with("worker.")).count(), 2, "{ps}");
+    let ports: BTreeSet<&str> = web_lines(&ps).iter().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+    assert_eq!(ports.len(), 3, "each web instance has its own port:\n{ps}");
+    assert!(ps.contains("MEMORY"), "{ps}");
+    let expected: BTreeSet<String> = ["web.1", "web.2", "web.3"].map(String::from).into();
+    assert_eq!(responders(&world, "scaled", 12), expected);
+
+    // A redeploy keeps the scale.
+    repo.commit(&[("app.py", &crate::app_source("v2"))], "v2").unwrap();
+    world.push_ok(&repo, "scaled");
+    assert_eq!(world.get("scaled", "/").body, "? v2");
+    assert_eq!(responders(&world, "scaled", 12), expected);
+
+    // Scaling down stops the extra instances and leaves web.1 as it was.
+    let pid_before = web_lines(&world.ssh_ok(&["ps", "scaled"]))[0].split_whitespace().nth(1).unwrap().to_owned();
+    world.ssh_ok(&["ps:scale", "scaled", "web=1"]);
+    let ps = world.ssh_ok(&["ps", "scaled"]);
+    assert_eq!(web_lines(&ps).len(), 1, "{ps}");
+    assert_eq!(web_lines(&ps)[0].split_whitespace().nth(1).unwrap(), pid_before, "web.1 was restarted:\n{ps}");
+    assert_eq!(responders(&world, "scaled", 4), BTreeSet::from(["web.1".to_owned()]));
+
+    // Bad requests are refused with what to do.
+    let output = world.ssh(&["ps:scale", "scaled", "cron=2"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("no process type \"cron\" to scale; its Procfile has: web, worker"));
+    let output = world.ssh(&["ps:scale", "scaled", "web=lots"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = world.ssh(&["ps:scale", "scaled", "web=1000"]);
+    assert!(output_text(&output).contains("more than the 64 instances"), "{}", output_text(&output));
+
+    // After a daemon restart the app comes back at its scale.
+    world.ssh_ok(&["ps:scale", "scaled", "web=2", "worker=0"]);
+    world.daemon.stop();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    world.daemon = berth_testkit::TestDaemon::start(bin, &world.tmp.path().join("root"), "berth.test").unwrap();
+    let ps = poll("two web instances after the restart", Duration::from_secs(30), || {
+        let ps = world.ssh_ok(&["ps", "scaled"]);
+        (web_lines(&ps).len() == 2 && ps.matches("running").count() >= 3).then_some(ps)
+    });
+    assert!(!ps.contains("worker."), "{ps}");
+    assert_eq!(responders(&world, "scaled", 8).len(), 2);
+}
+
+#[test]
+fn restart_is_rolling_and_keeps_answering() {
+    let world = World::start("rolling");
+    let repo = world.app_repo("roll", "v1", "web: python3 app.py\n", "");
+    world.push_ok(&repo, "roll");
+    world.ssh_ok(&["ps:scale", "roll", "web=2"]);
+
+    // Requests in a bounded loop while the app restarts: none may fail.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut failures = Vec::new();
+            let mut count = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && count < 5000 {
+                count += 1;
+                match world.daemon.get("roll.berth.test", "/") {
+                    Ok(page) if page.status == 200 => {}
+                    Ok(page) => failures.push(format!("{} {}", page.status, page.body)),
+                    Err(err) => failures.push(err.to_string()),
+                }
+            }
+            (count, failures)
+        });
+        let out = world.ssh_ok(&["restart", "roll"]);
+        assert!(out.contains("roll was restarted"), "{out}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    let (count, failures) = failures;
+    assert!(count > 0);
+    assert!(failures.is_empty(), "{} of {count} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    let ps = world.ssh_ok(&["ps", "roll"]);
+    assert_eq!(web_lines(&ps).len(), 2, "{ps}");
+}
