@@ -6,7 +6,9 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use berth_api::{AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs, Scale};
+use berth_api::{
+    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs, RunRequest, Scale,
+};
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
 
@@ -32,6 +34,17 @@ pub enum ServerCommand {
         /// How many lines of each log.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
+    },
+    /// Run a one-off command in the app's directory and environment (`run APP -- CMD ARGS`).
+    Run {
+        app: String,
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
     },
     /// Show an app's config vars.
     Config { app: String },
@@ -194,6 +207,24 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 }
             }
         }
+        ServerCommand::Run { app, command } => {
+            let command = shell_command(&command);
+            let path = app_path(&app, "/run")?;
+            let (result, code) = client
+                .stream_with_code(Method::POST, &path, &RunRequest { command }, |line| {
+                    let _ = writeln!(stdout, "{line}");
+                    let _ = stdout.flush();
+                })
+                .await?;
+            return Ok(match (result, code) {
+                (Ok(()), _) => 0,
+                (Err(_), Some(code)) => u8::try_from(code).unwrap_or(EXIT_FAILURE),
+                (Err(error), None) => {
+                    eprintln!("berth: {error}");
+                    EXIT_FAILURE
+                }
+            });
+        }
         ServerCommand::Config { app } => {
             let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
             if config.vars.is_empty() {
@@ -271,6 +302,24 @@ async fn action(
 
 fn restarted_note(result: &ConfigVars) -> &'static str {
     if result.restarted { "; restarted" } else { "" }
+}
+
+/// The shell command for `run`'s words: one word is a shell command line as it is
+/// (`run app -- 'echo $PORT'`), several are quoted one by one (`run app -- ls -la 'a b'`).
+fn shell_command(words: &[String]) -> String {
+    let words: Vec<&String> = words.iter().skip_while(|w| *w == "--").collect();
+    if let [only] = words.as_slice() {
+        return (*only).clone();
+    }
+    let quote = |w: &String| {
+        if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
+        {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    };
+    words.into_iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// Asks for the app's name on stdin (ssh passes it through), as Heroku does for destroy.
@@ -408,6 +457,20 @@ mod tests {
         }
         assert!(!names.contains(&"daemon".to_owned()));
         assert!(!names.contains(&"setup:ssh".to_owned()));
+    }
+
+    #[test]
+    fn run_words_become_one_shell_command() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(shell_command(&words(&["echo $PORT && ls"])), "echo $PORT && ls");
+        assert_eq!(
+            shell_command(&words(&["--", "ls", "-la", "a b", "it's"])),
+            "ls -la 'a b' 'it'\\''s'"
+        );
+        assert_eq!(
+            shell_command(&words(&["python", "manage.py", "migrate"])),
+            "python manage.py migrate"
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ fn scale_up_and_down_survives_redeploys_and_daemon_restarts() {
     let ps = world.ssh_ok(&["ps", "scaled"]);
     assert_eq!(web_lines(&ps).len(), 3, "{ps}");
     assert_eq!(ps.lines().filter(|l| l.starts_with("worker.")).count(), 2, "{ps}");
-    let ports: BTreeSet<&str> = web_lines(&ps).iter().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+    let ports: BTreeSet<&str> =
+        web_lines(&ps).iter().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
     assert_eq!(ports.len(), 3, "each web instance has its own port:\n{ps}");
     assert!(ps.contains("MEMORY"), "{ps}");
     let expected: BTreeSet<String> = ["web.1", "web.2", "web.3"].map(String::from).into();
@@ -42,27 +43,44 @@ fn scale_up_and_down_survives_redeploys_and_daemon_restarts() {
     assert_eq!(responders(&world, "scaled", 12), expected);
 
     // Scaling down stops the extra instances and leaves web.1 as it was.
-    let pid_before = web_lines(&world.ssh_ok(&["ps", "scaled"]))[0].split_whitespace().nth(1).unwrap().to_owned();
+    let pid_before = web_lines(&world.ssh_ok(&["ps", "scaled"]))[0]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
     world.ssh_ok(&["ps:scale", "scaled", "web=1"]);
     let ps = world.ssh_ok(&["ps", "scaled"]);
     assert_eq!(web_lines(&ps).len(), 1, "{ps}");
-    assert_eq!(web_lines(&ps)[0].split_whitespace().nth(1).unwrap(), pid_before, "web.1 was restarted:\n{ps}");
+    assert_eq!(
+        web_lines(&ps)[0].split_whitespace().nth(1).unwrap(),
+        pid_before,
+        "web.1 was restarted:\n{ps}"
+    );
     assert_eq!(responders(&world, "scaled", 4), BTreeSet::from(["web.1".to_owned()]));
 
     // Bad requests are refused with what to do.
     let output = world.ssh(&["ps:scale", "scaled", "cron=2"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(output_text(&output).contains("no process type \"cron\" to scale; its Procfile has: web, worker"));
+    assert!(
+        output_text(&output)
+            .contains("no process type \"cron\" to scale; its Procfile has: web, worker")
+    );
     let output = world.ssh(&["ps:scale", "scaled", "web=lots"]);
     assert_eq!(output.status.code(), Some(2));
     let output = world.ssh(&["ps:scale", "scaled", "web=1000"]);
-    assert!(output_text(&output).contains("more than the 64 instances"), "{}", output_text(&output));
+    assert!(
+        output_text(&output).contains("more than the 64 instances"),
+        "{}",
+        output_text(&output)
+    );
 
     // After a daemon restart the app comes back at its scale.
     world.ssh_ok(&["ps:scale", "scaled", "web=2", "worker=0"]);
     world.daemon.stop();
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
-    world.daemon = berth_testkit::TestDaemon::start(bin, &world.tmp.path().join("root"), "berth.test").unwrap();
+    world.daemon =
+        berth_testkit::TestDaemon::start(bin, &world.tmp.path().join("root"), "berth.test")
+            .unwrap();
     let ps = poll("two web instances after the restart", Duration::from_secs(30), || {
         let ps = world.ssh_ok(&["ps", "scaled"]);
         (web_lines(&ps).len() == 2 && ps.matches("running").count() >= 3).then_some(ps)
@@ -101,7 +119,37 @@ fn restart_is_rolling_and_keeps_answering() {
     });
     let (count, failures) = failures;
     assert!(count > 0);
-    assert!(failures.is_empty(), "{} of {count} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {count} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let ps = world.ssh_ok(&["ps", "roll"]);
     assert_eq!(web_lines(&ps).len(), 2, "{ps}");
+}
+
+#[test]
+fn run_streams_output_and_returns_the_exit_status() {
+    let world = World::start("run");
+    let repo = world.app_repo("oneoff", "v1", "web: python3 app.py\n", "GREETING=Hi there\n");
+    world.push_ok(&repo, "oneoff");
+
+    let output = world.ssh(&[
+        "run",
+        "oneoff",
+        "--",
+        "'echo \"$GREETING from $BERTH_APP in $(basename $PWD)\"; exit 7'",
+    ]);
+    assert_eq!(output.status.code(), Some(7), "{}", output_text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "Hi there from oneoff in 1\n");
+
+    let out = world.ssh_ok(&["run", "oneoff", "--", "ls", "-1", "Procfile", "app.py"]);
+    assert_eq!(out, "Procfile\napp.py\n");
+    let output = world.ssh(&["run", "oneoff", "--", "no-such-command-here"]);
+    assert_eq!(output.status.code(), Some(127), "{}", output_text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("not found"));
+    let output = world.ssh(&["run", "nosuch", "--", "true"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("there is no app named nosuch"));
 }

@@ -77,8 +77,20 @@ impl Client {
         method: Method,
         path: &str,
         body: &B,
-        mut on_line: impl FnMut(&str),
+        on_line: impl FnMut(&str),
     ) -> Result<Result<(), String>, ClientError> {
+        let (result, _) = self.stream_with_code(method, path, body, on_line).await?;
+        Ok(result)
+    }
+
+    /// Like [`Client::stream`], and also returns the exit status the job reported.
+    pub async fn stream_with_code<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<(Result<(), String>, Option<i32>), ClientError> {
         let mut body = self.request(method, path, Some(body)).await?.into_body();
         let mut buffer = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -89,9 +101,12 @@ impl Client {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
                 match serde_json::from_slice::<JobEvent>(&line) {
                     Ok(JobEvent::Line { text }) => on_line(&text),
-                    Ok(JobEvent::End { ok: true, .. }) => return Ok(Ok(())),
-                    Ok(JobEvent::End { ok: false, error }) => {
-                        return Ok(Err(error.unwrap_or_else(|| "the job failed".to_owned())));
+                    Ok(JobEvent::End { ok: true, exit_code, .. }) => {
+                        return Ok((Ok(()), exit_code));
+                    }
+                    Ok(JobEvent::End { ok: false, error, exit_code }) => {
+                        let error = error.unwrap_or_else(|| "the job failed".to_owned());
+                        return Ok((Err(error), exit_code));
                     }
                     Err(err) => return Err(ClientError::Protocol(err.to_string())),
                 }

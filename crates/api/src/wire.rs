@@ -114,6 +114,13 @@ pub struct RepoInfo {
     pub created: bool,
 }
 
+/// `POST /apps/{app}/run`: a one-off command in the app's directory and environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRequest {
+    /// Run by `/bin/sh -c`.
+    pub command: String,
+}
+
 /// A plain acknowledgement with a message for the user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Done {
@@ -124,6 +131,14 @@ pub struct Done {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
-    Line { text: String },
-    End { ok: bool, error: Option<String> },
+    Line {
+        text: String,
+    },
+    End {
+        ok: bool,
+        error: Option<String>,
+        /// The exit status of the command, for jobs that run one (`run`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
 }

@@ -83,7 +83,11 @@ impl JobOutput {
                 let _ = writeln!(file, "error: {error}");
             }
         }
-        let _ = self.events.send(JobEvent::End { ok: result.is_ok(), error: result.err() });
+        let _ = self.events.send(JobEvent::End {
+            ok: result.is_ok(),
+            error: result.err(),
+            exit_code: None,
+        });
     }
 }
 

@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, LogFile, Logs, RepoInfo,
-    RepoRequest, Scale,
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, LogFile, Logs,
+    RepoInfo, RepoRequest, RunRequest, Scale,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -39,6 +39,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/restart", post(restart_app))
         .route("/apps/{app}/logs", get(get_logs))
         .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
+        .route("/apps/{app}/run", post(run_command))
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; see `berth help` for what the API offers")
         })
@@ -174,12 +175,7 @@ async fn start_deploy(
     let out = Arc::new(JobOutput::new(tx));
     // The job runs in its own task: a client that goes away does not cut a deploy in half.
     tokio::spawn(deploy(daemon, app, request, out));
-    let stream = UnboundedReceiverStream::new(rx).map(|event| {
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, Infallible>(Bytes::from(line))
-    });
-    Ok(Body::from_stream(stream))
+    Ok(ndjson(rx))
 }
 
 async fn get_config(
@@ -371,4 +367,74 @@ async fn update_scale(
         daemon.apply_scale(&app, release).await.map_err(ApiError::unprocessable)?;
     }
     Ok(Json(current_scale(&daemon, &app)?.1))
+}
+
+/// How long a one-off command may run.
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Turns job events into the NDJSON body of a streamed answer.
+fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>) -> Body {
+    Body::from_stream(UnboundedReceiverStream::new(rx).map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    }))
+}
+
+async fn run_command(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<RunRequest>,
+) -> Result<Body, ApiError> {
+    let app = app_name(&app)?;
+    let record = daemon.store().app(&app)?;
+    let Some(release) = record.current_release else {
+        return Err(ApiError::conflict(format!(
+            "{app} has no release to run commands in: push to it first"
+        )));
+    };
+    if request.command.trim().is_empty() {
+        return Err(ApiError::bad_request("no command given: `run APP -- COMMAND ARGS`"));
+    }
+    let build = daemon.stored_build(&app, release);
+    let (_, env) = daemon.release_env(&app, release, &build).map_err(ApiError::internal)?;
+    let spec = berth_supervise::TaskSpec {
+        command: request.command,
+        cwd: daemon.settings.layout.release(&app, release),
+        env,
+        run_as: daemon.settings.run_as,
+        timeout: RUN_TIMEOUT,
+    };
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
+        let forward = {
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some(text) = lines_rx.recv().await {
+                    let _ = events.send(JobEvent::Line { text });
+                }
+            })
+        };
+        // The command stops when the client goes away (the ssh session ended).
+        let gone = {
+            let events = events.clone();
+            async move { events.closed().await }
+        };
+        let result = berth_supervise::run_command(&spec, lines_tx, gone).await;
+        let _ = forward.await;
+        let end = match result {
+            Ok(exit) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = exit.code().or_else(|| exit.signal().map(|s| 128 + s));
+                let error = (!exit.success()).then(|| {
+                    format!("`{}` exited with status {}", spec.command, code.unwrap_or(1))
+                });
+                JobEvent::End { ok: exit.success(), error, exit_code: code }
+            }
+            Err(error) => JobEvent::End { ok: false, error: Some(error), exit_code: None },
+        };
+        let _ = events.send(end);
+    });
+    Ok(ndjson(rx))
 }

@@ -191,7 +191,7 @@ impl Daemon {
         self.store().set_release_build_env(app, release, &json).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
+    pub fn stored_build(&self, app: &str, release: i64) -> BuildOutcome {
         let json = self
             .store()
             .release(app, release)

@@ -4,11 +4,15 @@
 //! Every instance runs `/bin/sh -c COMMAND` in a process group of its own, so that stopping it
 //! reaches the whole tree the command started (a shell, its children, a server's workers).
 
+mod cgroup;
 mod instance;
+mod limits;
 mod task;
 
+pub use cgroup::{CgroupPlacement, CgroupSupport, Cgroups};
 pub use instance::{Instance, InstanceState, InstanceStatus, ProcessSpec, wait_for_port};
-pub use task::{TaskSpec, run_task};
+pub use limits::{Limits, limits_for};
+pub use task::{TaskSpec, run_command, run_task};
 
 /// The uid and gid a process runs as, when the daemon runs as root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

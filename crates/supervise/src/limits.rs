@@ -105,7 +105,8 @@ fn parse_memory(value: &str) -> Result<u64, (String, &'static str)> {
 
 fn parse_cpu(value: &str) -> Result<u32, (String, &'static str)> {
     const EXAMPLE: &str = "0.5";
-    let bad = || ("not a number of CPU cores (like 0.5 or 2) or millicores (like 500m)".into(), EXAMPLE);
+    let bad =
+        || ("not a number of CPU cores (like 0.5 or 2) or millicores (like 500m)".into(), EXAMPLE);
     let millicores = match value.strip_suffix('m') {
         Some(millicores) => scaled(millicores, 1),
         None => {
@@ -263,7 +264,10 @@ mod tests {
             ("BERTH_MEMORY_LIMIT_CLOCK", ""),
         ]);
         let cases: &[(&str, Limits)] = &[
-            ("web", Limits { memory_bytes: Some(1 << 30), cpu_millicores: Some(1000), pids: Some(200) }),
+            (
+                "web",
+                Limits { memory_bytes: Some(1 << 30), cpu_millicores: Some(1000), pids: Some(200) },
+            ),
             (
                 "my-worker",
                 Limits { memory_bytes: Some(512 << 20), cpu_millicores: Some(250), pids: None },
@@ -271,7 +275,11 @@ mod tests {
             // An empty per-type knob is not set, so the general one applies.
             (
                 "clock",
-                Limits { memory_bytes: Some(512 << 20), cpu_millicores: Some(1000), pids: Some(200) },
+                Limits {
+                    memory_bytes: Some(512 << 20),
+                    cpu_millicores: Some(1000),
+                    pids: Some(200),
+                },
             ),
         ];
         for (process_type, expected) in cases {

@@ -1,7 +1,7 @@
 //! One-off tasks (a build step, a `release:` command) whose output streams line by line.
 
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -28,6 +28,17 @@ pub async fn run_task(
     spec: &TaskSpec,
     output: mpsc::UnboundedSender<String>,
 ) -> Result<(), String> {
+    let exit = run_command(spec, output, std::future::pending()).await?;
+    if exit.success() { Ok(()) } else { Err(format!("`{}` {}", spec.command, describe_exit(exit))) }
+}
+
+/// Runs the task like [`run_task`] and returns how it exited. When `cancel` resolves first
+/// (the client went away), the task's process group is stopped and that is an error.
+pub async fn run_command(
+    spec: &TaskSpec,
+    output: mpsc::UnboundedSender<String>,
+    cancel: impl Future<Output = ()>,
+) -> Result<ExitStatus, String> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -46,15 +57,21 @@ pub async fn run_task(
     let pid = child.id();
     let stdout = forward_lines(child.stdout.take(), output.clone());
     let stderr = forward_lines(child.stderr.take(), output);
-    let exit = match tokio::time::timeout(spec.timeout, child.wait()).await {
-        Ok(exit) => exit.map_err(|err| format!("could not wait for `{}`: {err}", spec.command))?,
-        Err(_) => {
+    let exit = tokio::select! {
+        exit = tokio::time::timeout(spec.timeout, child.wait()) => match exit {
+            Ok(exit) => exit.map_err(|err| format!("could not wait for `{}`: {err}", spec.command))?,
+            Err(_) => {
+                terminate(&mut child, pid, Duration::from_secs(5)).await;
+                return Err(format!(
+                    "`{}` did not finish within {} s and was stopped",
+                    spec.command,
+                    spec.timeout.as_secs()
+                ));
+            }
+        },
+        () = cancel => {
             terminate(&mut child, pid, Duration::from_secs(5)).await;
-            return Err(format!(
-                "`{}` did not finish within {} s and was stopped",
-                spec.command,
-                spec.timeout.as_secs()
-            ));
+            return Err(format!("`{}` was stopped: its client went away", spec.command));
         }
     };
     // The readers end when the pipes close; a daemonised grandchild could keep them open, so
@@ -64,7 +81,7 @@ pub async fn run_task(
         let _ = stderr.await;
     })
     .await;
-    if exit.success() { Ok(()) } else { Err(format!("`{}` {}", spec.command, describe_exit(exit))) }
+    Ok(exit)
 }
 
 fn forward_lines(
@@ -129,6 +146,30 @@ mod tests {
     async fn a_failing_task_reports_its_status() {
         let (result, _) = run("exit 4", Duration::from_secs(10)).await;
         assert_eq!(result.unwrap_err(), "`exit 4` exited with status 4");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_command_is_stopped_with_its_children() {
+        let dir = std::env::temp_dir().join(format!("berth-cancel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = spec("sleep 60 & echo $! > child.pid; wait", Duration::from_secs(60));
+        spec.cwd = dir.clone();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let pid_file = dir.join("child.pid");
+        let cancel = async {
+            while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let err = run_command(&spec, tx, cancel).await.unwrap_err();
+        assert!(err.contains("its client went away"), "{err}");
+        let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_err()
+        });
+        assert!(gone, "the command's child survived the cancel");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
