@@ -31,9 +31,12 @@ pub enum ServerCommand {
     Logs {
         app: String,
         process: Option<String>,
-        /// How many lines of each log.
-        #[arg(short = 'n', long, default_value_t = 100)]
+        /// How many of the newest lines to show.
+        #[arg(short = 'n', long = "tail", visible_alias = "lines", default_value_t = 100)]
         lines: usize,
+        /// Keep printing new lines as they come, until the session ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Run a one-off command in the app's directory and environment (`run APP -- CMD ARGS`).
     Run {
@@ -192,19 +195,32 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 scale.counts.iter().map(|(t, n)| format!("{t}={n}")).collect();
             writeln!(stdout, "{app}: {}", counts.join(" "))?;
         }
-        ServerCommand::Logs { app, process, lines } => {
+        ServerCommand::Logs { app, process, lines, follow } => {
             let mut query = format!("/logs?lines={lines}");
             if let Some(process) = &process {
                 query.push_str(&format!("&process={}", encode_query(process)));
             }
+            if follow {
+                query.push_str("&follow=1");
+                let path = app_path(&app, &query)?;
+                let result = client
+                    .stream_get(&path, |line| {
+                        let _ = writeln!(stdout, "{line}");
+                        let _ = stdout.flush();
+                    })
+                    .await?;
+                if let Err(error) = result {
+                    eprintln!("berth: {error}");
+                    return Ok(EXIT_FAILURE);
+                }
+                return Ok(0);
+            }
             let logs: Logs = client.get(&app_path(&app, &query)?).await?;
-            if logs.files.iter().all(|f| f.lines.is_empty()) {
+            if logs.lines.is_empty() {
                 writeln!(stdout, "{app} has no log lines yet")?;
             }
-            for file in logs.files {
-                for line in file.lines {
-                    writeln!(stdout, "{} | {line}", file.name)?;
-                }
+            for line in logs.lines {
+                writeln!(stdout, "{}", line.display())?;
             }
         }
         ServerCommand::Run { app, command } => {

@@ -54,6 +54,16 @@ enum TopCommand {
     /// The pre-receive hook of an app's repository.
     #[command(name = "git-hook", hide = true)]
     GitHook { app: String },
+    /// Writes standard input to a log file with timestamps and rotation (for the supervisor).
+    #[command(name = "log-writer", hide = true)]
+    LogWriter {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = berth_supervise::logs::DEFAULT_MAX_BYTES)]
+        max_bytes: u64,
+        #[arg(long, default_value_t = berth_supervise::logs::DEFAULT_KEEP)]
+        keep: u32,
+    },
     /// Authorise a public key to push and run Berth commands over ssh.
     #[command(name = "setup:ssh")]
     SetupSsh {
@@ -91,6 +101,13 @@ fn main() -> ExitCode {
         TopCommand::Daemon { http, domain } => run_daemon(root, http, domain),
         TopCommand::Ssh { key } => ssh::run(&root, &key),
         TopCommand::GitHook { app } => hook::run(&root, &app),
+        TopCommand::LogWriter { file, max_bytes, keep } => {
+            // The writer runs in a process group of its own, so signals meant for a terminal or
+            // for the instance's group do not reach it: it ends when its input does.
+            berth_supervise::logs::run_writer(std::io::stdin().lock(), &file, max_bytes, keep)
+                .map(|()| 0)
+                .map_err(|e| anyhow::anyhow!("cannot write the log {}: {e}", file.display()))
+        }
         TopCommand::SetupSsh { public_key, authorized_keys } => {
             keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
         }

@@ -83,6 +83,16 @@ impl Client {
         Ok(result)
     }
 
+    /// A `GET` whose answer is a stream of [`JobEvent`]s (`logs --follow`).
+    pub async fn stream_get(
+        &self,
+        path: &str,
+        on_line: impl FnMut(&str),
+    ) -> Result<Result<(), String>, ClientError> {
+        let (result, _) = self.stream_with_code(Method::GET, path, &None::<()>, on_line).await?;
+        Ok(result)
+    }
+
     /// Like [`Client::stream`], and also returns the exit status the job reported.
     pub async fn stream_with_code<B: Serialize>(
         &self,
@@ -132,7 +142,7 @@ impl Client {
                 tracing_free_log(&err);
             }
         });
-        let body = match body {
+        let body = match body.filter(|_| method != Method::GET) {
             Some(body) => Bytes::from(
                 serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?,
             ),

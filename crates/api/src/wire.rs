@@ -74,17 +74,30 @@ pub struct ConfigVars {
     pub restarted: bool,
 }
 
-/// `GET /apps/{app}/logs?process=TYPE&lines=N`.
+/// `GET /apps/{app}/logs?process=TYPE&lines=N`: the newest lines of the app's instances,
+/// interleaved by time. With `follow=1` the answer is a stream of [`JobEvent::Line`]s instead,
+/// each a [`LogEntry`] as [`LogEntry::display`] writes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Logs {
-    /// One entry per log file: its name (`web.1`) and its last lines.
-    pub files: Vec<LogFile>,
+    pub lines: Vec<LogEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LogFile {
-    pub name: String,
-    pub lines: Vec<String>,
+pub struct LogEntry {
+    /// Which log: `web.1`, `build/3`.
+    pub source: String,
+    pub timestamp: Option<String>,
+    pub text: String,
+}
+
+impl LogEntry {
+    /// `2026-11-22T13:05:01.123Z web.1 | text`, as `berth logs` shows it.
+    pub fn display(&self) -> String {
+        match &self.timestamp {
+            Some(ts) => format!("{ts} {} | {}", self.source, self.text),
+            None => format!("{} | {}", self.source, self.text),
+        }
+    }
 }
 
 /// `POST /apps/{app}/deploys`: deploy a commit that is in the app's repository.

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, LogFile, Logs,
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, LogEntry, Logs,
     RepoInfo, RepoRequest, RunRequest, Scale,
 };
 use berth_procfile::validate_app_name;
@@ -23,7 +23,8 @@ use crate::deploy::{JobOutput, deploy};
 use crate::error::ApiError;
 use crate::processes::MAX_INSTANCES;
 use crate::repo::ensure_repo;
-use crate::state::{Daemon, now, tail_lines};
+use crate::state::{Daemon, now};
+use berth_supervise::logs;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -260,31 +261,95 @@ async fn restart_app(
 struct LogsQuery {
     process: Option<String>,
     lines: Option<usize>,
+    #[serde(default)]
+    follow: Option<String>,
 }
+
+/// How often a followed log is checked for new lines.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn get_logs(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     Query(query): Query<LogsQuery>,
-) -> ApiResult<Logs> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
     let lines = query.lines.unwrap_or(100).min(100_000);
-    let dir = daemon.settings.layout.logs(&app);
+    let follow = matches!(query.follow.as_deref(), Some("1" | "true" | "yes"));
     if query.process.as_deref() == Some("build") {
         let latest = daemon.store().releases(&app)?.into_iter().next();
-        let files = latest
+        let lines = latest
             .map(|r| {
                 let path = daemon.settings.layout.build_log(&app, r.number);
-                vec![LogFile {
-                    name: format!("build/{}", r.number),
-                    lines: tail_lines(&path, lines),
-                }]
+                let source = format!("build/{}", r.number);
+                logs::tail_lines(&path, lines)
+                    .into_iter()
+                    .map(|text| LogEntry { source: source.clone(), timestamp: None, text })
+                    .collect()
             })
             .unwrap_or_default();
-        return Ok(Json(Logs { files }));
+        return Ok(Json(Logs { lines }).into_response());
     }
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let dir = daemon.settings.layout.logs(&app);
+    let names = log_names(&dir, query.process.as_deref());
+    if let Some(process) = &query.process
+        && names.is_empty()
+    {
+        return Err(ApiError::not_found(format!(
+            "{app} has no logs for a process named {process}; its Procfile names the processes"
+        )));
+    }
+    let files: Vec<(String, Vec<String>)> = names
+        .iter()
+        .map(|name| (name.clone(), logs::tail_file(&dir.join(format!("{name}.log")), lines)))
+        .collect();
+    let tail: Vec<LogEntry> = logs::merge(files, lines).into_iter().map(entry).collect();
+    if !follow {
+        return Ok(Json(Logs { lines: tail }).into_response());
+    }
+
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    for line in &tail {
+        let _ = events.send(JobEvent::Line { text: line.display() });
+    }
+    let process = query.process.clone();
+    tokio::spawn(async move {
+        let mut followers: BTreeMap<String, logs::Follower> = names
+            .iter()
+            .map(|name| (name.clone(), logs::Follower::at_end(&dir.join(format!("{name}.log")))))
+            .collect();
+        loop {
+            tokio::select! {
+                () = events.closed() => return,
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
+            // Instances started since (a scale-up) are followed from their first line.
+            for name in log_names(&dir, process.as_deref()) {
+                followers.entry(name.clone()).or_insert_with(|| {
+                    logs::Follower::from_start(&dir.join(format!("{name}.log")))
+                });
+            }
+            let new: Vec<(String, Vec<String>)> =
+                followers.iter_mut().map(|(name, f)| (name.clone(), f.poll())).collect();
+            for line in logs::merge(new, usize::MAX) {
+                if events.send(JobEvent::Line { text: entry(line).display() }).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(ndjson(rx).into_response())
+}
+
+fn entry(line: logs::LogLine) -> LogEntry {
+    LogEntry { source: line.source, timestamp: line.timestamp, text: line.text }
+}
+
+/// The instance logs (`web.1`) in `dir`, of one process type when `process` is given.
+fn log_names(dir: &std::path::Path, process: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
@@ -292,23 +357,11 @@ async fn get_logs(
                 .collect()
         })
         .unwrap_or_default();
-    names.sort();
-    if let Some(process) = &query.process {
-        names.retain(|name| name.split('.').next() == Some(process.as_str()));
-        if names.is_empty() {
-            return Err(ApiError::not_found(format!(
-                "{app} has no logs for a process named {process}; its Procfile names the processes"
-            )));
-        }
+    if let Some(process) = process {
+        names.retain(|name| name.rsplit_once('.').map(|(t, _)| t) == Some(process));
     }
-    let files = names
-        .into_iter()
-        .map(|name| {
-            let lines = tail_lines(&dir.join(format!("{name}.log")), lines);
-            LogFile { name, lines }
-        })
-        .collect();
-    Ok(Json(Logs { files }))
+    names.sort();
+    names
 }
 
 /// The scale of every long-running process type of the current release (1 unless set).

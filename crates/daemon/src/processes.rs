@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use berth_build::wsgi_command;
 use berth_procfile::ProcessKind;
+use berth_supervise::logs::{self, LogWriter, tail_lines};
 use berth_supervise::{Instance, ProcessSpec, wait_for_port};
 
-use crate::state::{AppRuntime, Daemon, tail_lines};
+use crate::state::{AppRuntime, Daemon};
 
 /// How long a new web instance has to start listening on its port.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +56,19 @@ impl Daemon {
                 format!("BERTH_STOP_TIMEOUT={value:?} is not a number of seconds (for example 30)")
             })?),
         };
+        let max_bytes = match knobs.get("BERTH_LOG_MAX_SIZE") {
+            None => logs::DEFAULT_MAX_BYTES,
+            Some(value) => logs::parse_size(value).ok_or_else(|| {
+                format!("BERTH_LOG_MAX_SIZE={value:?} is not a size (for example 10M or 512K)")
+            })?,
+        };
+        let keep = match knobs.get("BERTH_LOG_KEEP") {
+            None => logs::DEFAULT_KEEP,
+            Some(value) => value.trim().parse().map_err(|_| {
+                format!("BERTH_LOG_KEEP={value:?} is not a number of files (for example 5)")
+            })?,
+        };
+        let log_writer = LogWriter { exe: self.settings.exe.clone(), max_bytes, keep };
         let layout = &self.settings.layout;
 
         let mut specs = Vec::new();
@@ -85,6 +99,7 @@ impl Daemon {
                     cwd: layout.release(app, release),
                     env: process_env,
                     log_path: layout.instance_log(app, &entry.name, index),
+                    log_writer: Some(log_writer.clone()),
                     port: entry.kind.needs_port().then_some(0),
                     run_as: self.settings.run_as,
                     stop_timeout,

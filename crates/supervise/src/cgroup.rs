@@ -536,7 +536,21 @@ fn enable_in(dir: &Path, controllers: &[&str]) -> io::Result<()> {
         std::fs::read_to_string(&path).map_err(|err| with_path(err, "cannot read", &path))?;
     for controller in controllers {
         if !enabled.split_whitespace().any(|c| c == *controller) {
-            write(&path, &format!("+{controller}"))?;
+            std::fs::write(&path, format!("+{controller}")).map_err(|err| {
+                // cgroup v2 hands controllers only to groups whose parent has no processes.
+                let hint = if err.kind() == io::ErrorKind::ResourceBusy {
+                    " (the group has processes of its own, as the root of a container's cgroup \
+                     namespace does; start Berth in a child group, e.g. `mkdir \
+                     /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs`)"
+                } else {
+                    ""
+                };
+                let path = path.display();
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot enable {controller} in {path}: {err}{hint}"),
+                )
+            })?;
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! A long-running process (web, worker) that is restarted when it exits.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::RunAs;
+use crate::logs::{LogWriter, append_line};
 
 /// Restart delays start here and double on each quick crash, up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -35,6 +36,9 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+    /// Whether the output goes through a log writer process (timestamps, rotation), or
+    /// straight into the file.
+    pub log_writer: Option<LogWriter>,
     pub port: Option<u16>,
     pub run_as: Option<RunAs>,
     /// How long a process gets between SIGTERM and SIGKILL.
@@ -131,9 +135,10 @@ async fn supervise(
     let set =
         |f: &dyn Fn(&mut InstanceStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
     let mut backoff = MIN_BACKOFF;
+    let mut writer = WriterSlot::default();
     loop {
         let started = Instant::now();
-        let outcome = match spawn_child(&spec) {
+        let outcome = match spawn_child(&spec, &mut writer) {
             Ok(mut child) => {
                 let pid = child.id();
                 set(&|s| {
@@ -148,6 +153,7 @@ async fn supervise(
                     },
                     _ = stop_rx.changed() => {
                         terminate(&mut child, pid, spec.stop_timeout).await;
+                        writer.close().await;
                         set(&|s| {
                             s.state = InstanceState::Stopped;
                             s.pid = None;
@@ -161,7 +167,7 @@ async fn supervise(
         if started.elapsed() >= HEALTHY_RUN {
             backoff = MIN_BACKOFF;
         }
-        append_log_line(&spec, &format!("{outcome}; restarting in {} s", backoff.as_secs()));
+        append_note(&spec, &format!("{outcome}; restarting in {} s", backoff.as_secs()));
         set(&|s| {
             s.state = InstanceState::Backoff;
             s.pid = None;
@@ -171,6 +177,7 @@ async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop_rx.changed() => {
+                writer.close().await;
                 set(&|s| s.state = InstanceState::Stopped);
                 return;
             }
@@ -179,11 +186,76 @@ async fn supervise(
     }
 }
 
-fn spawn_child(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
+/// The log writer process of an instance and the write end of its pipe, which every run of
+/// the instance's command gets as stdout and stderr.
+#[derive(Default)]
+struct WriterSlot {
+    writer: Option<(std::process::Child, std::os::fd::OwnedFd)>,
+}
+
+impl WriterSlot {
+    /// The pipe to the writer, starting a writer when there is none (or it died).
+    fn pipe(
+        &mut self,
+        spec: &ProcessSpec,
+        config: &LogWriter,
+    ) -> std::io::Result<std::os::fd::OwnedFd> {
+        let alive = match &mut self.writer {
+            Some((child, _)) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        };
+        if !alive {
+            let mut child = std::process::Command::new(&config.exe)
+                .arg("log-writer")
+                .arg("--file")
+                .arg(&spec.log_path)
+                .arg("--max-bytes")
+                .arg(config.max_bytes.to_string())
+                .arg("--keep")
+                .arg(config.keep.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // Its own group: stopping the instance's group must not cut its log short.
+                .process_group(0)
+                .spawn()?;
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| std::io::Error::other("no pipe to the log writer"))?;
+            self.writer = Some((child, std::os::fd::OwnedFd::from(stdin)));
+        }
+        let (_, fd) = self.writer.as_ref().ok_or_else(|| std::io::Error::other("no log writer"))?;
+        fd.try_clone()
+    }
+
+    /// Closes the supervisor's end of the pipe; the writer ends once the instance's processes
+    /// have closed theirs too, after writing what they printed last.
+    async fn close(&mut self) {
+        if let Some((mut child, fd)) = self.writer.take() {
+            drop(fd);
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+}
+
+fn spawn_child(
+    spec: &ProcessSpec,
+    writer: &mut WriterSlot,
+) -> std::io::Result<tokio::process::Child> {
     if let Some(dir) = spec.log_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let log = OpenOptions::new().create(true).append(true).open(&spec.log_path)?;
+    let (stdout, stderr) = match &spec.log_writer {
+        Some(config) => {
+            let pipe = writer.pipe(spec, config)?;
+            (Stdio::from(pipe.try_clone()?), Stdio::from(pipe))
+        }
+        None => {
+            let log = OpenOptions::new().create(true).append(true).open(&spec.log_path)?;
+            (Stdio::from(log.try_clone()?), Stdio::from(log))
+        }
+    };
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -191,8 +263,8 @@ fn spawn_child(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0);
     if let Some(run_as) = spec.run_as {
         cmd.uid(run_as.uid).gid(run_as.gid);
@@ -259,11 +331,8 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Berth's own notes go into the instance's log, so that `berth logs` shows why a process
 /// restarted next to what the process printed before it died.
-fn append_log_line(spec: &ProcessSpec, message: &str) {
-    let line = format!("berth: {}.{} {message}\n", spec.process_type, spec.index);
-    if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(&spec.log_path) {
-        let _ = file.write_all(line.as_bytes());
-    }
+fn append_note(spec: &ProcessSpec, message: &str) {
+    append_line(&spec.log_path, &format!("berth: {}.{} {message}", spec.process_type, spec.index));
 }
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`, polling until `timeout`.
@@ -319,6 +388,7 @@ mod tests {
                 ("GREETING".into(), "hi there".into()),
             ],
             log_path: dir.join("logs/worker.1.log"),
+            log_writer: None,
             port: None,
             run_as: None,
             stop_timeout: Duration::from_secs(2),

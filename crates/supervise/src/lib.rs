@@ -7,6 +7,7 @@
 mod cgroup;
 mod instance;
 mod limits;
+pub mod logs;
 mod task;
 
 pub use cgroup::{CgroupPlacement, CgroupSupport, Cgroups};
