@@ -153,3 +153,69 @@ fn run_streams_output_and_returns_the_exit_status() {
     assert_eq!(output.status.code(), Some(1));
     assert!(output_text(&output).contains("there is no app named nosuch"));
 }
+
+#[test]
+fn logs_rotate_interleave_and_follow() {
+    let world = World::start("logs");
+    let procfile = "web: python3 app.py\n\
+                    worker: i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"worker line $i padded to be a bit longer than needed\"; done; exec sleep 600\n";
+    let repo = world.app_repo("logged", "v1", procfile, "BERTH_LOG_MAX_SIZE=4K\nBERTH_LOG_KEEP=2\n");
+    world.push_ok(&repo, "logged");
+
+    // 300 lines of ~90 bytes rotate a 4 KiB log several times; two old files are kept.
+    let logs = world.root().join("logs/logged");
+    poll("the worker's last line", Duration::from_secs(20), || {
+        let out = world.ssh_ok(&["logs", "logged", "worker", "--tail", "3"]);
+        out.contains("worker line 300 padded").then_some(())
+    });
+    assert!(logs.join("worker.1.log.1").exists() && logs.join("worker.1.log.2").exists());
+    assert!(!logs.join("worker.1.log.3").exists(), "BERTH_LOG_KEEP=2 keeps two rotated files");
+    let size = std::fs::metadata(logs.join("worker.1.log.1")).unwrap().len();
+    assert!((4096..4096 + 200).contains(&size), "rotated at 4K: {size}");
+    let tail = world.ssh_ok(&["logs", "logged", "worker", "-n", "60"]);
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 60, "{tail}");
+    assert!(lines[59].ends_with("worker.1 | worker line 300 padded to be a bit longer than needed"), "{tail}");
+    assert!(lines[0].contains("worker line 241 "), "the tail reaches into the rotated file:\n{tail}");
+
+    // All instances interleaved by time, each line prefixed by its instance.
+    let _ = world.get("logged", "/after-the-worker");
+    let all = world.ssh_ok(&["logs", "logged", "--tail", "5"]);
+    let last = all.lines().last().unwrap_or_default();
+    assert!(last.contains(" web.1 | request") && last.contains("GET /after-the-worker"), "{all}");
+    let stamps: Vec<&str> = all.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let mut sorted = stamps.clone();
+    sorted.sort();
+    assert_eq!(stamps, sorted, "not in time order:\n{all}");
+
+    // --follow shows a line written after it started, until the session ends.
+    let cmd = world.sshd.ssh_command();
+    let mut follow = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .arg(format!("{}@127.0.0.1", world.sshd.user))
+        .args(["logs", "logged", "web", "--follow", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let found = poll("the followed line", Duration::from_secs(20), || {
+        let _ = world.get("logged", "/while-following");
+        while let Ok(line) = rx.try_recv() {
+            seen.push(line);
+        }
+        seen.iter().find(|l| l.contains("GET /while-following")).cloned()
+    });
+    assert!(found.contains(" web.1 | request"), "{found}");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}

@@ -302,7 +302,7 @@ fn prune(dir: &Path) {
         .filter(|p| p.extension().is_some_and(|e| e == "done"))
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
-    done.sort_by(|a, b| b.0.cmp(&a.0));
+    done.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     for (_, marker) in done.into_iter().skip(KEEP_ENTRIES) {
         let _ = std::fs::remove_dir_all(marker.with_extension(""));
         let _ = std::fs::remove_file(marker);

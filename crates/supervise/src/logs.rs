@@ -244,13 +244,14 @@ impl Follower {
         // Rotated (a new file under the name) or created since: the rest of the old file was
         // read above through the open handle; go on with the new one from its start.
         let current = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
-        if current.is_some() && current != Some(self.inode) {
-            if let Ok(file) = File::open(&self.path) {
-                self.inode = current.unwrap_or(0);
-                self.file = Some(file);
-                self.partial.clear();
-                self.drain(&mut lines);
-            }
+        if current.is_some()
+            && current != Some(self.inode)
+            && let Ok(file) = File::open(&self.path)
+        {
+            self.inode = current.unwrap_or(0);
+            self.file = Some(file);
+            self.partial.clear();
+            self.drain(&mut lines);
         }
         lines
     }
