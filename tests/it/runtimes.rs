@@ -193,7 +193,8 @@ fn main() {
     let addr = format!("{}:{}", std::env::var("BIND_ADDRESS").unwrap(), std::env::var("PORT").unwrap());
     let listener = std::net::TcpListener::bind(addr).unwrap();
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        // No let-else: Debian's cargo (rustc 1.63) builds this too.
+        let mut stream = match stream { Ok(stream) => stream, Err(_) => continue };
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 2 { line.clear(); }
@@ -240,7 +241,7 @@ fn ruby_with_a_gemfile_that_needs_no_downloads() {
 fn static_sites_and_static_paths_are_served_by_the_router() {
     let world = World::start("static");
     let repo = world.repo_with(
-        "site",
+        "static-site",
         &[
             ("Procfile", "static: public\n"),
             ("ENV", "NGINX_CATCH_ALL=public/index.html\n"),
@@ -248,16 +249,16 @@ fn static_sites_and_static_paths_are_served_by_the_router() {
             ("public/css/site.css", "body { color: red }\n"),
         ],
     );
-    let out = world.push_ok(&repo, "site");
+    let out = world.push_ok(&repo, "static-site");
     assert!(out.contains("-----> Generic app: the Procfile runs as it is"), "{out}");
-    let index = world.get("site", "/");
+    let index = world.get("static-site", "/");
     assert_eq!((index.status, index.body.as_str()), (200, "<h1>static site</h1>\n"));
-    let css = world.get("site", "/css/site.css");
+    let css = world.get("static-site", "/css/site.css");
     assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
     assert_eq!(css.body, "body { color: red }\n");
     // Client-side routing: unknown paths get the catch-all page.
-    assert_eq!(world.get("site", "/account/42").body, "<h1>static site</h1>\n");
-    assert_eq!(world.get("site", "/../ENV").status / 100, 4);
+    assert_eq!(world.get("static-site", "/account/42").body, "<h1>static site</h1>\n");
+    assert_eq!(world.get("static-site", "/../ENV").status / 100, 4);
 
     // A web app with NGINX_STATIC_PATHS: the prefix from disk, the rest from the app.
     let repo = world.repo_with(

@@ -148,7 +148,11 @@ fn run_streams_output_and_returns_the_exit_status() {
     assert_eq!(out, "Procfile\napp.py\n");
     let output = world.ssh(&["run", "oneoff", "--", "no-such-command-here"]);
     assert_eq!(output.status.code(), Some(127), "{}", output_text(&output));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("not found"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("no-such-command-here"),
+        "{}",
+        output_text(&output)
+    );
     let output = world.ssh(&["run", "nosuch", "--", "true"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(output_text(&output).contains("there is no app named nosuch"));
@@ -159,7 +163,8 @@ fn logs_rotate_interleave_and_follow() {
     let world = World::start("logs");
     let procfile = "web: python3 app.py\n\
                     worker: i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"worker line $i padded to be a bit longer than needed\"; done; exec sleep 600\n";
-    let repo = world.app_repo("logged", "v1", procfile, "BERTH_LOG_MAX_SIZE=4K\nBERTH_LOG_KEEP=2\n");
+    let repo =
+        world.app_repo("logged", "v1", procfile, "BERTH_LOG_MAX_SIZE=4K\nBERTH_LOG_KEEP=2\n");
     world.push_ok(&repo, "logged");
 
     // 300 lines of ~90 bytes rotate a 4 KiB log several times; two old files are kept.
@@ -175,8 +180,14 @@ fn logs_rotate_interleave_and_follow() {
     let tail = world.ssh_ok(&["logs", "logged", "worker", "-n", "60"]);
     let lines: Vec<&str> = tail.lines().collect();
     assert_eq!(lines.len(), 60, "{tail}");
-    assert!(lines[59].ends_with("worker.1 | worker line 300 padded to be a bit longer than needed"), "{tail}");
-    assert!(lines[0].contains("worker line 241 "), "the tail reaches into the rotated file:\n{tail}");
+    assert!(
+        lines[59].ends_with("worker.1 | worker line 300 padded to be a bit longer than needed"),
+        "{tail}"
+    );
+    assert!(
+        lines[0].contains("worker line 241 "),
+        "the tail reaches into the rotated file:\n{tail}"
+    );
 
     // All instances interleaved by time, each line prefixed by its instance.
     let _ = world.get("logged", "/after-the-worker");
@@ -218,4 +229,54 @@ fn logs_rotate_interleave_and_follow() {
     assert!(found.contains(" web.1 | request"), "{found}");
     follow.kill().unwrap();
     follow.wait().unwrap();
+}
+
+#[test]
+fn apps_run_as_their_own_users_and_cannot_reach_each_other() {
+    let world = World::start("isolate");
+    for app in ["iso-a", "iso-b"] {
+        let repo = world.app_repo(app, "v1", "web: python3 app.py\n", "");
+        world.push_ok(&repo, app);
+    }
+    assert_eq!(world.ssh_ok(&["run", "iso-a", "--", "id", "-un"]), "berth-iso-a\n");
+    world.ssh_ok(&[
+        "run",
+        "iso-a",
+        "--",
+        "'echo secret > \"$DATA_ROOT/key\" && chmod 600 \"$DATA_ROOT/key\"'",
+    ]);
+    let data_a = world.root().join("data/iso-a/key");
+    let release_a = world.root().join("releases/iso-a/1/app.py");
+    for path in [&data_a, &release_a] {
+        let output = world.ssh(&["run", "iso-b", "--", "cat", &path.display().to_string()]);
+        assert_ne!(output.status.code(), Some(0), "iso-b read {}", path.display());
+        assert!(output_text(&output).contains("Permission denied"), "{}", output_text(&output));
+    }
+    let pid_a =
+        web_lines(&world.ssh_ok(&["ps", "iso-a"]))[0].split_whitespace().nth(1).unwrap().to_owned();
+    let output = world.ssh(&["run", "iso-b", "--", "kill", "-TERM", &pid_a]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(output_text(&output).contains("Operation not permitted"), "{}", output_text(&output));
+    assert_eq!(world.get("iso-a", "/").status, 200, "iso-a survived");
+}
+
+#[test]
+fn a_memory_limit_kills_a_process_that_exceeds_it() {
+    let world = World::start("memory");
+    let procfile = "web: python3 app.py\n\
+                    hog: python3 -c 'import time; b = bytearray(256 * 1024 * 1024); print(\"allocated\", flush=True); time.sleep(600)'\n";
+    let repo = world.app_repo("hog", "v1", procfile, "BERTH_MEMORY_LIMIT_HOG=64M\n");
+    world.push_ok(&repo, "hog");
+    let ps = poll("the hog killed for memory", Duration::from_secs(30), || {
+        let ps = world.ssh_ok(&["ps", "hog"]);
+        ps.contains("out of memory").then_some(ps)
+    });
+    let hog = ps.lines().find(|l| l.starts_with("hog.1")).unwrap();
+    // Killed by SIGKILL, as the process or as its shell reports it (status 137).
+    assert!(hog.contains("SIGKILL") || hog.contains("status 137"), "{ps}");
+    assert!(hog.contains("(out of memory: over its limit of 64 MiB"), "{ps}");
+    let logs = world.ssh_ok(&["logs", "hog", "hog"]);
+    assert!(!logs.contains("allocated"), "the allocation succeeded:\n{logs}");
+    // The web process has no limit and is untouched.
+    assert_eq!(world.get("hog", "/").status, 200);
 }

@@ -18,7 +18,6 @@ use berth_store::{AppState, ReleaseStatus};
 use berth_supervise::{TaskSpec, run_task};
 use tokio::sync::mpsc;
 
-use crate::ownership::chown_tree;
 use crate::state::{Daemon, now};
 
 /// Releases kept on disk besides the current one (a later issue makes this a setting).
@@ -199,10 +198,11 @@ async fn build_and_start(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("{e:#}"))?;
-    if let Some(run_as) = daemon.settings.run_as {
-        chown_tree(&dir, run_as)
-            .map_err(|e| format!("cannot hand {} to the app user: {e}", dir.display()))?;
-    }
+    // The app's own directories belong to its user, and to no other app's.
+    daemon.hand_over(&layout.releases(app), app)?;
+    std::fs::create_dir_all(layout.cache(app))
+        .map_err(|e| format!("cannot create the cache: {e}"))?;
+    daemon.hand_over(&layout.cache(app), app)?;
 
     daemon.ensure_data_dir(app)?;
     // The environment before the build: what preflight and the build commands run with.
@@ -217,7 +217,7 @@ async fn build_and_start(
         files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Preflight)
     {
         out.step(format!("Running preflight command: {}", preflight.command));
-        run_streamed(daemon, &dir, &env, &preflight.command, out)
+        run_streamed(daemon, app, &dir, &env, &preflight.command, out)
             .await
             .map_err(|e| format!("the preflight command failed: {e}"))?;
     }
@@ -228,7 +228,7 @@ async fn build_and_start(
         out.detail(format!("warning: {warning}"));
     }
     let dirs =
-        BuildDirs { release: &dir, cache: &layout.cache(app), run_as: daemon.settings.run_as };
+        BuildDirs { release: &dir, cache: &layout.cache(app), run_as: daemon.app_user(app)? };
     let print = |line: String| out.line(line);
     let outcome = run_plan(&plan, &dirs, &env, &print).await?;
     daemon.save_build(app, number, &outcome)?;
@@ -236,7 +236,7 @@ async fn build_and_start(
     if let Some(release) = files.procfile.entries.iter().find(|e| e.kind == ProcessKind::Release) {
         out.step(format!("Running release command: {}", release.command));
         let (_, env) = daemon.release_env(app, number, &outcome)?;
-        run_streamed(daemon, &dir, &env, &release.command, out)
+        run_streamed(daemon, app, &dir, &env, &release.command, out)
             .await
             .map_err(|e| format!("the release command failed: {e}"))?;
     }
@@ -270,6 +270,7 @@ fn plan_build(dir: &Path, files: &AppFiles, env: &[(String, String)]) -> Result<
 
 async fn run_streamed(
     daemon: &Arc<Daemon>,
+    app: &str,
     dir: &Path,
     env: &[(String, String)],
     command: &str,
@@ -279,7 +280,7 @@ async fn run_streamed(
         command: command.to_owned(),
         cwd: dir.to_owned(),
         env: env.to_vec(),
-        run_as: daemon.settings.run_as,
+        run_as: daemon.app_user(app)?,
         timeout: RELEASE_COMMAND_TIMEOUT,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();

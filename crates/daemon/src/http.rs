@@ -122,12 +122,22 @@ async fn destroy_app(
     daemon.remove_app(&app).await;
     daemon.store().delete_app(&app)?;
     let layout = &daemon.settings.layout;
-    for dir in [layout.repo(&app), layout.releases(&app), layout.cache(&app), layout.logs(&app)] {
+    let dirs = [
+        layout.repo(&app),
+        layout.releases(&app),
+        layout.cache(&app),
+        layout.logs(&app),
+        layout.home(&app),
+    ];
+    for dir in dirs {
         if let Err(err) = std::fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(%err, "could not remove {}", dir.display());
         }
+    }
+    if let Err(err) = daemon.remove_app_user(&app) {
+        tracing::warn!("could not remove the user of {app}: {err}");
     }
     let data = layout.data(&app);
     let mut message = format!("{app} was destroyed");
@@ -455,7 +465,7 @@ async fn run_command(
         command: request.command,
         cwd: daemon.settings.layout.release(&app, release),
         env,
-        run_as: daemon.settings.run_as,
+        run_as: daemon.app_user(&app).map_err(ApiError::internal)?,
         timeout: RUN_TIMEOUT,
     };
     let (events, rx) = tokio::sync::mpsc::unbounded_channel();

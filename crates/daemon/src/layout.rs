@@ -40,6 +40,11 @@ impl Layout {
         self.root.join("data").join(app)
     }
 
+    /// The home directory of the app's Unix user.
+    pub fn home(&self, app: &str) -> PathBuf {
+        self.root.join("homes").join(app)
+    }
+
     pub fn logs(&self, app: &str) -> PathBuf {
         self.root.join("logs").join(app)
     }
@@ -68,7 +73,7 @@ impl Layout {
 
     /// Creates the top-level directories.
     pub fn create(&self) -> std::io::Result<()> {
-        for dir in ["repos", "releases", "cache", "data", "logs", "certs", "run"] {
+        for dir in ["repos", "releases", "cache", "data", "homes", "logs", "certs", "run"] {
             std::fs::create_dir_all(self.root.join(dir))?;
         }
         Ok(())

@@ -13,7 +13,6 @@ mod ownership;
 mod processes;
 mod repo;
 mod state;
-#[allow(dead_code, reason = "wired by the lead next")]
 mod users;
 
 use std::net::SocketAddr;
@@ -61,7 +60,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 
     let store = Store::open(&layout.database())
         .with_context(|| format!("cannot open the database {}", layout.database().display()))?;
-    let run_as = app_user(&layout)?;
+    let git_owner = git_owner(&layout)?;
+    let app_users = nix::unistd::geteuid().is_root();
+    let (cgroups, warning) = berth_supervise::Cgroups::detect("berth");
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
 
     let http_listener = TcpListener::bind(options.http).await.with_context(|| {
         format!("cannot listen for HTTP on {}; choose another address with --http", options.http)
@@ -71,8 +75,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Only the daemon's user and group (the git user's group) may use the API.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(run_as) = run_as {
-        nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(run_as.gid)))?;
+    if let Some(owner) = git_owner {
+        nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(owner.gid)))?;
     }
     std::fs::write(layout.http_addr_file(), format!("{http_addr}\n"))?;
 
@@ -81,7 +85,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         layout: layout.clone(),
         domain: options.domain,
         http_addr,
-        run_as,
+        git_owner,
+        app_users,
+        cgroups: Arc::new(cgroups),
         exe: options.exe,
     };
     let daemon = Arc::new(Daemon::new(settings, store, routes.clone()));
@@ -126,9 +132,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When the daemon runs as root, apps run as the user that owns `$BERTH_ROOT` (the `berth`
-/// user of a root install), never as root.
-fn app_user(layout: &Layout) -> anyhow::Result<Option<RunAs>> {
+/// When the daemon runs as root, the user that owns `$BERTH_ROOT` (the `berth` user of a root
+/// install) owns the git repos and may use the API.
+fn git_owner(layout: &Layout) -> anyhow::Result<Option<RunAs>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }

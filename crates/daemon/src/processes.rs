@@ -70,6 +70,7 @@ impl Daemon {
         };
         let log_writer = LogWriter { exe: self.settings.exe.clone(), max_bytes, keep };
         let layout = &self.settings.layout;
+        let run_as = self.app_user(app)?;
 
         let mut specs = Vec::new();
         for entry in &files.procfile.entries {
@@ -88,6 +89,9 @@ impl Daemon {
                 | ProcessKind::Preflight => continue,
             };
             let count = scale.get(&entry.name).copied().unwrap_or(1);
+            let limits = berth_supervise::limits_for(&knobs, &entry.name)?;
+            let cgroup =
+                berth_supervise::CgroupRequest { cgroups: self.settings.cgroups.clone(), limits };
             for index in 1..=count {
                 let mut process_env = env.clone();
                 process_env.push(("BERTH_PROCESS".to_owned(), format!("{}.{index}", entry.name)));
@@ -101,8 +105,9 @@ impl Daemon {
                     log_path: layout.instance_log(app, &entry.name, index),
                     log_writer: Some(log_writer.clone()),
                     port: entry.kind.needs_port().then_some(0),
-                    run_as: self.settings.run_as,
+                    run_as,
                     stop_timeout,
+                    cgroup: Some(cgroup.clone()),
                 });
             }
         }

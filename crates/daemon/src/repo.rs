@@ -27,7 +27,7 @@ pub fn ensure_repo(settings: &Settings, app: &str) -> Result<bool, String> {
         }
     }
     write_hook(&repo, settings, app).map_err(|e| format!("cannot write the git hook: {e}"))?;
-    if let Some(run_as) = settings.run_as {
+    if let Some(run_as) = settings.git_owner {
         chown_tree(&repo, run_as)
             .map_err(|e| format!("cannot hand {} to the git user: {e}", repo.display()))?;
     }

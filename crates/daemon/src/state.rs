@@ -25,8 +25,13 @@ pub struct Settings {
     pub domain: String,
     /// The router's bound address (known once it listens).
     pub http_addr: SocketAddr,
-    /// The user app processes run as, when the daemon runs as root.
-    pub run_as: Option<RunAs>,
+    /// The user that owns the git repos and may use the API socket (the `berth` user of a
+    /// root install), when it is not the daemon's own user.
+    pub git_owner: Option<RunAs>,
+    /// Whether each app runs as a Unix user of its own (the daemon runs as root).
+    pub app_users: bool,
+    /// Resource limits for app processes (`BERTH_MEMORY_LIMIT`…).
+    pub cgroups: Arc<berth_supervise::Cgroups>,
     /// The berth binary, for git hooks.
     pub exe: std::path::PathBuf,
 }
@@ -59,6 +64,8 @@ pub struct Daemon {
     pub routes: SharedRoutes,
     /// One lock per app so that deploys and restarts of an app happen one at a time.
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The Unix user of each app, once known.
+    app_users: Mutex<HashMap<String, RunAs>>,
 }
 
 pub fn now() -> i64 {
@@ -73,6 +80,7 @@ impl Daemon {
             runtimes: Mutex::new(HashMap::new()),
             routes,
             app_locks: Mutex::new(HashMap::new()),
+            app_users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -138,7 +146,7 @@ impl Daemon {
             std::env::vars().filter(|(k, _)| !k.starts_with("BERTH_")).collect();
         // Processes that run as the app's user get that user's home, so tools that keep
         // caches there (pip, npm, cargo) write where they may.
-        if let Some(run_as) = self.settings.run_as
+        if let Ok(Some(run_as)) = self.app_user(app)
             && let Ok(Some(user)) =
                 nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(run_as.uid))
         {
@@ -257,16 +265,53 @@ impl Daemon {
     /// Creates the app's persistent data directory (`DATA_ROOT`), owned by the app's user.
     pub fn ensure_data_dir(&self, app: &str) -> Result<(), String> {
         let data = self.settings.layout.data(app);
-        if data.exists() {
-            return Ok(());
-        }
         std::fs::create_dir_all(&data)
             .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-        if let Some(run_as) = self.settings.run_as {
-            crate::ownership::chown_tree(&data, run_as)
-                .map_err(|e| format!("cannot hand {} to the app user: {e}", data.display()))?;
+        // A data directory kept from a destroyed app of the same name belongs to its old user.
+        let meta =
+            std::fs::metadata(&data).map_err(|e| format!("cannot read {}: {e}", data.display()))?;
+        match self.app_user(app)? {
+            Some(user) if user.uid != std::os::unix::fs::MetadataExt::uid(&meta) => {
+                self.hand_over(&data, app)
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The Unix user the app's builds and processes run as: its own (created on first use)
+    /// when the daemon runs as root, none (the daemon's user) otherwise.
+    pub fn app_user(&self, app: &str) -> Result<Option<RunAs>, String> {
+        if !self.settings.app_users {
+            return Ok(None);
+        }
+        if let Some(user) = self.app_users.lock().unwrap_or_else(|e| e.into_inner()).get(app) {
+            return Ok(Some(*user));
+        }
+        let home = self.settings.layout.home(app);
+        if let Some(parent) = home.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let user = crate::users::ensure_app_user(app, &home)?;
+        self.app_users.lock().unwrap_or_else(|e| e.into_inner()).insert(app.to_owned(), user);
+        Ok(Some(user))
+    }
+
+    /// Gives a directory of the app (and everything in it) to the app's user, readable by that
+    /// user alone, so that one app cannot read another's files.
+    pub fn hand_over(&self, dir: &std::path::Path, app: &str) -> Result<(), String> {
+        let Some(user) = self.app_user(app)? else { return Ok(()) };
+        crate::ownership::chown_tree(dir, user)
+            .map_err(|e| format!("cannot hand {} to the app's user: {e}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))
+    }
+
+    /// Forgets the app's Unix user and removes it (destroy).
+    pub fn remove_app_user(&self, app: &str) -> Result<(), String> {
+        self.app_users.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
+        if self.settings.app_users { crate::users::remove_app_user(app) } else { Ok(()) }
     }
 
     /// Stops every process of the app; its hosts answer 502 (not running) until it starts.

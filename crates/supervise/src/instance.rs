@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::RunAs;
+use crate::cgroup::Cgroups;
+use crate::limits::Limits;
 use crate::logs::{LogWriter, append_line};
 
 /// Restart delays start here and double on each quick crash, up to `MAX_BACKOFF`.
@@ -43,6 +45,22 @@ pub struct ProcessSpec {
     pub run_as: Option<RunAs>,
     /// How long a process gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Resource limits, applied through a cgroup of the instance's own.
+    pub cgroup: Option<CgroupRequest>,
+}
+
+/// The cgroups to limit an instance with, and its limits.
+#[derive(Debug, Clone)]
+pub struct CgroupRequest {
+    pub cgroups: Arc<Cgroups>,
+    pub limits: Limits,
+}
+
+impl ProcessSpec {
+    /// The instance's name, which is also its cgroup's: `web.1`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.process_type, self.index)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,12 +166,13 @@ async fn supervise(
                 });
                 tokio::select! {
                     exit = child.wait() => match exit {
-                        Ok(exit) => describe_exit(exit),
+                        Ok(exit) => describe_exit(exit) + &oom_note(&spec),
                         Err(err) => format!("could not wait for the process: {err}"),
                     },
                     _ = stop_rx.changed() => {
                         terminate(&mut child, pid, spec.stop_timeout).await;
                         writer.close().await;
+                        remove_cgroup(&spec);
                         set(&|s| {
                             s.state = InstanceState::Stopped;
                             s.pid = None;
@@ -178,6 +197,7 @@ async fn supervise(
             _ = tokio::time::sleep(backoff) => {}
             _ = stop_rx.changed() => {
                 writer.close().await;
+                remove_cgroup(&spec);
                 set(&|s| s.state = InstanceState::Stopped);
                 return;
             }
@@ -258,7 +278,7 @@ fn spawn_child(
     };
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(&spec.command)
+        .arg(exec_form(&spec.command))
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -269,7 +289,50 @@ fn spawn_child(
     if let Some(run_as) = spec.run_as {
         cmd.uid(run_as.uid).gid(run_as.gid);
     }
+    if let Some(request) = spec.cgroup.as_ref().filter(|r| !r.limits.is_empty())
+        && let Some(placement) =
+            request.cgroups.prepare(&spec.app, &spec.name(), &request.limits)?
+    {
+        placement.apply(&mut cmd);
+    }
     cmd.spawn()
+}
+
+/// A simple command (words and `$VAR`s, nothing the shell must stay around for) runs as
+/// `exec COMMAND`, so the instance's pid is the app's own and its exit status is the app's.
+fn exec_form(command: &str) -> String {
+    /// Shell builtins and keywords, which `exec` cannot run.
+    const BUILTINS: &[&str] = &[
+        ".", "alias", "break", "case", "cd", "continue", "eval", "exec", "exit", "export", "for",
+        "if", "read", "readonly", "return", "set", "shift", "source", "trap", "ulimit", "umask",
+        "unset", "until", "wait", "while", "{", "!",
+    ];
+    let first = command.split_whitespace().next().unwrap_or("");
+    let simple = !first.is_empty()
+        && !first.contains('=')
+        && !BUILTINS.contains(&first)
+        && !command.contains(|c: char| ";&|<>()`\\\"'\n*?[]#~".contains(c));
+    if simple { format!("exec {command}") } else { command.to_owned() }
+}
+
+/// Why the kernel killed the process, when it was for going over its memory limit.
+fn oom_note(spec: &ProcessSpec) -> String {
+    match &spec.cgroup {
+        Some(request) if request.cgroups.oom_killed(&spec.app, &spec.name()) => {
+            let limit = request.limits.memory_bytes.map(|b| format!("{} MiB", b >> 20));
+            format!(
+                " (out of memory: over its limit of {}; raise BERTH_MEMORY_LIMIT or use less)",
+                limit.unwrap_or_else(|| "memory".to_owned())
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+fn remove_cgroup(spec: &ProcessSpec) {
+    if let Some(request) = &spec.cgroup {
+        request.cgroups.remove(&spec.app, &spec.name());
+    }
 }
 
 /// Sends SIGTERM to the process group, then SIGKILL when it has not exited in time.
@@ -389,6 +452,7 @@ mod tests {
             ],
             log_path: dir.join("logs/worker.1.log"),
             log_writer: None,
+            cgroup: None,
             port: None,
             run_as: None,
             stop_timeout: Duration::from_secs(2),
@@ -452,6 +516,25 @@ mod tests {
         assert!(pid_alive(child) && pid_alive(leader));
         instance.stop().await;
         poll(|| !pid_alive(child) && !pid_alive(leader)).await;
+    }
+
+    #[test]
+    fn simple_commands_are_execed() {
+        assert_eq!(exec_form("python3 app.py --port $PORT"), "exec python3 app.py --port $PORT");
+        assert_eq!(exec_form("exec gunicorn app:app"), "exec gunicorn app:app");
+        let shell = [
+            "a && b",
+            "echo hi; sleep 1",
+            "x | y",
+            "echo 'q'",
+            "run > out",
+            "ls *.py",
+            "exit 7",
+            "A=1 env",
+        ];
+        for shell in shell {
+            assert_eq!(exec_form(shell), shell);
+        }
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@ pub mod logs;
 mod task;
 
 pub use cgroup::{CgroupPlacement, CgroupSupport, Cgroups};
-pub use instance::{Instance, InstanceState, InstanceStatus, ProcessSpec, wait_for_port};
+pub use instance::{
+    CgroupRequest, Instance, InstanceState, InstanceStatus, ProcessSpec, wait_for_port,
+};
 pub use limits::{Limits, limits_for};
 pub use task::{TaskSpec, run_command, run_task};
 
