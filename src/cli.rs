@@ -372,6 +372,9 @@ fn render_ps(out: &mut impl Write, detail: &AppDetail) -> std::io::Result<()> {
     if !detail.hosts.is_empty() {
         writeln!(out, "hosts: {}", detail.hosts.join(", "))?;
     }
+    for cron in &detail.crons {
+        writeln!(out, "cron {}: {} {}", cron.name, cron.schedule, cron.command)?;
+    }
     if detail.processes.is_empty() {
         writeln!(out, "no processes are running")?;
         return Ok(());

@@ -280,3 +280,39 @@ fn a_memory_limit_kills_a_process_that_exceeds_it() {
     // The web process has no limit and is untouched.
     assert_eq!(world.get("hog", "/").status, 200);
 }
+
+#[test]
+fn cron_lines_run_commands_and_web_requests_on_schedule() {
+    let world = World::start("cron");
+    let procfile = "web: python3 app.py\n\
+                    cron: * * * * * * echo \"tick $BERTH_APP\" >> \"$DATA_ROOT/ticks\"; echo ticked\n\
+                    cron-web: */2 * * * * * GET /env/BERTH_PROCESS\n";
+    let repo = world.app_repo("clock", "v1", procfile, "");
+    let out = world.push_ok(&repo, "clock");
+    assert!(out.contains("-----> Process types: web, cron, cron-web"), "{out}");
+
+    let ticks = world.root().join("data/clock/ticks");
+    poll("two cron runs", Duration::from_secs(30), || {
+        (std::fs::read_to_string(&ticks).unwrap_or_default().lines().count() >= 2).then_some(())
+    });
+    assert!(std::fs::read_to_string(&ticks).unwrap().starts_with("tick clock\n"));
+    let log = poll("a finished cron run in the log", Duration::from_secs(30), || {
+        let log = world.ssh_ok(&["logs", "clock", "cron"]);
+        log.contains("berth: cron run exited with status 0").then_some(log)
+    });
+    assert!(log.contains("cron.1 | ticked"), "{log}");
+    let log = poll("a web-cron run", Duration::from_secs(30), || {
+        let log = world.ssh_ok(&["logs", "clock", "cron-web"]);
+        log.contains("answered GET /env/BERTH_PROCESS with 200 OK").then_some(log)
+    });
+    assert!(log.contains("berth: cron-web run started: GET /env/BERTH_PROCESS"), "{log}");
+
+    let ps = world.ssh_ok(&["ps", "clock"]);
+    assert!(ps.contains("cron cron: * * * * * * echo \"tick $BERTH_APP\""), "{ps}");
+    assert!(ps.contains("cron cron-web: */2 * * * * * GET /env/BERTH_PROCESS"), "{ps}");
+
+    // Stopping the app stops its schedules.
+    world.ssh_ok(&["stop", "clock"]);
+    let ps = world.ssh_ok(&["ps", "clock"]);
+    assert!(!ps.contains("cron cron"), "{ps}");
+}

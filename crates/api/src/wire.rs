@@ -32,6 +32,17 @@ pub struct AppDetail {
     pub url: String,
     pub hosts: Vec<String>,
     pub processes: Vec<InstanceInfo>,
+    /// The cron lines that are scheduled now.
+    #[serde(default)]
+    pub crons: Vec<CronInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CronInfo {
+    pub name: String,
+    pub schedule: String,
+    /// The command, or `GET /path` for a web-cron.
+    pub command: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -88,6 +88,7 @@ async fn show_app(
         (record, commit)
     };
     let (_, processes, hosts) = daemon.instance_infos(&app);
+    let crons = daemon.cron_infos(&app);
     Ok(Json(AppDetail {
         url: daemon.url(&app),
         name: app,
@@ -96,6 +97,7 @@ async fn show_app(
         commit,
         hosts,
         processes,
+        crons,
     }))
 }
 

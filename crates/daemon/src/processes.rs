@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use berth_build::wsgi_command;
 use berth_procfile::ProcessKind;
+use berth_supervise::cron::{self, CronAction, CronHandle, CronJob, spawn_cron};
 use berth_supervise::logs::{self, LogWriter, tail_lines};
-use berth_supervise::{Instance, ProcessSpec, wait_for_port};
+use berth_supervise::{Instance, ProcessSpec, TaskSpec, wait_for_port};
 
 use crate::state::{AppRuntime, Daemon};
 
@@ -17,6 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process gets between SIGTERM and SIGKILL, unless the app sets
 /// `BERTH_STOP_TIMEOUT` (seconds).
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one run of a cron command may take.
+const CRON_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The most instances of one process type `ps:scale` accepts.
 pub const MAX_INSTANCES: u32 = 64;
 
@@ -27,6 +30,7 @@ pub(crate) struct Desired {
     pub hosts: Vec<String>,
     pub statics: Vec<berth_router::StaticMount>,
     pub catch_all: Option<std::path::PathBuf>,
+    pub crons: Vec<CronJob>,
 }
 
 /// A key that names one instance: `web.2`.
@@ -73,6 +77,7 @@ impl Daemon {
         let run_as = self.app_user(app)?;
 
         let mut specs = Vec::new();
+        let mut crons = Vec::new();
         for entry in &files.procfile.entries {
             let command = match entry.kind {
                 ProcessKind::Web | ProcessKind::Worker => entry.command.clone(),
@@ -83,10 +88,19 @@ impl Daemon {
                     }
                     command
                 }
-                ProcessKind::Cron { .. }
-                | ProcessKind::Static
-                | ProcessKind::Release
-                | ProcessKind::Preflight => continue,
+                ProcessKind::Cron { ref schedule } => {
+                    crons.push(self.cron_job(
+                        app,
+                        release,
+                        &entry.name,
+                        schedule,
+                        &entry.command,
+                        &env,
+                        run_as,
+                    )?);
+                    continue;
+                }
+                ProcessKind::Static | ProcessKind::Release | ProcessKind::Preflight => continue,
             };
             let count = scale.get(&entry.name).copied().unwrap_or(1);
             let limits = berth_supervise::limits_for(&knobs, &entry.name)?;
@@ -111,7 +125,52 @@ impl Daemon {
                 });
             }
         }
-        Ok(Desired { specs, hosts, statics, catch_all })
+        Ok(Desired { specs, hosts, statics, catch_all, crons })
+    }
+
+    /// A cron line as a job: a command with the app's environment, or a web-cron request.
+    #[allow(clippy::too_many_arguments, reason = "each argument is one part of the job")]
+    fn cron_job(
+        &self,
+        app: &str,
+        release: i64,
+        name: &str,
+        schedule: &str,
+        command: &str,
+        env: &[(String, String)],
+        run_as: Option<berth_supervise::RunAs>,
+    ) -> Result<CronJob, String> {
+        cron::parse_schedule(schedule).map_err(|e| format!("{name}: {e}"))?;
+        let action = match cron::web_cron_path(command) {
+            Some(path) => {
+                let mut router = self.settings.http_addr;
+                if router.ip().is_unspecified() {
+                    router.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                CronAction::WebRequest {
+                    router,
+                    host: format!("{app}.{}", self.settings.domain),
+                    path: path.to_owned(),
+                }
+            }
+            None => {
+                let mut env = env.to_vec();
+                env.push(("BERTH_PROCESS".to_owned(), name.to_owned()));
+                CronAction::Command(TaskSpec {
+                    command: command.to_owned(),
+                    cwd: self.settings.layout.release(app, release),
+                    env,
+                    run_as,
+                    timeout: CRON_TIMEOUT,
+                })
+            }
+        };
+        Ok(CronJob {
+            name: name.to_owned(),
+            schedule: schedule.to_owned(),
+            action,
+            log_path: self.settings.layout.instance_log(app, name, 1),
+        })
     }
 
     /// Starts one instance (with a fresh port when it serves HTTP) and, for a web instance,
@@ -170,12 +229,14 @@ impl Daemon {
             }
             return Err(err);
         }
+        let crons = start_crons(desired.crons)?;
         let runtime = AppRuntime {
             release,
             instances,
             hosts: desired.hosts,
             statics: desired.statics,
             catch_all: desired.catch_all,
+            crons,
         };
         let old = {
             let mut runtimes = self.runtimes();
@@ -183,8 +244,13 @@ impl Daemon {
             self.publish_routes(&runtimes);
             old
         };
-        for instance in old.into_iter().flat_map(|r| r.instances) {
-            instance.stop().await;
+        if let Some(old) = old {
+            for handle in old.crons {
+                handle.stop();
+            }
+            for instance in old.instances {
+                instance.stop().await;
+            }
         }
         Ok(())
     }
@@ -202,9 +268,13 @@ impl Daemon {
         if !self.runtimes().contains_key(app) {
             return self.activate(app, release, out).await;
         }
+        let crons = start_crons(desired.crons)?;
         {
             let mut runtimes = self.runtimes();
             if let Some(runtime) = runtimes.get_mut(app) {
+                for handle in std::mem::replace(&mut runtime.crons, crons) {
+                    handle.stop();
+                }
                 runtime.release = release;
                 runtime.hosts = desired.hosts.clone();
                 runtime.statics = desired.statics.clone();
@@ -314,6 +384,11 @@ async fn futures_join_all<F: std::future::Future>(
     })
     .await;
     outputs.into_iter().map(|o| o.expect("every future completed")).collect()
+}
+
+/// Starts the schedules of an app's cron lines.
+fn start_crons(jobs: Vec<CronJob>) -> Result<Vec<CronHandle>, String> {
+    jobs.into_iter().map(spawn_cron).collect()
 }
 
 /// A port that nothing listens on now. The app binds it a moment later; another process

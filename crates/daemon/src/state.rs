@@ -47,6 +47,21 @@ pub struct AppRuntime {
     pub statics: Vec<StaticMount>,
     /// The file served for every path nothing else matched (`NGINX_CATCH_ALL`).
     pub catch_all: Option<std::path::PathBuf>,
+    /// The schedules of the release's cron lines.
+    pub crons: Vec<berth_supervise::cron::CronHandle>,
+}
+
+impl AppRuntime {
+    /// Stops the schedules, then the processes (all at once).
+    pub async fn stop(self) {
+        for handle in self.crons {
+            handle.stop();
+        }
+        let stops: Vec<_> = self.instances.into_iter().map(|i| tokio::spawn(i.stop())).collect();
+        for stop in stops {
+            let _ = stop.await;
+        }
+    }
 }
 
 /// What a release's build gave its processes, as kept in the store.
@@ -105,6 +120,24 @@ impl Daemon {
         } else {
             format!("http://{app}.{}:{port}/", self.settings.domain)
         }
+    }
+
+    /// The cron lines scheduled for the app now.
+    pub fn cron_infos(&self, app: &str) -> Vec<berth_api::CronInfo> {
+        let runtimes = self.runtimes();
+        let Some(runtime) = runtimes.get(app) else { return Vec::new() };
+        runtime
+            .crons
+            .iter()
+            .map(|handle| {
+                let (name, schedule, command) = handle.describe();
+                berth_api::CronInfo {
+                    name: name.into(),
+                    schedule: schedule.into(),
+                    command: command.into(),
+                }
+            })
+            .collect()
     }
 
     pub fn instance_infos(&self, app: &str) -> (usize, Vec<InstanceInfo>, Vec<String>) {
@@ -322,13 +355,17 @@ impl Daemon {
                 // A stopped app serves nothing, its static files included.
                 runtime.statics.clear();
                 runtime.catch_all = None;
-                std::mem::take(&mut runtime.instances)
+                AppRuntime {
+                    instances: std::mem::take(&mut runtime.instances),
+                    crons: std::mem::take(&mut runtime.crons),
+                    ..AppRuntime::default()
+                }
             });
             self.publish_routes(&runtimes);
             old
         };
-        for instance in old.into_iter().flatten() {
-            instance.stop().await;
+        if let Some(old) = old {
+            old.stop().await;
         }
     }
 
@@ -340,16 +377,16 @@ impl Daemon {
             self.publish_routes(&runtimes);
             old
         };
-        for instance in old.into_iter().flat_map(|r| r.instances) {
-            instance.stop().await;
+        if let Some(old) = old {
+            old.stop().await;
         }
     }
 
     /// Stops every app (daemon shutdown).
     pub async fn stop_all(&self) {
         let all: Vec<AppRuntime> = self.runtimes().drain().map(|(_, r)| r).collect();
-        for instance in all.into_iter().flat_map(|r| r.instances) {
-            instance.stop().await;
+        for runtime in all {
+            runtime.stop().await;
         }
     }
 

@@ -193,6 +193,19 @@ fn split_cron<'a>(name: &str, command: &'a str) -> Result<(String, &'a str), Str
         fields.push(&trimmed[..end]);
         rest = &trimmed[end..];
     }
+    // A sixth field made only of digits and `*/,-` before the command makes a schedule with
+    // seconds first (`*/2 * * * * * cmd` runs every two seconds), as croner and Quartz read it.
+    if fields.len() == CRON_FIELDS {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+        let token = &trimmed[..end];
+        let numeric =
+            !token.is_empty() && token.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c));
+        if numeric && !trimmed[end..].trim().is_empty() {
+            fields.push(token);
+            rest = &trimmed[end..];
+        }
+    }
     let rest = rest.trim();
     if fields.len() < CRON_FIELDS || rest.is_empty() {
         return Err(format!(
@@ -204,9 +217,10 @@ fn split_cron<'a>(name: &str, command: &'a str) -> Result<(String, &'a str), Str
         if !is_cron_field(field) {
             return Err(format!(
                 "cron process \"{name}\" has an invalid schedule field {field:?} (field {} of \
-                 5); fields use digits, '*', '/', ',', '-' and names like \"mon\" or \"jan\", \
+                 {}); fields use digits, '*', '/', ',', '-' and names like \"mon\" or \"jan\", \
                  like \"{example}\"",
-                index + 1
+                index + 1,
+                fields.len()
             ));
         }
     }
@@ -302,6 +316,9 @@ mod tests {
             ("queue_2: ./work", "1 queue_2 Worker \"./work\""),
             ("cron: 0 * * * * ./hourly", "1 cron Cron[0 * * * *] \"./hourly\""),
             ("cron1: */5 * * * * ./cleanup.sh", "1 cron1 Cron[*/5 * * * *] \"./cleanup.sh\""),
+            ("cron: */2 * * * * * ./tick.sh", "1 cron Cron[*/2 * * * * *] \"./tick.sh\""),
+            ("cron: 0 3 * * * 5", "1 cron Cron[0 3 * * *] \"5\""),
+            ("cron: 0 3 * * * GET /tasks/nightly", "1 cron Cron[0 3 * * *] \"GET /tasks/nightly\""),
             (
                 "cron-cleanup: 0 3 * * sun ./x --all",
                 "1 cron-cleanup Cron[0 3 * * sun] \"./x --all\"",

@@ -5,6 +5,7 @@
 //! reaches the whole tree the command started (a shell, its children, a server's workers).
 
 mod cgroup;
+pub mod cron;
 mod instance;
 mod limits;
 pub mod logs;
