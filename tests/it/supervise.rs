@@ -316,3 +316,37 @@ fn cron_lines_run_commands_and_web_requests_on_schedule() {
     let ps = world.ssh_ok(&["ps", "clock"]);
     assert!(!ps.contains("cron cron"), "{ps}");
 }
+
+#[test]
+fn a_killed_instance_comes_back_and_a_crash_loop_backs_off() {
+    let world = World::start("crashloop");
+    let procfile = "web: python3 app.py\nflaky: echo starting; exit 3\n";
+    let repo = world.app_repo("loopy", "v1", procfile, "");
+    world.push_ok(&repo, "loopy");
+
+    // SIGKILL of a web instance: it is back, with a new pid, and answers again.
+    let ps = world.ssh_ok(&["ps", "loopy"]);
+    let pid: i32 = web_lines(&ps)[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let ps = poll("web.1 back after SIGKILL", Duration::from_secs(30), || {
+        let ps = world.ssh_ok(&["ps", "loopy"]);
+        let line = web_lines(&ps).first().map(|l| l.to_string()).unwrap_or_default();
+        (line.contains("running") && !line.contains(&format!(" {pid} "))).then_some(ps)
+    });
+    assert!(ps.contains("killed by SIGKILL"), "{ps}");
+    assert_eq!(world.get("loopy", "/").status, 200);
+
+    // A process that exits at once: restarts come after 1, 2, 4, 8 s… so within the first
+    // few seconds there are only a handful, and `ps` says it is a crash loop.
+    let ps = poll("the crash loop in ps", Duration::from_secs(30), || {
+        let ps = world.ssh_ok(&["ps", "loopy"]);
+        ps.contains("crash-loop").then_some(ps)
+    });
+    let flaky = ps.lines().find(|l| l.starts_with("flaky.1")).unwrap();
+    let restarts: u32 = flaky.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!((3..=4).contains(&restarts), "backoff should space restarts out:\n{ps}");
+    assert!(flaky.contains("exited with status 3"), "{ps}");
+    let logs = world.ssh_ok(&["logs", "loopy", "flaky"]);
+    assert!(logs.contains("(crash loop: it keeps exiting within 10 s of starting)"), "{logs}");
+}

@@ -71,6 +71,8 @@ pub enum InstanceState {
     Running,
     /// The process exited and waits for its restart.
     Backoff,
+    /// The process keeps exiting soon after it starts; restarts are spaced out more and more.
+    CrashLoop,
     /// The instance was stopped on request.
     Stopped,
 }
@@ -81,6 +83,7 @@ impl InstanceState {
             InstanceState::Starting => "starting",
             InstanceState::Running => "running",
             InstanceState::Backoff => "crashed",
+            InstanceState::CrashLoop => "crash-loop",
             InstanceState::Stopped => "stopped",
         }
     }
@@ -186,9 +189,20 @@ async fn supervise(
         if started.elapsed() >= HEALTHY_RUN {
             backoff = MIN_BACKOFF;
         }
-        append_note(&spec, &format!("{outcome}; restarting in {} s", backoff.as_secs()));
+        // Three quick exits in a row make a crash loop: said so, in `ps` and the log.
+        let crash_loop = backoff >= MIN_BACKOFF * 4;
+        let note = if crash_loop {
+            format!(
+                "{outcome}; restarting in {} s (crash loop: it keeps exiting within {} s of starting)",
+                backoff.as_secs(),
+                HEALTHY_RUN.as_secs()
+            )
+        } else {
+            format!("{outcome}; restarting in {} s", backoff.as_secs())
+        };
+        append_note(&spec, &note);
         set(&|s| {
-            s.state = InstanceState::Backoff;
+            s.state = if crash_loop { InstanceState::CrashLoop } else { InstanceState::Backoff };
             s.pid = None;
             s.restarts += 1;
             s.last_exit = Some(outcome.clone());
