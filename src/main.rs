@@ -54,6 +54,12 @@ enum TopCommand {
     /// The pre-receive hook of an app's repository.
     #[command(name = "git-hook", hide = true)]
     GitHook { app: String },
+    /// Holds the router's socket while the daemon restarts (started by the daemon).
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Writes standard input to a log file with timestamps and rotation (for the supervisor).
     #[command(name = "log-writer", hide = true)]
     LogWriter {
@@ -101,6 +107,9 @@ fn main() -> ExitCode {
         TopCommand::Daemon { http, domain } => run_daemon(root, http, domain),
         TopCommand::Ssh { key } => ssh::run(&root, &key),
         TopCommand::GitHook { app } => hook::run(&root, &app),
+        TopCommand::Keeper { socket } => berth_daemon::run_keeper(&socket)
+            .map(|()| 0)
+            .map_err(|e| anyhow::anyhow!("socket keeper on {}: {e}", socket.display())),
         TopCommand::LogWriter { file, max_bytes, keep } => {
             // The writer runs in a process group of its own, so signals meant for a terminal or
             // for the instance's group do not reach it: it ends when its input does.

@@ -350,3 +350,103 @@ fn a_killed_instance_comes_back_and_a_crash_loop_backs_off() {
     let logs = world.ssh_ok(&["logs", "loopy", "flaky"]);
     assert!(logs.contains("(crash loop: it keeps exiting within 10 s of starting)"), "{logs}");
 }
+
+/// The pids of the processes whose working directory is the app's release `release`.
+fn processes_in(world: &World, app: &str, release: u32) -> BTreeSet<u32> {
+    let dir = world.root().join(format!("releases/{app}/{release}"));
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect()
+}
+
+#[test]
+fn the_daemon_killed_and_restarted_loses_no_request_and_duplicates_no_process() {
+    let mut world = World::start("adopt");
+    let repo = world.app_repo("steady", "v1", "web: python3 app.py\nworker: exec sleep 600\n", "");
+    world.push_ok(&repo, "steady");
+    world.ssh_ok(&["ps:scale", "steady", "web=2"]);
+    let before = processes_in(&world, "steady", 1);
+    assert_eq!(before.len(), 3, "two web instances and a worker: {before:?}");
+    let ps_before = world.ssh_ok(&["ps", "steady"]);
+
+    // Requests one after another; the load loop itself kills the daemon between two of them,
+    // then keeps sending while the next daemon starts.
+    let daemon_pid = world.daemon.pid() as i32;
+    let addr = world.daemon.http_addr;
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel();
+    let (restarted_tx, restarted_rx) = std::sync::mpsc::channel::<()>();
+    let load = std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut sent_after_restart = 0;
+        for i in 0..3000 {
+            if i == 100 {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(daemon_pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                killed_tx.send(()).unwrap();
+            }
+            match berth_testkit::http_get(addr, "steady.berth.test", "/") {
+                Ok(page) if page.status == 200 => {}
+                Ok(page) => failures.push(format!("request {i}: {} {}", page.status, page.body)),
+                Err(err) => failures.push(format!("request {i}: {err}")),
+            }
+            if restarted_rx.try_recv().is_ok() || sent_after_restart > 0 {
+                sent_after_restart += 1;
+            }
+            if sent_after_restart > 100 || std::time::Instant::now() > deadline {
+                return (i, failures);
+            }
+        }
+        (3000, failures)
+    });
+    killed_rx.recv().unwrap();
+    world.daemon.kill();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    world.daemon =
+        berth_testkit::TestDaemon::start(bin, &world.tmp.path().join("root"), "berth.test")
+            .unwrap();
+    assert_eq!(world.daemon.http_addr, addr, "the router's socket was kept");
+    restarted_tx.send(()).unwrap();
+    let (sent, failures) = load.join().unwrap();
+    assert!(sent > 200, "only {sent} requests were sent");
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+
+    // The same processes run, adopted, and no second copy was started.
+    let after = processes_in(&world, "steady", 1);
+    assert_eq!(after, before, "processes changed across the daemon restart");
+    let ps = poll("the adopted instances in ps", Duration::from_secs(20), || {
+        let ps = world.ssh_ok(&["ps", "steady"]);
+        (ps.matches("running").count() >= 4).then_some(ps)
+    });
+    let pids = |ps: &str| -> BTreeSet<String> {
+        ps.lines()
+            .filter(|l| l.starts_with("web.") || l.starts_with("worker."))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(pids(&ps), pids(&ps_before), "before:\n{ps_before}\nafter:\n{ps}");
+
+    // After a stop of everything (as at a reboot), a new daemon starts the app at its scale.
+    world.daemon.stop_everything();
+    assert!(processes_in(&world, "steady", 1).is_empty(), "SIGINT stops the apps");
+    world.daemon =
+        berth_testkit::TestDaemon::start(bin, &world.tmp.path().join("root"), "berth.test")
+            .unwrap();
+    let ps = poll("the app back at its scale", Duration::from_secs(30), || {
+        let ps = world.ssh_ok(&["ps", "steady"]);
+        (web_lines(&ps).len() == 2 && ps.matches("running").count() >= 4).then_some(ps)
+    });
+    assert_ne!(pids(&ps), pids(&ps_before), "{ps}");
+    assert_eq!(world.get("steady", "/").status, 200);
+}

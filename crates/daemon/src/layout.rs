@@ -53,6 +53,25 @@ impl Layout {
         self.logs(app).join(format!("{process_type}.{index}.log"))
     }
 
+    /// Where each running instance is recorded (pid, port), so that a restarted daemon finds
+    /// its processes again: `run/instances/APP/RELEASE/TYPE.N.json`.
+    pub fn instance_records(&self) -> PathBuf {
+        self.run_dir().join("instances")
+    }
+
+    pub fn instance_record(
+        &self,
+        app: &str,
+        release: i64,
+        process_type: &str,
+        index: u32,
+    ) -> PathBuf {
+        self.instance_records()
+            .join(app)
+            .join(release.to_string())
+            .join(format!("{process_type}.{index}.json"))
+    }
+
     pub fn build_log(&self, app: &str, number: i64) -> PathBuf {
         self.logs(app).join("build").join(format!("{number}.log"))
     }
@@ -63,6 +82,11 @@ impl Layout {
 
     pub fn socket(&self) -> PathBuf {
         self.run_dir().join("berth.sock")
+    }
+
+    /// The socket keeper's own socket.
+    pub fn keeper_socket(&self) -> PathBuf {
+        self.run_dir().join("keeper.sock")
     }
 
     /// The router's bound address, written at start so that scripts and tests that asked for

@@ -1,13 +1,16 @@
 //! The daemon: wires the store, the supervisor, the router and the API together, owns
 //! shutdown and signals.
 //!
-//! | signal          | what the daemon does                                            |
-//! |-----------------|-----------------------------------------------------------------|
-//! | SIGTERM, SIGINT | stops accepting, stops every app's processes, removes its socket |
+//! | signal  | what the daemon does                                                          |
+//! |---------|-------------------------------------------------------------------------------|
+//! | SIGTERM | exits and leaves the apps running: the next daemon adopts them, and the       |
+//! |         | router's socket (held by the keeper) queues visitors until it is back         |
+//! | SIGINT  | stops every app, tells the keeper to close the router's socket, and exits     |
 
 mod deploy;
 mod error;
 mod http;
+mod keeper;
 mod layout;
 mod ownership;
 mod processes;
@@ -31,6 +34,9 @@ use tokio::sync::watch;
 pub use layout::Layout;
 pub use repo::shell_quote;
 use state::{Daemon, Settings};
+
+/// How long the router waits for the apps to be restored at start before it serves anyway.
+const RESTORE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -67,9 +73,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
 
-    let http_listener = TcpListener::bind(options.http).await.with_context(|| {
-        format!("cannot listen for HTTP on {}; choose another address with --http", options.http)
-    })?;
+    let http_listener = router_listener(&layout, &options)?;
     let http_addr = http_listener.local_addr()?;
     let api_listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -99,6 +103,13 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // Apps first, router second: until the route table holds the adopted instances, a request
+    // would find no app (404). Visitors wait in the socket's backlog meanwhile, but not for
+    // longer than an app that is slow to start would make them.
+    let mut restore = tokio::spawn(restore_apps(daemon.clone()));
+    if tokio::time::timeout(RESTORE_WAIT, &mut restore).await.is_err() {
+        tracing::warn!("apps are still starting; serving the others now");
+    }
     let router_task = tokio::spawn(berth_router::serve(http_listener, routes, shutdown()));
     let api = http::router(daemon.clone());
     let api_task = tokio::spawn(async move {
@@ -111,16 +122,24 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         daemon.settings.domain,
         http_addr.port()
     );
-    restore_apps(&daemon);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let stop_apps = tokio::select! {
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM: exiting; the apps keep running for the next daemon");
+            false
+        }
+        _ = sigint.recv() => {
+            tracing::info!("SIGINT: stopping every app and exiting");
+            true
+        }
+    };
     let _ = shutdown_tx.send(true);
-    daemon.stop_all().await;
+    if stop_apps {
+        daemon.stop_all().await;
+        keeper::quit(&layout.keeper_socket());
+    }
     // Open API streams (a deploy in progress) get a moment to finish, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = router_task.await;
@@ -128,8 +147,44 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     })
     .await;
     let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(layout.http_addr_file());
+    if stop_apps {
+        let _ = std::fs::remove_file(layout.http_addr_file());
+    }
     Ok(())
+}
+
+/// `berth keeper`: holds the router's socket across daemon restarts.
+pub fn run_keeper(socket: &std::path::Path) -> std::io::Result<()> {
+    keeper::serve(socket)
+}
+
+/// The router's listening socket: the one the keeper holds from an earlier daemon when it
+/// listens where asked, else a new one, handed to the keeper for the next daemon.
+fn router_listener(layout: &Layout, options: &DaemonOptions) -> anyhow::Result<TcpListener> {
+    let keeper_socket = layout.keeper_socket();
+    let wanted = options.http;
+    let kept = keeper::fetch(&keeper_socket).map(std::net::TcpListener::from).filter(|l| {
+        l.local_addr().is_ok_and(|a| {
+            a.ip() == wanted.ip() && (wanted.port() == 0 || a.port() == wanted.port())
+        })
+    });
+    let listener = match kept {
+        Some(listener) => {
+            tracing::info!("took the router's socket back from the keeper");
+            listener
+        }
+        None => {
+            let listener = std::net::TcpListener::bind(wanted).with_context(|| {
+                format!("cannot listen for HTTP on {wanted}; choose another address with --http")
+            })?;
+            if let Err(err) = keeper::store(&keeper_socket, &options.exe, &listener) {
+                tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
+            }
+            listener
+        }
+    };
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 /// When the daemon runs as root, the user that owns `$BERTH_ROOT` (the `berth` user of a root
@@ -142,8 +197,9 @@ fn git_owner(layout: &Layout) -> anyhow::Result<Option<RunAs>> {
     Ok((meta.uid() != 0).then_some(RunAs { uid: meta.uid(), gid: meta.gid() }))
 }
 
-/// Starts every app that was running when the daemon last stopped.
-fn restore_apps(daemon: &Arc<Daemon>) {
+/// Brings back every app that was running when the daemon last stopped: adopts the processes
+/// an earlier daemon left running, starts what is missing, and stops leftovers no app wants.
+async fn restore_apps(daemon: Arc<Daemon>) {
     let apps = match daemon.store().apps() {
         Ok(apps) => apps,
         Err(err) => {
@@ -151,16 +207,20 @@ fn restore_apps(daemon: &Arc<Daemon>) {
             return;
         }
     };
+    let mut tasks = Vec::new();
     for app in apps {
-        if app.state != AppState::Running || app.current_release.is_none() {
-            continue;
-        }
+        let (AppState::Running, Some(release)) = (app.state, app.current_release) else { continue };
         let daemon = daemon.clone();
-        tokio::spawn(async move {
-            match daemon.restart(&app.name).await {
-                Ok(()) => tracing::info!(app = app.name, "started"),
-                Err(err) => tracing::error!(app = app.name, "could not start: {}", err.message),
+        tasks.push(tokio::spawn(async move {
+            let lock = daemon.app_lock(&app.name);
+            let _guard = lock.lock().await;
+            if let Err(err) = daemon.adopt_or_start(&app.name, release).await {
+                tracing::error!(app = app.name, "could not start: {err}");
             }
-        });
+        }));
     }
+    for task in tasks {
+        let _ = task.await;
+    }
+    daemon.stop_strays().await;
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use berth_build::wsgi_command;
 use berth_procfile::ProcessKind;
+use berth_router::InFlight;
+use berth_supervise::adopt::InstanceRecord;
 use berth_supervise::cron::{self, CronAction, CronHandle, CronJob, spawn_cron};
 use berth_supervise::logs::{self, LogWriter, tail_lines};
 use berth_supervise::{Instance, ProcessSpec, TaskSpec, wait_for_port};
@@ -122,6 +124,7 @@ impl Daemon {
                     run_as,
                     stop_timeout,
                     cgroup: Some(cgroup.clone()),
+                    record_path: Some(layout.instance_record(app, release, &entry.name, index)),
                 });
             }
         }
@@ -248,11 +251,95 @@ impl Daemon {
             for handle in old.crons {
                 handle.stop();
             }
-            for instance in old.instances {
-                instance.stop().await;
-            }
+            futures_join_all(old.instances.into_iter().map(|i| retire(&self.in_flight, i))).await;
         }
         Ok(())
+    }
+
+    /// Brings an app back after the daemon started: the instances an earlier daemon left
+    /// running are adopted (watched, not started again), the missing ones are started.
+    pub async fn adopt_or_start(&self, app: &str, release: i64) -> Result<(), String> {
+        let desired = self.desired(app, release, &|_| {})?;
+        let mut instances = Vec::new();
+        let mut missing = Vec::new();
+        for mut spec in desired.specs {
+            let record = spec.record_path.as_deref().and_then(InstanceRecord::read);
+            let Some(record) = record.filter(|r| r.port.is_some() == spec.port.is_some()) else {
+                missing.push(spec);
+                continue;
+            };
+            if let Some(port) = record.port {
+                spec.port = Some(port);
+                spec.env.push(("PORT".to_owned(), port.to_string()));
+            }
+            match Instance::adopt(spec, &record) {
+                Ok(instance) => instances.push(instance),
+                Err(spec) => {
+                    let mut spec = *spec;
+                    // Gone while the daemon was away: started anew on a fresh port.
+                    spec.port = spec.port.map(|_| 0);
+                    spec.env.retain(|(k, _)| k != "PORT");
+                    missing.push(spec);
+                }
+            }
+        }
+        let adopted = instances.len();
+        let started =
+            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec))).await;
+        let mut error = None;
+        for result in started {
+            match result {
+                Ok(instance) => instances.push(instance),
+                Err(err) => error = error.or(Some(err)),
+            }
+        }
+        instances.sort_by_key(|i| key(i.spec()));
+        let crons = start_crons(desired.crons)?;
+        let runtime = AppRuntime {
+            release,
+            instances,
+            hosts: desired.hosts,
+            statics: desired.statics,
+            catch_all: desired.catch_all,
+            crons,
+        };
+        {
+            let mut runtimes = self.runtimes();
+            runtimes.insert(app.to_owned(), runtime);
+            self.publish_routes(&runtimes);
+        }
+        tracing::info!(app, adopted, "running again");
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Stops the processes recorded by an earlier daemon that no running app adopted (an app
+    /// stopped, destroyed, scaled down or redeployed while no daemon ran), and forgets them.
+    pub async fn stop_strays(&self) {
+        let adopted: Vec<std::path::PathBuf> = self
+            .runtimes()
+            .values()
+            .flat_map(|r| r.instances.iter().filter_map(|i| i.spec().record_path.clone()))
+            .collect();
+        let pattern = self.settings.layout.instance_records();
+        let mut records = Vec::new();
+        for app in read_dir_paths(&pattern) {
+            for release in read_dir_paths(&app) {
+                records.extend(
+                    read_dir_paths(&release)
+                        .into_iter()
+                        .filter(|p| p.extension().is_some_and(|e| e == "json")),
+                );
+            }
+        }
+        for path in records.into_iter().filter(|p| !adopted.contains(p)) {
+            if let Some(record) = InstanceRecord::read(&path) {
+                if record.is_alive() {
+                    tracing::info!("stopping {} left by an earlier daemon", path.display());
+                }
+                record.stop(DEFAULT_STOP_TIMEOUT).await;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     /// Replaces the app's instances one after another (new up and routed before the old one
@@ -287,7 +374,7 @@ impl Daemon {
             let new = self.start_ready(spec).await?;
             let old = self.swap_instance(app, new);
             if let Some(old) = old {
-                old.stop().await;
+                retire(&self.in_flight, old).await;
             }
         }
         self.stop_unwanted(app, &wanted).await;
@@ -318,7 +405,7 @@ impl Daemon {
             match result {
                 Ok(instance) => {
                     if let Some(old) = self.swap_instance(app, instance) {
-                        old.stop().await;
+                        retire(&self.in_flight, old).await;
                     }
                 }
                 Err(err) => error = error.or(Some(err)),
@@ -359,7 +446,7 @@ impl Daemon {
             self.publish_routes(&runtimes);
             drop
         };
-        futures_join_all(unwanted.into_iter().map(|i| i.stop())).await;
+        futures_join_all(unwanted.into_iter().map(|i| retire(&self.in_flight, i))).await;
     }
 }
 
@@ -386,9 +473,38 @@ async fn futures_join_all<F: std::future::Future>(
     outputs.into_iter().map(|o| o.expect("every future completed")).collect()
 }
 
+/// How long an instance taken out of the routes gets to finish the requests it has.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stops an instance the router no longer sends requests to, once the requests it was
+/// sending are done (bounded by `DRAIN_TIMEOUT`).
+pub(crate) async fn retire(in_flight: &InFlight, instance: Instance) {
+    if let Some(port) = instance.spec().port {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // A request that read the route table just before the swap counts itself a moment
+        // later; give it that moment before trusting a zero.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while in_flight.count(addr) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        in_flight.forget(addr);
+    }
+    instance.stop().await;
+}
+
+/// [`retire`] for a spawned task.
+pub(crate) async fn retire_owned(in_flight: std::sync::Arc<InFlight>, instance: Instance) {
+    retire(&in_flight, instance).await;
+}
+
 /// Starts the schedules of an app's cron lines.
 fn start_crons(jobs: Vec<CronJob>) -> Result<Vec<CronHandle>, String> {
     jobs.into_iter().map(spawn_cron).collect()
+}
+
+fn read_dir_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }
 
 /// A port that nothing listens on now. The app binds it a moment later; another process

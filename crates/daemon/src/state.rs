@@ -52,12 +52,17 @@ pub struct AppRuntime {
 }
 
 impl AppRuntime {
-    /// Stops the schedules, then the processes (all at once).
-    pub async fn stop(self) {
+    /// Stops the schedules, then the processes (all at once), each once the router's
+    /// requests to it are done.
+    pub async fn stop(self, in_flight: &Arc<berth_router::InFlight>) {
         for handle in self.crons {
             handle.stop();
         }
-        let stops: Vec<_> = self.instances.into_iter().map(|i| tokio::spawn(i.stop())).collect();
+        let stops: Vec<_> = self
+            .instances
+            .into_iter()
+            .map(|i| tokio::spawn(crate::processes::retire_owned(in_flight.clone(), i)))
+            .collect();
         for stop in stops {
             let _ = stop.await;
         }
@@ -77,6 +82,8 @@ pub struct Daemon {
     store: Mutex<Store>,
     runtimes: Mutex<HashMap<String, AppRuntime>>,
     pub routes: SharedRoutes,
+    /// Requests under way to each instance, for draining before a stop.
+    pub in_flight: Arc<berth_router::InFlight>,
     /// One lock per app so that deploys and restarts of an app happen one at a time.
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The Unix user of each app, once known.
@@ -94,6 +101,7 @@ impl Daemon {
             store: Mutex::new(store),
             runtimes: Mutex::new(HashMap::new()),
             routes,
+            in_flight: Arc::new(berth_router::InFlight::new()),
             app_locks: Mutex::new(HashMap::new()),
             app_users: Mutex::new(HashMap::new()),
         }
@@ -365,7 +373,7 @@ impl Daemon {
             old
         };
         if let Some(old) = old {
-            old.stop().await;
+            old.stop(&self.in_flight).await;
         }
     }
 
@@ -378,7 +386,7 @@ impl Daemon {
             old
         };
         if let Some(old) = old {
-            old.stop().await;
+            old.stop(&self.in_flight).await;
         }
     }
 
@@ -386,7 +394,7 @@ impl Daemon {
     pub async fn stop_all(&self) {
         let all: Vec<AppRuntime> = self.runtimes().drain().map(|(_, r)| r).collect();
         for runtime in all {
-            runtime.stop().await;
+            runtime.stop(&self.in_flight).await;
         }
     }
 
@@ -402,6 +410,7 @@ impl Daemon {
                 .collect();
             let backend = Arc::new(
                 Backend::new(app.clone(), addrs)
+                    .with_in_flight(&self.in_flight)
                     .with_static(runtime.statics.clone(), runtime.catch_all.clone()),
             );
             for host in &runtime.hosts {

@@ -14,13 +14,31 @@ use tokio_util::io::ReaderStream;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// One request under way to an instance, from the moment it is sent until its response body
+/// is done (or dropped).
+pub(crate) struct InFlightGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlightGuard {
+    pub(crate) fn new(counter: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> InFlightGuard {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(counter)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The body of every response the router writes.
 ///
 /// An enum rather than a boxed body so that the common cases cost no allocation; every
 /// variant is `Unpin`, which keeps polling free of pin projections.
 pub(crate) enum ResponseBody {
-    /// The app's response, relayed as it arrives.
-    App(Incoming),
+    /// The app's response, relayed as it arrives; the guard counts the request as under way
+    /// to its instance until the body is done.
+    App { body: Incoming, _in_flight: InFlightGuard },
     /// Something the router wrote itself: an error page, or nothing (HEAD, 304, 301).
     Page(Full<Bytes>),
     /// A file read from disk in chunks as the client takes them, so a large download
@@ -45,7 +63,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::App(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::App { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::Page(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::File(chunks) => Pin::new(chunks)
                 .poll_next(cx)
@@ -55,7 +73,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::App(body) => body.is_end_stream(),
+            ResponseBody::App { body, .. } => body.is_end_stream(),
             ResponseBody::Page(body) => body.is_end_stream(),
             // A file's end is only known by reading it; its length is in the headers.
             ResponseBody::File(_) => false,
@@ -64,7 +82,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::App(body) => body.size_hint(),
+            ResponseBody::App { body, .. } => body.size_hint(),
             ResponseBody::Page(body) => body.size_hint(),
             ResponseBody::File(_) => SizeHint::default(),
         }

@@ -23,4 +23,4 @@ mod test_support;
 
 pub use server::serve;
 pub use static_files::{StaticMount, parse_static_paths};
-pub use table::{Backend, RouteTable, SharedRoutes, normalize_host, shared_routes};
+pub use table::{Backend, InFlight, RouteTable, SharedRoutes, normalize_host, shared_routes};

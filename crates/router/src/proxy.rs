@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, InFlightGuard, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers::{remove_hop_by_hop, set_forwarded};
 use crate::static_files;
@@ -138,7 +138,9 @@ impl Proxy {
         let start = backend.next_start();
         let mut last_error = String::new();
         for offset in 0..n_addrs {
-            let addr = backend.addrs[(start + offset) % n_addrs];
+            let index = (start + offset) % n_addrs;
+            let addr = backend.addrs[index];
+            let guard = InFlightGuard::new(backend.in_flight(index));
             let uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(addr.to_string())
@@ -160,7 +162,10 @@ impl Proxy {
                     remove_hop_by_hop(&mut parts.headers);
                     let status = parts.status.as_u16();
                     tracing::debug!(app = %backend.app, %addr, status, "proxied");
-                    return Ok(Response::from_parts(parts, ResponseBody::App(body)));
+                    return Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::App { body, _in_flight: guard },
+                    ));
                 }
                 // Nothing reached the instance, so trying another one cannot do anything twice.
                 Err(error) if error.is_connect() && body.is_unsent() => {

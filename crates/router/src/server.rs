@@ -230,6 +230,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_under_way_are_counted_until_their_body_is_done() {
+        // An upstream that sends its headers, then waits for a go before finishing the body.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = read_message(&mut stream).await;
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab").await.unwrap();
+            let _ = go_rx.await;
+            stream.write_all(b"cd").await.unwrap();
+        });
+        let in_flight = std::sync::Arc::new(crate::InFlight::new());
+        let mut table = crate::RouteTable::new();
+        let backend = crate::Backend::new("slow", vec![upstream]).with_in_flight(&in_flight);
+        table.insert("slow.example.com", std::sync::Arc::new(backend));
+        let routes = crate::shared_routes();
+        routes.store(std::sync::Arc::new(table));
+        let proxy = start_proxy(routes).await;
+        let request = tokio::spawn(send(proxy.addr, get("slow.example.com", "/")));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while in_flight.count(upstream) != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the request was not counted");
+            tokio::task::yield_now().await;
+        }
+        go_tx.send(()).unwrap();
+        let reply = request.await.unwrap();
+        assert_eq!(reply.body, "abcd");
+        while in_flight.count(upstream) != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the finished request is still counted"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
     async fn fails_over_from_a_dead_instance_with_the_body_intact() {
         let live = echo_upstream("web.2").await;
         let routes = routes_with(&[("myapp.example.com", "myapp", vec![dead_addr().await, live])]);

@@ -35,18 +35,66 @@ pub struct Backend {
     /// Longest prefix first.
     static_mounts: Vec<StaticMount>,
     catch_all: Option<PathBuf>,
+    /// Requests under way to each of `addrs` (same order), shared with [`InFlight`].
+    in_flight: Vec<Arc<AtomicUsize>>,
+}
+
+/// Requests under way to each instance address, across route tables: the daemon asks it
+/// before stopping an instance it took out of the routes, so the instance finishes what it
+/// was asked first (drain).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    counters: std::sync::RwLock<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+impl InFlight {
+    pub fn new() -> InFlight {
+        InFlight::default()
+    }
+
+    fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
+        if let Some(counter) = self.counters.read().unwrap_or_else(|e| e.into_inner()).get(&addr) {
+            return counter.clone();
+        }
+        let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
+        counters.entry(addr).or_default().clone()
+    }
+
+    /// How many requests to `addr` are under way now.
+    pub fn count(&self, addr: SocketAddr) -> usize {
+        let counters = self.counters.read().unwrap_or_else(|e| e.into_inner());
+        counters.get(&addr).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    /// Forgets an address no backend uses any more.
+    pub fn forget(&self, addr: SocketAddr) {
+        self.counters.write().unwrap_or_else(|e| e.into_inner()).remove(&addr);
+    }
 }
 
 impl Backend {
     /// A backend for `app` with instances at `addrs` (none if the app is stopped).
     pub fn new(app: impl Into<String>, addrs: Vec<SocketAddr>) -> Backend {
+        let in_flight = addrs.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
         Backend {
             app: app.into(),
             addrs,
             next: AtomicUsize::new(0),
             static_mounts: Vec::new(),
             catch_all: None,
+            in_flight,
         }
+    }
+
+    /// The same backend counting its requests in `registry`, which outlives route tables.
+    pub fn with_in_flight(self, registry: &InFlight) -> Backend {
+        let in_flight = self.addrs.iter().map(|addr| registry.counter(*addr)).collect();
+        Backend { in_flight, ..self }
+    }
+
+    /// The counter of requests under way to `addrs[index]`.
+    pub(crate) fn in_flight(&self, index: usize) -> Arc<AtomicUsize> {
+        self.in_flight[index].clone()
     }
 
     /// The same backend with static directories served by the router itself (piku's

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::RunAs;
+use crate::adopt::{Adopted, InstanceRecord};
 use crate::cgroup::Cgroups;
 use crate::limits::Limits;
 use crate::logs::{LogWriter, append_line};
@@ -47,6 +48,8 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     /// Resource limits, applied through a cgroup of the instance's own.
     pub cgroup: Option<CgroupRequest>,
+    /// Where the running process is recorded, so that a restarted daemon finds it again.
+    pub record_path: Option<PathBuf>,
 }
 
 /// The cgroups to limit an instance with, and its limits.
@@ -111,6 +114,20 @@ pub struct Instance {
 impl Instance {
     /// Starts the process and the task that restarts it when it exits.
     pub fn spawn(spec: ProcessSpec) -> Instance {
+        Instance::start(spec, None)
+    }
+
+    /// Supervises the recorded process of an earlier daemon instead of starting a new one:
+    /// it is watched, stopped and (once it exits) restarted like any other. Gives the spec
+    /// back when that process is gone.
+    pub fn adopt(spec: ProcessSpec, record: &InstanceRecord) -> Result<Instance, Box<ProcessSpec>> {
+        match Adopted::open(record) {
+            Some(adopted) => Ok(Instance::start(spec, Some(adopted))),
+            None => Err(Box::new(spec)),
+        }
+    }
+
+    fn start(spec: ProcessSpec, adopted: Option<Adopted>) -> Instance {
         let spec = Arc::new(spec);
         let status = Arc::new(Mutex::new(InstanceStatus {
             state: InstanceState::Starting,
@@ -120,7 +137,7 @@ impl Instance {
             last_exit: None,
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(spec.clone(), status.clone(), stop_rx));
+        let task = tokio::spawn(supervise(spec.clone(), status.clone(), stop_rx, adopted));
         Instance { spec, status, stop_tx, task }
     }
 
@@ -152,6 +169,7 @@ async fn supervise(
     spec: Arc<ProcessSpec>,
     status: Arc<Mutex<InstanceStatus>>,
     mut stop_rx: watch::Receiver<bool>,
+    mut adopted: Option<Adopted>,
 ) {
     let set =
         |f: &dyn Fn(&mut InstanceStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
@@ -159,9 +177,46 @@ async fn supervise(
     let mut writer = WriterSlot::default();
     loop {
         let started = Instant::now();
+        if let Some(process) = adopted.take() {
+            set(&|s| {
+                s.state = InstanceState::Running;
+                s.pid = Some(process.pid);
+                s.started_at = Some(SystemTime::now());
+            });
+            tokio::select! {
+                () = process.exited() => {}
+                _ = stop_rx.changed() => {
+                    process.terminate(spec.stop_timeout).await;
+                    finish(&spec, &mut writer).await;
+                    set(&|s| {
+                        s.state = InstanceState::Stopped;
+                        s.pid = None;
+                    });
+                    return;
+                }
+            }
+            // Its parent is gone, so its exit status went to init; only the kernel's OOM
+            // counter can still say why.
+            let outcome =
+                format!("exited (started by an earlier daemon, status unknown){}", oom_note(&spec));
+            append_note(&spec, &format!("{outcome}; restarting"));
+            set(&|s| {
+                s.state = InstanceState::Backoff;
+                s.pid = None;
+                s.restarts += 1;
+                s.last_exit = Some(outcome.clone());
+            });
+            continue;
+        }
         let outcome = match spawn_child(&spec, &mut writer) {
             Ok(mut child) => {
                 let pid = child.id();
+                if let (Some(path), Some(record)) =
+                    (&spec.record_path, pid.and_then(|pid| InstanceRecord::of(pid, spec.port)))
+                    && let Err(err) = record.write(path)
+                {
+                    tracing::warn!(%err, "cannot record {}", path.display());
+                }
                 set(&|s| {
                     s.state = InstanceState::Running;
                     s.pid = pid;
@@ -174,8 +229,7 @@ async fn supervise(
                     },
                     _ = stop_rx.changed() => {
                         terminate(&mut child, pid, spec.stop_timeout).await;
-                        writer.close().await;
-                        remove_cgroup(&spec);
+                        finish(&spec, &mut writer).await;
                         set(&|s| {
                             s.state = InstanceState::Stopped;
                             s.pid = None;
@@ -210,8 +264,7 @@ async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop_rx.changed() => {
-                writer.close().await;
-                remove_cgroup(&spec);
+                finish(&spec, &mut writer).await;
                 set(&|s| s.state = InstanceState::Stopped);
                 return;
             }
@@ -343,9 +396,14 @@ fn oom_note(spec: &ProcessSpec) -> String {
     }
 }
 
-fn remove_cgroup(spec: &ProcessSpec) {
+/// What is left to do once an instance is stopped: its log writer, cgroup and record.
+async fn finish(spec: &ProcessSpec, writer: &mut WriterSlot) {
+    writer.close().await;
     if let Some(request) = &spec.cgroup {
         request.cgroups.remove(&spec.app, &spec.name());
+    }
+    if let Some(path) = &spec.record_path {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -467,6 +525,7 @@ mod tests {
             log_path: dir.join("logs/worker.1.log"),
             log_writer: None,
             cgroup: None,
+            record_path: None,
             port: None,
             run_as: None,
             stop_timeout: Duration::from_secs(2),

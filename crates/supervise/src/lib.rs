@@ -4,6 +4,7 @@
 //! Every instance runs `/bin/sh -c COMMAND` in a process group of its own, so that stopping it
 //! reaches the whole tree the command started (a shell, its children, a server's workers).
 
+pub mod adopt;
 mod cgroup;
 pub mod cron;
 mod instance;

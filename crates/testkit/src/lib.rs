@@ -150,9 +150,32 @@ impl TestDaemon {
         self.child.id()
     }
 
-    /// Stops the daemon with SIGTERM (it stops its apps) and waits for it.
+    /// Stops the daemon with SIGTERM and waits for it. Its apps keep running, for the next
+    /// daemon on the same root to adopt: start one.
     pub fn stop(&mut self) {
         stop_child(&mut self.child, Duration::from_secs(30));
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would. Its apps keep running.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the daemon with SIGINT, which stops every app and the socket keeper too.
+    pub fn stop_everything(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `GET path` with `Host: host` through the router.
@@ -167,8 +190,12 @@ impl TestDaemon {
 }
 
 impl Drop for TestDaemon {
+    /// A daemon still running is stopped with everything it runs. One that was stopped or
+    /// killed on purpose is left alone: the test started the next daemon, which owns the apps.
     fn drop(&mut self) {
-        self.stop();
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_everything();
+        }
     }
 }
 
