@@ -240,19 +240,29 @@ async fn supervise(
             }
             Err(err) => format!("could not start `{}`: {err}", spec.command),
         };
-        if started.elapsed() >= HEALTHY_RUN {
+        // A process that ran a while and then died is restarted at once (its next quick
+        // failure waits 1 s); quick failures wait twice as long each time, up to a cap, so a
+        // crash loop cannot eat the CPU.
+        let delay = if started.elapsed() >= HEALTHY_RUN {
             backoff = MIN_BACKOFF;
-        }
+            Duration::ZERO
+        } else {
+            let delay = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            delay
+        };
         // Three quick exits in a row make a crash loop: said so, in `ps` and the log.
-        let crash_loop = backoff >= MIN_BACKOFF * 4;
+        let crash_loop = delay >= MIN_BACKOFF * 4;
         let note = if crash_loop {
             format!(
                 "{outcome}; restarting in {} s (crash loop: it keeps exiting within {} s of starting)",
-                backoff.as_secs(),
+                delay.as_secs(),
                 HEALTHY_RUN.as_secs()
             )
+        } else if delay.is_zero() {
+            format!("{outcome}; restarting now")
         } else {
-            format!("{outcome}; restarting in {} s", backoff.as_secs())
+            format!("{outcome}; restarting in {} s", delay.as_secs())
         };
         append_note(&spec, &note);
         set(&|s| {
@@ -262,14 +272,13 @@ async fn supervise(
             s.last_exit = Some(outcome.clone());
         });
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop_rx.changed() => {
                 finish(&spec, &mut writer).await;
                 set(&|s| s.state = InstanceState::Stopped);
                 return;
             }
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
