@@ -106,6 +106,18 @@ impl Daemon {
             };
             let count = scale.get(&entry.name).copied().unwrap_or(1);
             let limits = berth_supervise::limits_for(&knobs, &entry.name)?;
+            if !limits.is_empty()
+                && matches!(
+                    self.settings.cgroups.support(),
+                    berth_supervise::CgroupSupport::Unsupported
+                )
+            {
+                out(format!(
+                    "warning: {} has resource limits, but this host has no usable cgroups, so they \
+                     are not applied (the daemon's log says why)",
+                    entry.name
+                ));
+            }
             let cgroup =
                 berth_supervise::CgroupRequest { cgroups: self.settings.cgroups.clone(), limits };
             for index in 1..=count {

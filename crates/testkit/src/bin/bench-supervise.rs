@@ -1,6 +1,6 @@
 //! Supervision figures for `bench/supervise.sh`: how long a web instance killed with SIGKILL
 //! takes to answer through the router again, and the memory Berth uses (the daemon, and its
-//! log writers and socket keeper) with 1, 10 and 100 running apps; beside it, supervisord
+//! log writers and socket keeper, as PSS) with 1, 10 and 100 running apps; beside it, supervisord
 //! (the usual Python supervisor) running the same processes, measured in the same run.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ const PROCFILE: &str = "web: exec python3 -m http.server $PORT --bind $BIND_ADDR
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let bin = PathBuf::from(args.next().expect("usage: bench-supervise BERTH_BINARY [SUPERVISORD_DIR]"));
+    let bin =
+        PathBuf::from(args.next().expect("usage: bench-supervise BERTH_BINARY [SUPERVISORD_DIR]"));
     let supervisord = args.next().map(PathBuf::from);
     let tmp = TempDir::new("bench-sup");
     let root = tmp.path().join("root");
@@ -22,8 +23,11 @@ fn main() -> anyhow::Result<()> {
     let repo = AppRepo::new(&tmp.path().join("app"), &sshd)?;
     repo.commit(&[("Procfile", PROCFILE), ("index.html", "hello\n")], "app")?;
 
-    println!("memory with N running apps (one web instance each), VmRSS:");
-    println!("  {:>5}  {:>12}  {:>22}  {:>16}", "apps", "berth daemon", "berth helpers (count)", "supervisord");
+    println!("memory with N running apps (one web instance each), proportional set size (PSS):");
+    println!(
+        "  {:>5}  {:>12}  {:>22}  {:>16}",
+        "apps", "berth daemon", "berth helpers (count)", "supervisord"
+    );
     let mut deployed = 0;
     for target in [1, 10, 100] {
         while deployed < target {
@@ -34,7 +38,10 @@ fn main() -> anyhow::Result<()> {
         let daemon_rss = rss_kib(daemon.pid());
         let (helpers, helpers_rss) = helper_processes(&bin, daemon.pid());
         let reference = match &supervisord {
-            Some(dir) => format!("{} KiB", supervisord_rss(dir, &tmp.path().join(format!("sup{target}")), target)?),
+            Some(dir) => format!(
+                "{} KiB",
+                supervisord_rss(dir, &tmp.path().join(format!("sup{target}")), target)?
+            ),
             None => "(not installed)".to_owned(),
         };
         println!(
@@ -51,7 +58,10 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(11));
         let pid = record_pid(&record).expect("a record of app0's web.1");
         let start = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
         poll("app0 answering again", Duration::from_secs(60), || {
             let answered = daemon.get("app0.bench.test", "/").is_ok_and(|r| r.status == 200);
             (answered && record_pid(&record).is_some_and(|p| p != pid)).then_some(())
@@ -78,11 +88,14 @@ fn record_pid(path: &Path) -> Option<u32> {
     rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
+/// Proportional set size: resident memory with pages shared between processes (the berth
+/// binary's code, mapped by the daemon and every helper) split among them, so the sum over
+/// processes is what they really cost together.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -93,7 +106,9 @@ fn helper_processes(bin: &Path, daemon: u32) -> (usize, u64) {
     let mut count = 0;
     let mut total = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == daemon {
             continue;
         }
@@ -138,7 +153,10 @@ fn supervisord_rss(dir: &Path, work: &Path, n: usize) -> anyhow::Result<u64> {
         ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()).then_some(())
     });
     let rss = rss_kib(child.id());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
     let _ = child.wait();
     Ok(rss)
 }
