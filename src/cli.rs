@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use berth_api::{
-    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, Logs, RunRequest, Scale,
+    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, KeepRequest, LockRequest, Logs,
+    ReleaseInfo, RollbackRequest, RunRequest, Scale,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -81,6 +82,27 @@ pub enum ServerCommand {
         #[arg(long)]
         force: bool,
     },
+    /// List an app's releases (number, commit, age, who, status; `*` marks the current one).
+    Releases { app: String },
+    /// Make an earlier release current again, code and config, without rebuilding.
+    Rollback {
+        app: String,
+        /// The release (`5` or `v5`); the one before the current when left out.
+        release: Option<String>,
+    },
+    /// Keep the trees of the N newest releases (default 5); older ones are pruned.
+    #[command(name = "releases:keep")]
+    ReleasesKeep { app: String, count: i64 },
+    /// Refuse pushes to an app until it is unlocked.
+    #[command(name = "apps:lock")]
+    AppsLock {
+        app: String,
+        /// Why, shown to whoever pushes.
+        reason: Vec<String>,
+    },
+    /// Allow pushes again.
+    #[command(name = "apps:unlock")]
+    AppsUnlock { app: String },
     /// Show the commands.
     Help,
 }
@@ -99,10 +121,10 @@ pub fn command_names() -> Vec<String> {
 }
 
 /// Runs CLI arguments received over ssh. Anything that is not a Berth command is refused.
-pub fn run_ssh_args(root: &Path, args: &[String]) -> anyhow::Result<u8> {
+pub fn run_ssh_args(root: &Path, args: &[String], who: Option<String>) -> anyhow::Result<u8> {
     let first = args.first().map(String::as_str).unwrap_or("help");
     if matches!(first, "--help" | "-h") {
-        return run(root, ServerCommand::Help);
+        return run(root, ServerCommand::Help, who);
     }
     if !command_names().iter().any(|name| name == first) {
         eprintln!(
@@ -113,7 +135,7 @@ pub fn run_ssh_args(root: &Path, args: &[String]) -> anyhow::Result<u8> {
     }
     let argv = std::iter::once("berth".to_owned()).chain(args.iter().cloned());
     match SshCli::try_parse_from(argv) {
-        Ok(cli) => run(root, cli.command),
+        Ok(cli) => run(root, cli.command, who),
         Err(err) => {
             let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
             let _ = err.print();
@@ -122,13 +144,13 @@ pub fn run_ssh_args(root: &Path, args: &[String]) -> anyhow::Result<u8> {
     }
 }
 
-pub fn run(root: &Path, command: ServerCommand) -> anyhow::Result<u8> {
+pub fn run(root: &Path, command: ServerCommand, who: Option<String>) -> anyhow::Result<u8> {
     if let ServerCommand::Help = command {
         let mut help = SshCli::command().override_usage("berth <COMMAND> [APP] [ARGS]");
         println!("{}", help.render_long_help());
         return Ok(0);
     }
-    let client = Client::new(root.join("run").join("berth.sock"));
+    let client = Client::new(root.join("run").join("berth.sock")).with_who(who);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match runtime.block_on(execute(&client, command)) {
         Ok(code) => Ok(code),
@@ -151,6 +173,76 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
     let mut stdout = std::io::stdout().lock();
     match command {
         ServerCommand::Help => unreachable!("handled before connecting"),
+        ServerCommand::Releases { app } => {
+            let releases: Vec<ReleaseInfo> = client.get(&app_path(&app, "/releases")?).await?;
+            if releases.is_empty() {
+                writeln!(stdout, "{app} has no releases yet: push to it")?;
+                return Ok(0);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let rows = releases.iter().map(|r| {
+                let what = match r.kind.as_str() {
+                    "config" => format!("config (build of v{})", r.build_of),
+                    _ => "push".to_owned(),
+                };
+                let status = if r.status == "succeeded" && !r.available {
+                    "pruned".to_owned()
+                } else {
+                    r.status.clone()
+                };
+                vec![
+                    format!("{}v{}", if r.current { "*" } else { " " }, r.number),
+                    r.commit[..r.commit.len().min(7)].to_owned(),
+                    format!("{} ago", format_duration((now - r.created_at).max(0) as u64)),
+                    r.pushed_by.clone(),
+                    what,
+                    status,
+                ]
+            });
+            write_table(
+                &mut stdout,
+                &[" RELEASE", "COMMIT", "WHEN", "WHO", "WHAT", "STATUS"],
+                rows,
+            )?;
+        }
+        ServerCommand::Rollback { app, release } => {
+            let release = match release {
+                None => None,
+                Some(text) => match text.trim_start_matches('v').parse::<i64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        eprintln!(
+                            "berth: `{text}` is not a release number (for example `rollback {app} 4`)"
+                        );
+                        return Ok(EXIT_USAGE);
+                    }
+                },
+            };
+            let done: Done = client
+                .send(Method::POST, &app_path(&app, "/rollback")?, &RollbackRequest { release })
+                .await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::ReleasesKeep { app, count } => {
+            let done: Done = client
+                .send(Method::PUT, &app_path(&app, "/keep")?, &KeepRequest { keep: count })
+                .await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsLock { app, reason } => {
+            let reason = (!reason.is_empty()).then(|| reason.join(" "));
+            let done: Done = client
+                .send(Method::PUT, &app_path(&app, "/lock")?, &LockRequest { reason })
+                .await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsUnlock { app } => {
+            let done: Done = client.send(Method::DELETE, &app_path(&app, "/lock")?, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
         ServerCommand::Apps => {
             let apps: Vec<AppSummary> = client.get("/apps").await?;
             if apps.is_empty() {

@@ -29,7 +29,7 @@ pub fn run(root: &Path, app: &str) -> anyhow::Result<u8> {
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let mut fields = line.split_whitespace();
-        let (Some(_old), Some(new), Some(git_ref)) = (fields.next(), fields.next(), fields.next())
+        let (Some(old), Some(new), Some(git_ref)) = (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -42,6 +42,7 @@ pub fn run(root: &Path, app: &str) -> anyhow::Result<u8> {
             git_ref: git_ref.to_owned(),
             git_env: git_env.clone(),
             pushed_by: pushed_by.clone(),
+            old_commit: Some(old.to_owned()),
         };
         let mut stdout = std::io::stdout();
         let path = format!("/apps/{app}/deploys");

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         TopCommand::SetupSsh { public_key, authorized_keys } => {
             keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
         }
-        TopCommand::Server(command) => cli::run(&root, command),
+        TopCommand::Server(command) => cli::run(&root, command, None),
     };
     match result {
         Ok(code) => ExitCode::from(code),

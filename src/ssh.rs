@@ -31,7 +31,7 @@ pub fn run(root: &Path, key: &str) -> anyhow::Result<u8> {
         }
         SshCommand::ReceivePack { app } => git_service(root, key, &app, "receive-pack", true),
         SshCommand::UploadPack { app } => git_service(root, key, &app, "upload-pack", false),
-        SshCommand::Cli { args } => cli::run_ssh_args(root, &args),
+        SshCommand::Cli { args } => cli::run_ssh_args(root, &args, Some(key.to_owned())),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod push;
+mod releases;
 mod runtimes;
 mod ssh;
 mod supervise;

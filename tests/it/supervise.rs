@@ -335,7 +335,9 @@ fn a_killed_instance_comes_back_and_a_crash_loop_backs_off() {
         (line.contains("running") && !line.contains(&format!(" {pid} "))).then_some(ps)
     });
     assert!(ps.contains("killed by SIGKILL"), "{ps}");
-    assert_eq!(world.get("loopy", "/").status, 200);
+    poll("web.1 answering again", Duration::from_secs(30), || {
+        world.daemon.get("loopy.berth.test", "/").ok().filter(|p| p.status == 200)
+    });
 
     // A process that exits at once: restarts come after 1, 2, 4, 8 s… so within the first
     // few seconds there are only a handful, and `ps` says it is a crash loop.

@@ -30,11 +30,17 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    who: Option<String>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into() }
+        Client { socket: socket.into(), who: None }
+    }
+
+    /// Names who asks (an ssh key's fingerprint) in every request, for release history.
+    pub fn with_who(self, who: Option<String>) -> Client {
+        Client { who, ..self }
     }
 
     pub fn socket(&self) -> &Path {
@@ -148,13 +154,16 @@ impl Client {
             ),
             None => Bytes::new(),
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, "berth")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(who) = &self.who {
+            request = request.header(crate::WHO_HEADER, who);
+        }
+        let request =
+            request.body(Full::new(body)).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let response =
             sender.send_request(request).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
         if response.status().is_success() {

@@ -8,3 +8,6 @@ mod wire;
 
 pub use client::{Client, ClientError};
 pub use wire::*;
+
+/// The header the ssh entry sends with the key's fingerprint, for release history.
+pub const WHO_HEADER: &str = "x-berth-who";

@@ -123,6 +123,10 @@ pub struct DeployRequest {
     /// Who asked: an ssh key fingerprint, or "api".
     #[serde(default)]
     pub pushed_by: String,
+    /// Where the ref was before the push (all zeros for a new branch), for a push: a push
+    /// that waited for another one is refused when the branch moved meanwhile.
+    #[serde(default)]
+    pub old_commit: Option<String>,
 }
 
 /// `POST /apps/{app}/repo`: make sure the app and its repository exist before a push.
@@ -143,6 +147,46 @@ pub struct RepoInfo {
 pub struct RunRequest {
     /// Run by `/bin/sh -c`.
     pub command: String,
+}
+
+/// One line of `GET /apps/{app}/releases`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    pub number: i64,
+    pub commit: String,
+    pub created_at: i64,
+    /// Who made it: an ssh key's fingerprint, `api` or `local`.
+    pub pushed_by: String,
+    /// "building", "failed" or "succeeded".
+    pub status: String,
+    /// "push" or "config".
+    pub kind: String,
+    /// The release whose build it runs (itself for a push).
+    pub build_of: i64,
+    pub current: bool,
+    /// Whether it can be made current (it deployed and its tree was not pruned).
+    pub available: bool,
+}
+
+/// `POST /apps/{app}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RollbackRequest {
+    /// The release to make current; the one before the current when absent.
+    #[serde(default)]
+    pub release: Option<i64>,
+}
+
+/// `PUT /apps/{app}/keep`: how many release trees to keep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeepRequest {
+    pub keep: i64,
+}
+
+/// `PUT /apps/{app}/lock`: refuse deploys until unlocked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A plain acknowledgement with a message for the user.

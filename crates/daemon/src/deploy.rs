@@ -14,14 +14,12 @@ use berth_build::{
     plan, run_plan, which,
 };
 use berth_procfile::ProcessKind;
-use berth_store::{AppState, ReleaseStatus};
+use berth_store::{AppState, NewRelease, ReleaseStatus};
 use berth_supervise::{TaskSpec, run_task};
 use tokio::sync::mpsc;
 
 use crate::state::{Daemon, now};
 
-/// Releases kept on disk besides the current one (a later issue makes this a setting).
-const KEEP_RELEASES: usize = 5;
 const RELEASE_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The branches whose pushes deploy; pushes to others are stored but not deployed.
 const DEPLOY_BRANCHES: [&str; 2] = ["main", "master"];
@@ -90,6 +88,18 @@ impl JobOutput {
     }
 }
 
+/// The commit a ref of the repository points to, or `None` when it does not exist.
+fn ref_commit(repo: &Path, git_ref: &str) -> Option<String> {
+    let output = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["rev-parse", "--verify", "--quiet", git_ref])
+        .output()
+        .ok()?;
+    let commit = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !commit.is_empty()).then_some(commit)
+}
+
 /// Checks that the git variables a hook passed point into the app's own repository, so the
 /// API cannot be used to make git read other places.
 fn checked_git_env(
@@ -135,19 +145,43 @@ async fn deploy_inner(
     let git_env = checked_git_env(&layout.repo(app), &request.git_env)?;
 
     let lock = daemon.app_lock(app);
-    let _guard = match lock.try_lock() {
+    let guard = match lock.clone().try_lock_owned() {
         Ok(guard) => guard,
         Err(_) => {
             out.step(format!("Another deploy of {app} is running; waiting for it to finish"));
-            lock.lock().await
+            lock.lock_owned().await
         }
     };
+    // A push that waited for another one to the same branch would move the branch away from
+    // the code the other one deployed: git refuses its ref update after the hook, so refuse it
+    // before deploying anything.
+    if let Some(old) = &request.old_commit {
+        let now_at = ref_commit(&layout.repo(app), &request.git_ref);
+        let expected = (!old.bytes().all(|b| b == b'0')).then(|| old.clone());
+        if now_at != expected {
+            return Err(format!(
+                "{branch} moved while this push waited (it is now at {}); pull, merge and push again",
+                now_at.as_deref().map_or("nothing", |c| &c[..c.len().min(7)])
+            ));
+        }
+    }
 
+    if let Some(reason) = daemon.store().app(app).map_err(|e| e.to_string())?.lock_reason {
+        return Err(format!(
+            "{app} is locked ({reason}), so it is not deployed; `apps:unlock {app}` allows deploys again"
+        ));
+    }
     let short = &request.commit[..request.commit.len().min(7)];
-    let number = daemon
-        .store()
-        .create_release(app, &request.commit, &request.pushed_by, now())
-        .map_err(|e| e.to_string())?;
+    let config = daemon.config_snapshot(app)?;
+    let release = NewRelease {
+        commit: &request.commit,
+        pushed_by: &request.pushed_by,
+        kind: "push",
+        build_of: None,
+        config: &config,
+        build_env: "",
+    };
+    let number = daemon.store().create_release(app, &release, now()).map_err(|e| e.to_string())?;
     out.log_to(&layout.build_log(app, number));
     out.step(format!("Deploying {app} v{number} (commit {short} on {branch})"));
 
@@ -163,7 +197,22 @@ async fn deploy_inner(
             drop(store);
             out.step(format!("Released v{number}"));
             out.step(format!("Your app is at {}", daemon.url(app)));
-            prune_releases(daemon, app, number);
+            daemon.prune_releases(app);
+            // The lock is held until git has moved the branch (after this hook returns), so the
+            // next push to the branch sees where it is.
+            if request.old_commit.is_some() {
+                let repo = layout.repo(app);
+                let (git_ref, commit) = (request.git_ref.clone(), request.commit.clone());
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while ref_commit(&repo, &git_ref).as_deref() != Some(commit.as_str())
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    drop(guard);
+                });
+            }
         }
         Err(_) => {
             let _ = store.set_release_status(app, number, ReleaseStatus::Failed);
@@ -295,18 +344,6 @@ async fn run_streamed(
     let result = run_task(&spec, tx).await;
     let _ = forward.await;
     result
-}
-
-/// Removes release trees beyond the newest few; the current one always stays.
-fn prune_releases(daemon: &Daemon, app: &str, current: i64) {
-    let dir = daemon.settings.layout.releases(app);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
-    let mut numbers: Vec<i64> =
-        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-    numbers.sort_unstable_by(|a, b| b.cmp(a));
-    for number in numbers.into_iter().skip(KEEP_RELEASES).filter(|&n| n != current) {
-        let _ = std::fs::remove_dir_all(dir.join(number.to_string()));
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, LogEntry, Logs,
-    RepoInfo, RepoRequest, RunRequest, Scale,
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, KeepRequest,
+    LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest,
+    Scale,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -41,6 +42,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/logs", get(get_logs))
         .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
         .route("/apps/{app}/run", post(run_command))
+        .route("/apps/{app}/releases", get(list_releases))
+        .route("/apps/{app}/rollback", post(rollback))
+        .route("/apps/{app}/keep", axum::routing::put(set_keep))
+        .route("/apps/{app}/lock", axum::routing::put(lock_app).delete(unlock_app))
         .fallback(|| async {
             ApiError::not_found("no such API endpoint; see `berth help` for what the API offers")
         })
@@ -216,6 +221,7 @@ fn check_config_key(key: &str) -> Result<(), ApiError> {
 async fn update_config(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
     Json(update): Json<ConfigUpdate>,
 ) -> ApiResult<ConfigVars> {
     let app = app_name(&app)?;
@@ -223,20 +229,89 @@ async fn update_config(
         check_config_key(key)?;
     }
     let set: Vec<(String, String)> = update.set.into_iter().collect();
-    daemon.store().update_config(&app, &set, &update.unset)?;
-    let record = daemon.store().app(&app)?;
-    let restart = record.state == AppState::Running && record.current_release.is_some();
-    if restart {
-        daemon.restart(&app).await.map_err(|err| {
-            ApiError::unprocessable(format!(
-                "the config was saved, but {app} did not restart with it, so its previous \
-                 processes keep running: {}",
-                err.message
-            ))
-        })?;
-    }
+    let restarted = daemon.change_config(&app, &set, &update.unset, &who(&headers)).await?;
     let vars: BTreeMap<String, String> = daemon.store().config(&app)?.into_iter().collect();
-    Ok(Json(ConfigVars { vars, restarted: restart }))
+    Ok(Json(ConfigVars { vars, restarted }))
+}
+
+/// Who asks, as the ssh entry tells (the key's fingerprint), for release history.
+fn who(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(berth_api::WHO_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .unwrap_or("local")
+        .to_owned()
+}
+
+async fn list_releases(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<ReleaseInfo>> {
+    let app = app_name(&app)?;
+    Ok(Json(daemon.release_infos(&app)?))
+}
+
+async fn rollback(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<RollbackRequest>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let started = std::time::Instant::now();
+    let target =
+        daemon.rollback(&app, request.release, &|line| tracing::info!(app, "{line}")).await?;
+    let commit = daemon.store().release(&app, target)?.map(|r| r.commit).unwrap_or_default();
+    Ok(Json(Done {
+        message: format!(
+            "{app} is back on v{target} (commit {}), with the config it ran with ({:.1} s)",
+            &commit[..commit.len().min(7)],
+            started.elapsed().as_secs_f64()
+        ),
+    }))
+}
+
+async fn set_keep(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<KeepRequest>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    if !(1..=1000).contains(&request.keep) {
+        return Err(ApiError::bad_request(format!(
+            "keep {} releases? give a number from 1 to 1000 (the default is 5)",
+            request.keep
+        )));
+    }
+    daemon.store().set_keep_releases(&app, request.keep)?;
+    daemon.prune_releases(&app);
+    Ok(Json(Done {
+        message: format!("{app} keeps the trees of its {} newest releases", request.keep),
+    }))
+}
+
+async fn lock_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<LockRequest>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let reason = request
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "locked by hand".to_owned());
+    daemon.store().set_lock(&app, Some(&reason))?;
+    Ok(Json(Done {
+        message: format!(
+            "{app} is locked ({reason}): pushes are refused until `apps:unlock {app}`"
+        ),
+    }))
+}
+
+async fn unlock_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    daemon.store().set_lock(&app, None)?;
+    Ok(Json(Done { message: format!("{app} is unlocked: pushes deploy again") }))
 }
 
 async fn start_app(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -> ApiResult<Done> {
@@ -465,7 +540,7 @@ async fn run_command(
     let (_, env) = daemon.release_env(&app, release, &build).map_err(ApiError::internal)?;
     let spec = berth_supervise::TaskSpec {
         command: request.command,
-        cwd: daemon.settings.layout.release(&app, release),
+        cwd: daemon.tree(&app, release),
         env,
         run_as: daemon.app_user(&app).map_err(ApiError::internal)?,
         timeout: RUN_TIMEOUT,

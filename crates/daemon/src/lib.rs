@@ -9,11 +9,13 @@
 
 mod deploy;
 mod error;
+mod health;
 mod http;
 mod keeper;
 mod layout;
 mod ownership;
 mod processes;
+mod releases;
 mod repo;
 mod state;
 mod users;

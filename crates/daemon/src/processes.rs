@@ -13,6 +13,7 @@ use berth_supervise::cron::{self, CronAction, CronHandle, CronJob, spawn_cron};
 use berth_supervise::logs::{self, LogWriter, tail_lines};
 use berth_supervise::{Instance, ProcessSpec, TaskSpec, wait_for_port};
 
+use crate::health::Checks;
 use crate::state::{AppRuntime, Daemon};
 
 /// How long a new web instance has to start listening on its port.
@@ -33,6 +34,19 @@ pub(crate) struct Desired {
     pub statics: Vec<berth_router::StaticMount>,
     pub catch_all: Option<std::path::PathBuf>,
     pub crons: Vec<CronJob>,
+    /// The health checks of each process type that serves HTTP.
+    pub checks: std::collections::HashMap<String, Checks>,
+    /// Types that are replaced break-before-make: workers, and `BERTH_EXCLUSIVE_TYPES`.
+    pub exclusive: std::collections::HashSet<String>,
+    /// The name checks ask for.
+    pub host: String,
+}
+
+impl Desired {
+    /// Whether a new instance of this type is started before the old one stops.
+    fn make_before_break(&self, spec: &ProcessSpec) -> bool {
+        spec.port.is_some() && !self.exclusive.contains(&spec.process_type)
+    }
 }
 
 /// A key that names one instance: `web.2`.
@@ -77,9 +91,15 @@ impl Daemon {
         let log_writer = LogWriter { exe: self.settings.exe.clone(), max_bytes, keep };
         let layout = &self.settings.layout;
         let run_as = self.app_user(app)?;
+        let tree = self.tree(app, release);
 
         let mut specs = Vec::new();
         let mut crons = Vec::new();
+        let mut checks = std::collections::HashMap::new();
+        let mut exclusive: std::collections::HashSet<String> = knobs
+            .get("BERTH_EXCLUSIVE_TYPES")
+            .map(|v| v.split([',', ' ']).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
         for entry in &files.procfile.entries {
             let command = match entry.kind {
                 ProcessKind::Web | ProcessKind::Worker => entry.command.clone(),
@@ -104,6 +124,11 @@ impl Daemon {
                 }
                 ProcessKind::Static | ProcessKind::Release | ProcessKind::Preflight => continue,
             };
+            if entry.kind.needs_port() {
+                checks.insert(entry.name.clone(), crate::health::checks_for(&tree, &entry.name)?);
+            } else {
+                exclusive.insert(entry.name.clone());
+            }
             let count = scale.get(&entry.name).copied().unwrap_or(1);
             let limits = berth_supervise::limits_for(&knobs, &entry.name)?;
             if !limits.is_empty()
@@ -128,7 +153,7 @@ impl Daemon {
                     process_type: entry.name.clone(),
                     index,
                     command: command.clone(),
-                    cwd: layout.release(app, release),
+                    cwd: tree.clone(),
                     env: process_env,
                     log_path: layout.instance_log(app, &entry.name, index),
                     log_writer: Some(log_writer.clone()),
@@ -140,7 +165,8 @@ impl Daemon {
                 });
             }
         }
-        Ok(Desired { specs, hosts, statics, catch_all, crons })
+        let host = format!("{app}.{}", self.settings.domain);
+        Ok(Desired { specs, hosts, statics, catch_all, crons, checks, exclusive, host })
     }
 
     /// A cron line as a job: a command with the app's environment, or a web-cron request.
@@ -173,7 +199,7 @@ impl Daemon {
                 env.push(("BERTH_PROCESS".to_owned(), name.to_owned()));
                 CronAction::Command(TaskSpec {
                     command: command.to_owned(),
-                    cwd: self.settings.layout.release(app, release),
+                    cwd: self.tree(app, release),
                     env,
                     run_as,
                     timeout: CRON_TIMEOUT,
@@ -191,15 +217,26 @@ impl Daemon {
     /// Starts one instance (with a fresh port when it serves HTTP) and, for a web instance,
     /// waits until it listens. On failure the instance is stopped and the error says why, with
     /// the end of its log.
-    async fn start_ready(&self, mut spec: ProcessSpec) -> Result<Instance, String> {
+    async fn start_ready(
+        &self,
+        mut spec: ProcessSpec,
+        desired: &Desired,
+    ) -> Result<Instance, String> {
         if spec.port.is_some() {
             let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
             spec.port = Some(port);
             spec.env.push(("PORT".to_owned(), port.to_string()));
+            spec.env.push(("PM_PORT".to_owned(), port.to_string()));
         }
         let instance = Instance::spawn(spec);
         let Some(port) = instance.spec().port else { return Ok(instance) };
-        match wait_for_port(&instance, port, START_TIMEOUT).await {
+        let checks = desired.checks.get(&instance.spec().process_type).cloned().unwrap_or_default();
+        let ready = async {
+            wait_for_port(&instance, port, START_TIMEOUT).await?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            crate::health::run_checks(&checks, addr, &desired.host).await
+        };
+        match ready.await {
             Ok(()) => Ok(instance),
             Err(err) => {
                 let name = format!("{}.{}", instance.spec().process_type, instance.spec().index);
@@ -218,63 +255,102 @@ impl Daemon {
         }
     }
 
-    /// Starts every process of `release` next to whatever runs now, waits until every web
-    /// instance listens, then routes to the new instances and stops the old ones. When a new
-    /// process does not come up, the new ones are stopped and the old ones keep serving.
+    /// Switches the app to `release` (Paasmaker's "make current"): the new web instances start
+    /// next to the old ones and must pass their health checks; then the router sends to old
+    /// and new together, then to the new alone, and the old ones stop once their requests are
+    /// done. Workers and exclusive types go break-before-make: the old stop, then the new
+    /// start. When a new web instance fails, the new ones are stopped and nothing changed.
     pub async fn activate(
         &self,
         app: &str,
         release: i64,
         out: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let desired = self.desired(app, release, out)?;
+        let mut desired = self.desired(app, release, out)?;
+        let specs = std::mem::take(&mut desired.specs);
+        let (make_first, break_first): (Vec<ProcessSpec>, Vec<ProcessSpec>) =
+            specs.into_iter().partition(|s| desired.make_before_break(s));
+
         let started =
-            futures_join_all(desired.specs.into_iter().map(|spec| self.start_ready(spec))).await;
-        let mut instances = Vec::new();
+            futures_join_all(make_first.into_iter().map(|spec| self.start_ready(spec, &desired)))
+                .await;
+        let mut new = Vec::new();
         let mut error = None;
         for result in started {
             match result {
-                Ok(instance) => instances.push(instance),
+                Ok(instance) => new.push(instance),
                 Err(err) => error = error.or(Some(err)),
             }
         }
         if let Some(err) = error {
-            for instance in instances {
-                instance.stop().await;
-            }
+            futures_join_all(new.into_iter().map(|i| i.stop())).await;
             return Err(err);
         }
-        let crons = start_crons(desired.crons)?;
-        let runtime = AppRuntime {
-            release,
-            instances,
-            hosts: desired.hosts,
-            statics: desired.statics,
-            catch_all: desired.catch_all,
-            crons,
-        };
-        let old = {
-            let mut runtimes = self.runtimes();
-            let old = runtimes.insert(app.to_owned(), runtime);
-            self.publish_routes(&runtimes);
-            old
-        };
-        if let Some(old) = old {
-            for handle in old.crons {
-                handle.stop();
-            }
-            futures_join_all(old.instances.into_iter().map(|i| retire(&self.in_flight, i))).await;
+        if !new.is_empty() {
+            out(format!("{} web instance(s) healthy; switching the routes", new.len()));
         }
+
+        let breaking: std::collections::HashSet<String> =
+            break_first.iter().map(|s| s.process_type.clone()).collect();
+        let is_breaking = |i: &Instance| breaking.contains(&i.spec().process_type);
+        let (old_make, old_break, old_crons) = {
+            let mut runtimes = self.runtimes();
+            let runtime = runtimes.entry(app.to_owned()).or_default();
+            let n_new = new.len();
+            // Old and new together for a moment, then the new alone: no request finds
+            // neither (Paasmaker's switch-over).
+            let old = std::mem::take(&mut runtime.instances);
+            runtime.instances = new.into_iter().chain(old).collect();
+            runtime.hosts = desired.hosts.clone();
+            runtime.statics = desired.statics.clone();
+            runtime.catch_all = desired.catch_all.clone();
+            runtime.release = release;
+            self.publish_routes(&runtimes);
+            let runtime = runtimes.get_mut(app).expect("inserted above");
+            let old = runtime.instances.split_off(n_new);
+            let (old_break, old_make): (Vec<Instance>, Vec<Instance>) =
+                old.into_iter().partition(is_breaking);
+            let crons = std::mem::take(&mut runtime.crons);
+            self.publish_routes(&runtimes);
+            (old_make, old_break, crons)
+        };
+        for handle in old_crons {
+            handle.stop();
+        }
+        futures_join_all(old_make.into_iter().map(|i| retire(&self.in_flight, i))).await;
+
+        // Workers and exclusive types: the old ones stop before the new ones start.
+        futures_join_all(old_break.into_iter().map(|i| retire(&self.in_flight, i))).await;
+        let started =
+            futures_join_all(break_first.into_iter().map(|spec| self.start_ready(spec, &desired)))
+                .await;
+        let crons = start_crons(desired.crons)?;
+        let mut runtimes = self.runtimes();
+        if let Some(runtime) = runtimes.get_mut(app) {
+            for result in started {
+                match result {
+                    Ok(instance) => runtime.instances.push(instance),
+                    // A worker that cannot start is supervised like any other; an exclusive web
+                    // type that fails its check after the old one stopped is reported.
+                    Err(err) => out(format!("warning: {err}")),
+                }
+            }
+            runtime.instances.sort_by_key(|i| key(i.spec()));
+            runtime.crons = crons;
+        }
+        self.publish_routes(&runtimes);
         Ok(())
     }
 
     /// Brings an app back after the daemon started: the instances an earlier daemon left
     /// running are adopted (watched, not started again), the missing ones are started.
     pub async fn adopt_or_start(&self, app: &str, release: i64) -> Result<(), String> {
-        let desired = self.desired(app, release, &|_| {})?;
+        let mut desired = self.desired(app, release, &|_| {})?;
+        let specs = std::mem::take(&mut desired.specs);
+        let crons = std::mem::take(&mut desired.crons);
         let mut instances = Vec::new();
         let mut missing = Vec::new();
-        for mut spec in desired.specs {
+        for mut spec in specs {
             let record = spec.record_path.as_deref().and_then(InstanceRecord::read);
             let Some(record) = record.filter(|r| r.port.is_some() == spec.port.is_some()) else {
                 missing.push(spec);
@@ -297,7 +373,8 @@ impl Daemon {
         }
         let adopted = instances.len();
         let started =
-            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec))).await;
+            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec, &desired)))
+                .await;
         let mut error = None;
         for result in started {
             match result {
@@ -306,7 +383,7 @@ impl Daemon {
             }
         }
         instances.sort_by_key(|i| key(i.spec()));
-        let crons = start_crons(desired.crons)?;
+        let crons = start_crons(crons)?;
         let runtime = AppRuntime {
             release,
             instances,
@@ -363,11 +440,12 @@ impl Daemon {
         release: i64,
         out: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let desired = self.desired(app, release, out)?;
+        let mut desired = self.desired(app, release, out)?;
+        let specs = std::mem::take(&mut desired.specs);
         if !self.runtimes().contains_key(app) {
             return self.activate(app, release, out).await;
         }
-        let crons = start_crons(desired.crons)?;
+        let crons = start_crons(std::mem::take(&mut desired.crons))?;
         {
             let mut runtimes = self.runtimes();
             if let Some(runtime) = runtimes.get_mut(app) {
@@ -381,9 +459,9 @@ impl Daemon {
             }
             self.publish_routes(&runtimes);
         }
-        let wanted: Vec<(String, u32)> = desired.specs.iter().map(key).collect();
-        for spec in desired.specs {
-            let new = self.start_ready(spec).await?;
+        let wanted: Vec<(String, u32)> = specs.iter().map(key).collect();
+        for spec in specs {
+            let new = self.start_ready(spec, &desired).await?;
             let old = self.swap_instance(app, new);
             if let Some(old) = old {
                 retire(&self.in_flight, old).await;
@@ -396,7 +474,8 @@ impl Daemon {
     /// Brings the running instances to the app's scale: starts the missing ones and stops the
     /// extra ones, leaving the others alone.
     pub async fn apply_scale(&self, app: &str, release: i64) -> Result<(), String> {
-        let desired = self.desired(app, release, &|_| {})?;
+        let mut desired = self.desired(app, release, &|_| {})?;
+        let specs = std::mem::take(&mut desired.specs);
         if !self.runtimes().contains_key(app) {
             return self.activate(app, release, &|_| {}).await;
         }
@@ -407,11 +486,12 @@ impl Daemon {
                 .map(|r| r.instances.iter().map(|i| key(i.spec())).collect())
                 .unwrap_or_default()
         };
-        let wanted: Vec<(String, u32)> = desired.specs.iter().map(key).collect();
+        let wanted: Vec<(String, u32)> = specs.iter().map(key).collect();
         let missing: Vec<ProcessSpec> =
-            desired.specs.into_iter().filter(|s| !running.contains(&key(s))).collect();
+            specs.into_iter().filter(|s| !running.contains(&key(s))).collect();
         let started =
-            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec))).await;
+            futures_join_all(missing.into_iter().map(|spec| self.start_ready(spec, &desired)))
+                .await;
         let mut error = None;
         for result in started {
             match result {

@@ -90,6 +90,17 @@ pub struct Daemon {
     app_users: Mutex<HashMap<String, RunAs>>,
 }
 
+/// Paasmaker's `PM_METADATA`: the application, its release, workspace and node, as JSON.
+fn pm_metadata(app: &str, release: i64) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    serde_json::json!({
+        "application": { "name": app, "version": release, "release": release, "workspace": "default" },
+        "node": { "hostname": hostname.trim() },
+        "workspace": { "name": "default" },
+    })
+    .to_string()
+}
+
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -202,6 +213,7 @@ impl Daemon {
             ("DATA_ROOT".to_owned(), layout.data(app).display().to_string()),
             ("LOG_ROOT".to_owned(), layout.logs(app).display().to_string()),
             ("BIND_ADDRESS".to_owned(), "127.0.0.1".to_owned()),
+            ("PM_METADATA".to_owned(), pm_metadata(app, release)),
         ]);
         env
     }
@@ -223,13 +235,40 @@ impl Daemon {
             base.push(("PATH".to_owned(), parts.join(":")));
         }
         let lookup = |key: &str| base.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let dir = self.settings.layout.release(app, release);
+        let dir = self.tree(app, release);
         let files = read_app_files(&dir, &lookup)?;
-        let config = self.store().config(app).map_err(|e| e.to_string())?;
+        let config = self.release_config(app, release)?;
         let mut env = base.clone();
         env.extend(files.env.iter().cloned());
         env.extend(config);
         Ok((files, env))
+    }
+
+    /// The tree a release runs: its own, or the one of the build it reuses (a config change).
+    pub fn tree(&self, app: &str, release: i64) -> std::path::PathBuf {
+        let record = self.store().release(app, release).ok().flatten();
+        self.settings.layout.release(app, record.map_or(release, |r| r.build_of))
+    }
+
+    /// The config vars a release runs with: those it was made with (a rollback brings them
+    /// back), or the app's current ones for a release made before releases kept them.
+    pub fn release_config(&self, app: &str, release: i64) -> Result<Vec<(String, String)>, String> {
+        let record = self.store().release(app, release).map_err(|e| e.to_string())?;
+        match record.map(|r| r.config).filter(|c| !c.is_empty()) {
+            Some(json) => {
+                let vars: std::collections::BTreeMap<String, String> = serde_json::from_str(&json)
+                    .map_err(|e| format!("release {release} has a damaged config: {e}"))?;
+                Ok(vars.into_iter().collect())
+            }
+            None => self.store().config(app).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The app's current config vars as a release keeps them.
+    pub fn config_snapshot(&self, app: &str) -> Result<String, String> {
+        let vars: std::collections::BTreeMap<String, String> =
+            self.store().config(app).map_err(|e| e.to_string())?.into_iter().collect();
+        serde_json::to_string(&vars).map_err(|e| e.to_string())
     }
 
     /// Keeps what the build gave the release's processes, for every later start.
@@ -265,7 +304,7 @@ impl Daemon {
         files: &AppFiles,
         env: &[(String, String)],
     ) -> Result<(Vec<StaticMount>, Option<std::path::PathBuf>), String> {
-        let dir = self.settings.layout.release(app, release);
+        let dir = self.tree(app, release);
         let knob = |key: &str| {
             env.iter()
                 .rev()

@@ -122,17 +122,24 @@ impl ProxyError {
 
     /// Logs the failure at a level that matches its source: a visitor mistyping a name is
     /// routine, an app that does not answer is worth an operator's attention.
-    pub(crate) fn log(&self, method: &Method, uri: &Uri, peer: SocketAddr) {
+    pub(crate) fn log(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) {
         let status = self.status().as_u16();
+        let request_id = request_id.to_str().unwrap_or_default();
         match self.source() {
             Source::Downstream => {
-                tracing::debug!(%method, %uri, %peer, status, "downstream error: {self}");
+                tracing::debug!(%method, %uri, %peer, status, request_id, "downstream error: {self}");
             }
             Source::Upstream => {
-                tracing::warn!(%method, %uri, %peer, status, "upstream error: {self}");
+                tracing::warn!(%method, %uri, %peer, status, request_id, "upstream error: {self}");
             }
             Source::Internal => {
-                tracing::warn!(%method, %uri, %peer, status, "internal error: {self}");
+                tracing::warn!(%method, %uri, %peer, status, request_id, "internal error: {self}");
             }
         }
     }

@@ -1,22 +1,31 @@
 //! Header rewriting at the proxy hop: what must not cross it, and what the app is told.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{
-    CONNECTION, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub(crate) const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_APP: HeaderName = HeaderName::from_static("x-app");
+
+/// An incoming request id longer than this is replaced: it would only bloat every log line.
+const MAX_REQUEST_ID_LEN: usize = 200;
 
 /// Headers that describe one connection rather than the message (RFC 9110 section 7.6.1),
 /// plus the non-standard `Keep-Alive` and `Proxy-Connection` that old clients still send.
 /// hyper frames each side itself, so passing any of these on would describe the wrong hop.
 ///
-/// `Upgrade` is here because WebSocket proxying is not supported yet; when it is, upgrade
-/// requests will keep `Connection: upgrade` and `Upgrade` and go through a separate path.
+/// `Upgrade` is here too: a WebSocket handshake puts `Connection: upgrade` and `Upgrade` back
+/// with [`keep_upgrade`], since for it they describe the tunnel both hops will become.
 const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -47,31 +56,155 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// What the app is told about the visitor's side of the hop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding<'a> {
+    pub(crate) client: IpAddr,
+    /// `"http"` or `"https"`.
+    pub(crate) proto: &'static str,
+    /// The host the visitor asked for, as sent.
+    pub(crate) host: &'a HeaderValue,
+    /// The port the visitor connected to.
+    pub(crate) port: u16,
+}
+
 /// Tells the app who asked and how: the client's address is appended to any
-/// `X-Forwarded-For` chain, and the scheme and original host are set outright so that a
-/// client cannot claim, say, `https` on a plain connection.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: &HeaderValue) {
+/// `X-Forwarded-For` chain and a `for=...;proto=...;host=...` element to any `Forwarded`
+/// list (RFC 7239), while the scheme, host and port are set outright so that a client cannot
+/// claim, say, `https` on a plain connection.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>) {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; apps expect a.b.c.d.
-    let client = client.to_canonical().to_string();
-    let mut chain = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
+    let client = forwarding.client.to_canonical();
+    append_to_list(headers, X_FORWARDED_FOR, &client.to_string());
+
+    // RFC 7239 section 6: an IPv6 node is bracketed, and so quoted.
+    let node = match client {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let mut element = format!("for={node};proto={}", forwarding.proto);
+    if let Ok(host) = forwarding.host.to_str() {
+        element.push_str(";host=");
+        element.push_str(&token_or_quoted(host));
+    }
+    append_to_list(headers, FORWARDED, &element);
+
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
+    headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(forwarding.port));
+}
+
+/// Appends `item` to the comma-separated list that the `name` headers hold, leaving one
+/// header.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut list = String::new();
+    for value in headers.get_all(&name) {
         if let Ok(value) = value.to_str() {
             let value = value.trim();
             if !value.is_empty() {
-                chain.push_str(value);
-                chain.push_str(", ");
+                list.push_str(value);
+                list.push_str(", ");
             }
         }
     }
-    chain.push_str(&client);
-    // Every part is either visible ASCII from a header or an IP address, so this cannot
-    // fail; falling back to the client alone keeps the header truthful if it somehow does.
-    let chain = HeaderValue::from_str(&chain).unwrap_or_else(|_| {
-        HeaderValue::from_str(&client).expect("an IP address is a valid header value")
+    list.push_str(item);
+    // Every part is either visible ASCII from a header or made here from an address and a
+    // host that was a header value, so this cannot fail; falling back to the item alone
+    // keeps the header truthful if it somehow does.
+    if let Ok(value) = HeaderValue::from_str(&list).or_else(|_| HeaderValue::from_str(item)) {
+        headers.insert(name, value);
+    }
+}
+
+/// `value` as an RFC 7230 token when it is one, else as a quoted string (a host with a port
+/// has a `:`, which a token may not contain).
+fn token_or_quoted(value: &str) -> String {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !value.is_empty() && value.chars().all(is_tchar) {
+        return value.to_string();
+    }
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// The `Upgrade` value of a WebSocket handshake (`Connection: upgrade` and an `Upgrade`
+/// that lists `websocket`), or `None` for any other request.
+pub(crate) fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: HeaderName, wanted: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+    };
+    // `Upgrade: websocket/13` would name a version; only the protocol name matters here.
+    let lists_websocket = headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| {
+            let name = token.trim().split('/').next().unwrap_or_default();
+            name.eq_ignore_ascii_case("websocket")
+        });
+    (has_token(CONNECTION, "upgrade") && lists_websocket)
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two headers that [`remove_hop_by_hop`] took from a message that switches
+/// protocols, so that the next hop switches too.
+pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, upgrade);
+}
+
+/// The request's id: the incoming `X-Request-Id` when there is exactly one and it looks
+/// like an id (1 to 200 visible ASCII characters), so a request can be followed through
+/// several proxies, else a new one.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        let bytes = value.as_bytes();
+        let is_sane = !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic());
+        if is_sane {
+            return value.clone();
+        }
+    }
+    let id = HeaderValue::from_str(&new_request_id());
+    id.expect("hex digits are a valid header value")
+}
+
+/// 16 hex digits that are unique within this process and unlikely to repeat across
+/// processes: a counter, mixed with the start time and the process id.
+///
+/// Ids only have to tell requests apart in logs, not resist guessing, so this needs no
+/// random-number crate.
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        (nanos as u64) ^ (u64::from(std::process::id()) << 32)
     });
-    headers.insert(X_FORWARDED_FOR, chain);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_HOST, original_host.clone());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64's finaliser: a bijection, so distinct counts under one seed never collide.
+    let mut x = seed.wrapping_add(count.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    format!("{x:016x}")
 }
 
 #[cfg(test)]
@@ -117,26 +250,99 @@ mod tests {
         assert_eq!(names(&map), ["accept", "content-length"]);
     }
 
+    fn forwarding<'a>(client: &str, host: &'a HeaderValue) -> Forwarding<'a> {
+        Forwarding { client: client.parse().unwrap(), proto: "http", host, port: 8080 }
+    }
+
     #[test]
-    fn forwarded_for_is_appended_and_proto_and_host_are_overwritten() {
+    fn forwarded_for_is_appended_and_proto_host_and_port_are_overwritten() {
         let mut map = headers(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoofed.example.com"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=10.0.0.1"),
+            ("forwarded", "for=10.0.0.2;proto=https"),
         ]);
-        let client: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        set_forwarded(&mut map, client, &HeaderValue::from_static("MyApp.example.com:8080"));
+        let host = HeaderValue::from_static("MyApp.example.com:8080");
+        set_forwarded(&mut map, forwarding("::ffff:192.0.2.7", &host));
         assert_eq!(map["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7");
         assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "MyApp.example.com:8080");
+        assert_eq!(map["x-forwarded-port"], "8080");
+        assert_eq!(
+            map["forwarded"],
+            "for=10.0.0.1, for=10.0.0.2;proto=https, \
+             for=192.0.2.7;proto=http;host=\"MyApp.example.com:8080\""
+        );
+        assert_eq!(map.get_all("forwarded").iter().count(), 1);
     }
 
     #[test]
     fn forwarded_for_starts_a_chain() {
         let mut map = HeaderMap::new();
-        set_forwarded(&mut map, "2001:db8::1".parse().unwrap(), &HeaderValue::from_static("a"));
+        let host = HeaderValue::from_static("a.example.com");
+        set_forwarded(&mut map, forwarding("2001:db8::1", &host));
         assert_eq!(map["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(map["forwarded"], "for=\"[2001:db8::1]\";proto=http;host=a.example.com");
+    }
+
+    #[test]
+    fn token_or_quoted_table() {
+        let cases = [
+            ("example.com", "example.com"),
+            ("example.com:80", "\"example.com:80\""),
+            ("[::1]:80", "\"[::1]:80\""),
+            ("a\"b\\c", "\"a\\\"b\\\\c\""),
+            ("", "\"\""),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(token_or_quoted(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn websocket_upgrade_needs_both_headers() {
+        type Case = (&'static [(&'static str, &'static str)], Option<&'static str>);
+        let cases: &[Case] = &[
+            (&[("connection", "Upgrade"), ("upgrade", "websocket")], Some("websocket")),
+            (&[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")], Some("WebSocket")),
+            (
+                &[("connection", "upgrade"), ("upgrade", "h2c, websocket/13")],
+                Some("h2c, websocket/13"),
+            ),
+            (&[("connection", "keep-alive"), ("upgrade", "websocket")], None),
+            (&[("connection", "upgrade"), ("upgrade", "h2c")], None),
+            (&[("connection", "upgrade")], None),
+            (&[("upgrade", "websocket")], None),
+            (&[], None),
+        ];
+        for (pairs, expected) in cases {
+            let found = websocket_upgrade(&headers(pairs));
+            assert_eq!(found.as_ref().map(|v| v.to_str().unwrap()), *expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        let is_generated = |id: &HeaderValue| {
+            id.len() == 16 && id.as_bytes().iter().all(|b| b.is_ascii_hexdigit())
+        };
+        let long = "a".repeat(200);
+        assert_eq!(request_id(&headers(&[("x-request-id", "abc-123")])), "abc-123");
+        assert_eq!(request_id(&headers(&[("x-request-id", &long)])), long.as_str());
+        for insane in [&"a".repeat(201)[..], "", "two words", "caf\u{e9}"] {
+            let mut map = HeaderMap::new();
+            map.insert(X_REQUEST_ID, HeaderValue::from_bytes(insane.as_bytes()).unwrap());
+            assert!(is_generated(&request_id(&map)), "{insane:?} was kept");
+        }
+        let twice = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert!(is_generated(&request_id(&twice)));
+        assert!(is_generated(&request_id(&HeaderMap::new())));
+
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000, "generated ids repeat");
     }
 }

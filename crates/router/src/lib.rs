@@ -1,4 +1,5 @@
-//! Berth's HTTP/1.1 reverse proxy: routes each request by its host to an app's instances.
+//! Berth's HTTP/1.1 reverse proxy: routes each request by its host (exact or wildcard), an
+//! `X-App` header or an opted-in path prefix to an app's least busy instance.
 //!
 //! The daemon owns a [`SharedRoutes`] cell and stores a new [`RouteTable`] into it whenever
 //! apps start, stop or change names; [`serve`] reads one snapshot per request and never
@@ -8,9 +9,15 @@
 //! worker, `NGINX_STATIC_PATHS` and `NGINX_CATCH_ALL`), which the router serves from disk
 //! itself; see [`Backend::with_static`] and [`parse_static_paths`].
 //!
+//! Apps are told who asked through `X-Forwarded-For/Proto/Host/Port`, `Forwarded` and an
+//! `X-Request-Id` (kept if sane, else made up) that also comes back in the response and is
+//! in the log lines. WebSocket handshakes are forwarded and the two upgraded connections
+//! joined, on connections served with upgrades.
+//!
 //! Requests for unknown hosts, stopped apps or apps that do not answer get a short HTML
 //! page from the router itself (404, 502) that tells the operator what to do next.
 
+mod balance;
 mod body;
 mod error;
 mod headers;
@@ -23,4 +30,7 @@ mod test_support;
 
 pub use server::serve;
 pub use static_files::{StaticMount, parse_static_paths};
-pub use table::{Backend, InFlight, RouteTable, SharedRoutes, normalize_host, shared_routes};
+pub use table::{
+    Backend, InFlight, RouteTable, SharedRoutes, normalize_host, normalize_host_pattern,
+    shared_routes,
+};

@@ -1,5 +1,6 @@
-//! One request's trip: find the app by host, answer from its static files or forward to one
-//! of its instances, relay the answer.
+//! One request's trip: find the app (by `X-App` header, path-routed app or host), answer
+//! from its static files or forward to its least busy instance, relay the answer, and for
+//! a WebSocket handshake join the two upgraded connections.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -9,19 +10,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderValue, LOCATION, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::balance::{PassiveHealth, UNHEALTHY_FOR, attempt_order};
 use crate::body::{BoxError, InFlightGuard, ResponseBody};
 use crate::error::ProxyError;
-use crate::headers::{remove_hop_by_hop, set_forwarded};
+use crate::headers::{
+    Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
+    request_id, set_forwarded, websocket_upgrade,
+};
 use crate::static_files;
-use crate::table::{Backend, SharedRoutes, normalize_host};
+use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
 
 /// How long to wait for an instance to accept a connection before trying the next one. An
 /// instance on the same machine answers in microseconds or refuses at once; waiting longer
@@ -31,14 +37,72 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle keep-alive connection to an app is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// What every connection shares: the route table and the pool of connections to the apps.
+/// The visitor's side of one connection, as the accept loop knows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Downstream {
+    /// The visitor's address.
+    pub(crate) peer: SocketAddr,
+    /// The address the visitor connected to, if the accept loop passes it on: its port is
+    /// the `X-Forwarded-Port`. Without it the port in the `Host` header is used, or the
+    /// scheme's default.
+    pub(crate) local: Option<SocketAddr>,
+    /// Whether the visitor came over TLS, which makes the forwarded proto `https`.
+    pub(crate) tls: bool,
+}
+
+impl Downstream {
+    /// A plain-HTTP connection from `peer` to an address the caller did not say.
+    pub(crate) fn plain(peer: SocketAddr) -> Downstream {
+        Downstream { peer, local: None, tls: false }
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The port the visitor connected to, for `X-Forwarded-Port`.
+    fn port(&self, original_host: &HeaderValue) -> u16 {
+        match self.local {
+            Some(local) => local.port(),
+            None => host_port(original_host).unwrap_or(if self.tls { 443 } else { 80 }),
+        }
+    }
+}
+
+/// The port in a `Host` value (`example.com:8080`, `[::1]:8080`), if it names one.
+fn host_port(host: &HeaderValue) -> Option<u16> {
+    let host = host.to_str().ok()?;
+    let after_literal = host.rsplit_once(']').map_or(host, |(_, after)| after);
+    after_literal.rsplit_once(':')?.1.parse().ok()
+}
+
+/// What every connection shares: the route table, the pool of connections to the apps,
+/// and which instances recently refused connections.
 pub(crate) struct Proxy {
     routes: SharedRoutes,
     client: Client<HttpConnector, LentBody>,
+    health: PassiveHealth,
+}
+
+/// Where a routed request goes and what it is told on the way.
+struct Target<'a> {
+    backend: &'a Backend,
+    original_host: HeaderValue,
+    /// Already without the prefix, when the app was found by its path.
+    path_and_query: PathAndQuery,
+    /// `/APP` when the app was found by the first segment of the path.
+    prefix: Option<String>,
+    request_id: &'a HeaderValue,
 }
 
 impl Proxy {
     pub(crate) fn new(routes: SharedRoutes) -> Proxy {
+        Proxy::with_unhealthy_for(routes, UNHEALTHY_FOR)
+    }
+
+    /// A proxy that tries an instance which refused a connection only after the others for
+    /// `unhealthy_for`; tests shorten or lengthen the window so that they need not wait on it.
+    pub(crate) fn with_unhealthy_for(routes: SharedRoutes, unhealthy_for: Duration) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -46,30 +110,48 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        Proxy { routes, client }
+        Proxy { routes, client, health: PassiveHealth::new(unhealthy_for) }
     }
 
-    /// Answers one request from the visitor at `peer`; failures become error pages.
+    /// Answers one request from the visitor at `peer` on a plain connection; failures
+    /// become error pages. [`Proxy::handle_from`] also takes the connection's local address.
     pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
+        self.handle_from(request, Downstream::plain(peer)).await
+    }
+
+    /// Answers one request that came in on `downstream`; failures become error pages.
+    ///
+    /// Every response, the router's own pages included, carries the request's
+    /// `X-Request-Id`, which the app was sent too.
+    pub(crate) async fn handle_from(
+        &self,
+        mut request: Request<Incoming>,
+        downstream: Downstream,
+    ) -> Response<ResponseBody> {
+        let request_id = request_id(request.headers());
+        request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let method = request.method().clone();
         let uri = request.uri().clone();
-        match self.forward(request, peer).await {
+        let mut response = match self.forward(request, downstream, &request_id).await {
             Ok(response) => response,
             Err(error) => {
-                error.log(&method, &uri, peer);
+                error.log(&method, &uri, downstream.peer, &request_id);
                 error.to_response().map(ResponseBody::Page)
             }
-        }
+        };
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response
     }
 
     async fn forward(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        downstream: Downstream,
+        request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::ConnectNotAllowed);
@@ -77,19 +159,45 @@ impl Proxy {
         let original_host = original_host(&request)?;
         let host =
             original_host.to_str().ok().and_then(normalize_host).ok_or(ProxyError::InvalidHost)?;
+        let path_and_query = match request.uri().path_and_query() {
+            Some(path_and_query) if path_and_query.as_str().starts_with('/') => {
+                path_and_query.clone()
+            }
+            Some(_) => return Err(ProxyError::UnsupportedTarget),
+            None => PathAndQuery::from_static("/"),
+        };
+        let x_app = request.headers().get(X_APP).and_then(|value| value.to_str().ok());
         // Only the backend is kept: arc-swap guards are meant to be short-lived, and holding
         // one across the awaits below would pin an old table for the whole request.
-        let backend = self.routes.load().lookup_normalized(&host).cloned();
-        let backend = backend.ok_or(ProxyError::UnknownHost { host })?;
+        let routed = self
+            .routes
+            .load()
+            .route(&host, x_app, path_and_query.path())
+            .map(|(backend, kind)| (Arc::clone(backend), kind));
+        let (backend, kind) = routed.ok_or(ProxyError::UnknownHost { host })?;
 
-        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-        if let Some(response) =
-            static_files::serve_from_mounts(&backend, method, uri, headers).await?
+        let (prefix, path_and_query, uri) = if kind == RouteKind::Path {
+            let prefix = format!("/{}", backend.app);
+            let path_and_query = strip_path_prefix(&path_and_query, &prefix)?;
+            let uri = Uri::from(path_and_query.clone());
+            (Some(prefix), path_and_query, uri)
+        } else {
+            (None, path_and_query, request.uri().clone())
+        };
+
+        let (method, headers) = (request.method(), request.headers());
+        if let Some(mut response) =
+            static_files::serve_from_mounts(&backend, method, &uri, headers).await?
         {
+            if let Some(prefix) = &prefix {
+                prefix_location(&mut response, prefix);
+            }
             return Ok(response);
         }
         if !backend.addrs.is_empty() {
-            return self.forward_to_instances(request, peer, &backend, original_host).await;
+            let target =
+                Target { backend: &backend, original_host, path_and_query, prefix, request_id };
+            return self.forward_to_instances(request, downstream, target).await;
         }
         if let Some(catch_all) = backend.catch_all() {
             return static_files::serve_catch_all(&backend, catch_all, method, headers).await;
@@ -103,42 +211,50 @@ impl Proxy {
         }
     }
 
-    /// Forwards to the backend's instances, round-robin, moving on to the next one while
-    /// connections are refused.
+    /// Forwards to the backend's instances, least busy first, moving on to the next one
+    /// while connections are refused.
     async fn forward_to_instances(
         &self,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        backend: &Backend,
-        original_host: HeaderValue,
+        mut request: Request<Incoming>,
+        downstream: Downstream,
+        target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let path_and_query = match request.uri().path_and_query() {
-            Some(path_and_query) if path_and_query.as_str().starts_with('/') => {
-                path_and_query.clone()
-            }
-            Some(_) => return Err(ProxyError::UnsupportedTarget),
-            None => PathAndQuery::from_static("/"),
-        };
+        let Target { backend, original_host, path_and_query, prefix, request_id } = target;
+        let request_id_text = request_id.to_str().unwrap_or_default();
+        let websocket = websocket_upgrade(request.headers());
+        // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
+        // has to be taken before the request is split up.
+        let mut downstream_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut request));
 
-        // WebSocket upgrades are not proxied yet: `remove_hop_by_hop` drops `Upgrade`, so the
-        // app answers a plain request. Supporting them means branching here on an upgrade
-        // request, keeping its `Upgrade` header and joining `hyper::upgrade::on` on both sides.
         let (parts, body) = request.into_parts();
         let method = parts.method;
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
-        set_forwarded(&mut headers, peer.ip(), &original_host);
+        if let Some(upgrade) = websocket {
+            keep_upgrade(&mut headers, upgrade);
+        }
+        let forwarding = Forwarding {
+            client: downstream.peer.ip(),
+            proto: downstream.proto(),
+            host: &original_host,
+            port: downstream.port(&original_host),
+        };
+        set_forwarded(&mut headers, forwarding);
+        // Apps build links from the prefix, so a visitor must not be able to choose it.
+        headers.remove(X_FORWARDED_PREFIX);
+        if let Some(prefix) = prefix.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+            headers.insert(X_FORWARDED_PREFIX, prefix);
+        }
         // The app must see the name it was asked for, not the instance address the pooled
         // client would otherwise put there; for an absolute-form request this is the URI's
         // authority, which RFC 9112 says wins over any Host header.
         headers.insert(HOST, original_host);
 
         let body = BodySlot::new(body);
-        let n_addrs = backend.addrs.len();
-        let start = backend.next_start();
+        let order = attempt_order(backend, &self.health);
+        let n_attempts = order.len();
         let mut last_error = String::new();
-        for offset in 0..n_addrs {
-            let index = (start + offset) % n_addrs;
+        for (attempt, index) in order.into_iter().enumerate() {
             let addr = backend.addrs[index];
             let guard = InFlightGuard::new(backend.in_flight(index));
             let uri = Uri::builder()
@@ -149,7 +265,7 @@ impl Proxy {
                 .map_err(|error| ProxyError::Internal {
                     cause: format!("cannot build the uri for instance {addr}: {error}"),
                 })?;
-            let is_last = offset + 1 == n_addrs;
+            let is_last = attempt + 1 == n_attempts;
             let mut upstream = Request::new(body.lend());
             *upstream.method_mut() = method.clone();
             *upstream.uri_mut() = uri;
@@ -158,10 +274,19 @@ impl Proxy {
 
             match self.client.request(upstream).await {
                 Ok(response) => {
+                    self.health.mark_answered(addr);
+                    let status = response.status().as_u16();
+                    tracing::debug!(app = %backend.app, %addr, status, request_id = request_id_text, "proxied");
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(downstream_upgrade) = downstream_upgrade.take()
+                    {
+                        // A tunnel is not a request under way: the drain before an instance
+                        // stops must not wait for a WebSocket that may stay open for hours.
+                        drop(guard);
+                        return Ok(tunnel(response, downstream_upgrade, backend, addr, request_id));
+                    }
                     let (mut parts, body) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
-                    let status = parts.status.as_u16();
-                    tracing::debug!(app = %backend.app, %addr, status, "proxied");
                     return Ok(Response::from_parts(
                         parts,
                         ResponseBody::App { body, _in_flight: guard },
@@ -169,8 +294,9 @@ impl Proxy {
                 }
                 // Nothing reached the instance, so trying another one cannot do anything twice.
                 Err(error) if error.is_connect() && body.is_unsent() => {
+                    self.health.mark_failed(addr);
                     last_error = error_chain(&error);
-                    tracing::debug!(app = %backend.app, %addr, "cannot connect: {last_error}");
+                    tracing::debug!(app = %backend.app, %addr, request_id = request_id_text, "cannot connect: {last_error}");
                 }
                 Err(error) => {
                     return Err(ProxyError::AppDidNotAnswer {
@@ -184,6 +310,72 @@ impl Proxy {
             app: backend.app.clone(),
             cause: format!("no instance accepted a connection (last: {last_error})"),
         })
+    }
+}
+
+/// Relays an instance's 101 to the visitor, and joins the two connections in a task of
+/// their own once both sides have switched; it ends when both directions are closed.
+///
+/// The tunnel is not bound to the server's shutdown: like a download in progress it is
+/// cut when the process exits, and until then it lives as long as its two ends.
+fn tunnel(
+    mut response: Response<Incoming>,
+    downstream: OnUpgrade,
+    backend: &Backend,
+    addr: SocketAddr,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let upstream = hyper::upgrade::on(&mut response);
+    let (mut parts, _empty) = response.into_parts();
+    let upgrade = parts.headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = upgrade {
+        keep_upgrade(&mut parts.headers, upgrade);
+    }
+    let app = backend.app.clone();
+    let request_id = request_id.to_str().unwrap_or_default().to_string();
+    tokio::spawn(async move {
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::debug!(app, %addr, request_id, "the upgrade did not complete: {error}");
+                return;
+            }
+        };
+        let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
+        match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+            Ok((to_app, to_visitor)) => {
+                tracing::debug!(app, %addr, request_id, to_app, to_visitor, "tunnel closed");
+            }
+            Err(error) => tracing::debug!(app, %addr, request_id, "tunnel failed: {error}"),
+        }
+    });
+    Response::from_parts(parts, ResponseBody::empty())
+}
+
+/// The path the app sees when it was found by its name as the first segment: `/APP/rest?q`
+/// becomes `/rest?q`, and `/APP` or `/APP?q` become `/` or `/?q`.
+fn strip_path_prefix(
+    path_and_query: &PathAndQuery,
+    prefix: &str,
+) -> Result<PathAndQuery, ProxyError> {
+    let internal = || ProxyError::Internal {
+        cause: format!("{path_and_query} was routed by the prefix {prefix} it does not have"),
+    };
+    let rest = path_and_query.as_str().strip_prefix(prefix).ok_or_else(internal)?;
+    let rewritten = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+    PathAndQuery::try_from(rewritten).map_err(|_| internal())
+}
+
+/// Puts the prefix back into a redirect the router made from the stripped path (a
+/// directory without its slash), so that the visitor stays under `/APP`.
+fn prefix_location(response: &mut Response<ResponseBody>, prefix: &str) {
+    let location = response.headers().get(LOCATION).and_then(|value| value.to_str().ok());
+    let prefixed = location
+        .filter(|location| location.starts_with('/'))
+        .and_then(|location| HeaderValue::from_str(&format!("{prefix}{location}")).ok());
+    if let Some(prefixed) = prefixed {
+        response.headers_mut().insert(LOCATION, prefixed);
     }
 }
 
@@ -332,6 +524,505 @@ mod tests {
         assert_eq!(error_chain(&error), "client error (Connect): tcp connect error: refused");
     }
 
-    // Proxying itself, including failover with a request body, is tested through real
-    // sockets in `server.rs`, because an `Incoming` body only comes from a connection.
+    #[test]
+    fn host_port_table() {
+        let cases = [
+            ("example.com:8080", Some(8080)),
+            ("example.com", None),
+            ("example.com:", None),
+            ("[::1]:8443", Some(8443)),
+            ("[::1]", None),
+            ("127.0.0.1:81", Some(81)),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(host_port(&HeaderValue::from_static(host)), expected, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn strip_path_prefix_table() {
+        let cases = [
+            ("/docs/guide?x=1", "/guide?x=1"),
+            ("/docs", "/"),
+            ("/docs/", "/"),
+            ("/docs?x=1", "/?x=1"),
+            ("/docs//a", "//a"),
+        ];
+        for (path, expected) in cases {
+            let stripped = strip_path_prefix(&PathAndQuery::from_static(path), "/docs").unwrap();
+            assert_eq!(stripped.as_str(), expected, "{path:?}");
+        }
+        assert!(strip_path_prefix(&PathAndQuery::from_static("/other"), "/docs").is_err());
+    }
+
+    // Proxying itself is tested through real sockets below and in `server.rs`, because an
+    // `Incoming` body only comes from a connection.
+
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::oneshot;
+    use tokio::time::{Instant, timeout};
+
+    use crate::table::{RouteTable, shared_routes};
+    use crate::test_support::{
+        DEADLINE, Reply, dead_addr, echo_upstream, get, read_exactly, read_message, routes_with,
+        send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
+    };
+    use crate::{InFlight, SharedRoutes};
+
+    /// The value of the header `name` in a message head, matching the name in any case.
+    fn header(head: &str, name: &str) -> Option<String> {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+        })
+    }
+
+    /// The name of the echo upstream that answered.
+    fn answered_by(reply: &Reply) -> &str {
+        reply.body.lines().next().unwrap_or_default()
+    }
+
+    fn routes_of(table: RouteTable) -> SharedRoutes {
+        let routes = shared_routes();
+        routes.store(Arc::new(table));
+        routes
+    }
+
+    /// An instance that takes one connection, reports when its request has arrived, and
+    /// answers `slow` only once released.
+    async fn held_upstream() -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived, request_arrived) = oneshot::channel();
+        let (release, released) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_message(&mut stream).await.unwrap();
+            arrived.send(()).unwrap();
+            let _ = released.await;
+            let response = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
+            stream.write_all(response.as_bytes()).await.unwrap();
+        });
+        (addr, request_arrived, release)
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn exact_names_win_over_wildcards_and_longer_suffixes_over_shorter() {
+        let exact = echo_upstream("exact").await;
+        let wild = echo_upstream("wild").await;
+        let deeper = echo_upstream("deeper").await;
+        let routes = routes_with(&[
+            ("api.example.com", "exact", vec![exact]),
+            ("*.example.com", "wild", vec![wild]),
+            ("*.a.example.com", "deeper", vec![deeper]),
+        ]);
+        let proxy = start_proxy(routes).await;
+        for (host, expected) in [
+            ("api.example.com", "exact"),
+            ("www.example.com", "wild"),
+            ("a.example.com", "wild"),
+            ("b.a.example.com:8080", "deeper"),
+        ] {
+            let reply = send(proxy.addr, get(host, "/")).await;
+            assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+            assert_eq!(answered_by(&reply), expected, "{host}");
+            assert!(reply.body.contains(&format!("host: {host}\r\n")), "{}", reply.body);
+        }
+        assert_eq!(send(proxy.addr, get("example.com", "/")).await.status, 404);
+    }
+
+    #[tokio::test]
+    async fn x_app_header_picks_an_existing_app_on_any_host_and_is_kept() {
+        let site = echo_upstream("site").await;
+        let blog = echo_upstream("blog").await;
+        let routes = routes_with(&[
+            ("site.example.com", "site", vec![site]),
+            ("blog.example.com", "blog", vec![blog]),
+        ]);
+        let proxy = start_proxy(routes).await;
+        let with_app = |host: &str, app: &str| {
+            format!("GET /x HTTP/1.1\r\nHost: {host}\r\nX-App: {app}\r\nConnection: close\r\n\r\n")
+        };
+        for (host, app, expected) in [
+            ("site.example.com", "blog", "blog"),
+            ("nobody.example.org", "blog", "blog"),
+            ("site.example.com", "missing", "site"),
+            ("site.example.com", "site", "site"),
+        ] {
+            let reply = send(proxy.addr, with_app(host, app)).await;
+            assert_eq!(reply.status, 200, "{host} {app}: {}", reply.body);
+            assert_eq!(answered_by(&reply), expected, "{host} {app}");
+            assert_eq!(header(&reply.body, "x-app").as_deref(), Some(app), "{}", reply.body);
+            assert_eq!(header(&reply.body, "host"), Some(host.to_string()));
+        }
+        let reply = send(proxy.addr, with_app("nobody.example.org", "missing")).await;
+        assert_eq!(reply.status, 404);
+    }
+
+    #[tokio::test]
+    async fn path_routing_strips_the_app_segment_and_sets_the_prefix() {
+        let site = echo_upstream("site").await;
+        let docs = echo_upstream("docs").await;
+        let blog = echo_upstream("blog").await;
+        let mut table = RouteTable::new();
+        table.insert("site.example.com", Arc::new(Backend::new("site", vec![site])));
+        table.insert("blog.example.com", Arc::new(Backend::new("blog", vec![blog])));
+        let docs_backend = Backend::new("docs", vec![docs]).with_path_routing(true);
+        table.insert("docs.example.com", Arc::new(docs_backend));
+        let proxy = start_proxy(routes_of(table)).await;
+
+        let cases = [
+            ("site.example.com", "/docs/guide/intro?x=1", "docs", "/guide/intro?x=1", true),
+            ("site.example.com", "/docs", "docs", "/", true),
+            ("site.example.com", "/docs?x=1", "docs", "/?x=1", true),
+            ("nobody.example.org", "/docs/", "docs", "/", true),
+            // The app's own host keeps its paths; other apps' paths are never taken.
+            ("docs.example.com", "/docs/a", "docs", "/docs/a", false),
+            ("site.example.com", "/blog/a", "site", "/blog/a", false),
+            ("site.example.com", "/docsx/a", "site", "/docsx/a", false),
+            ("site.example.com", "/a/docs", "site", "/a/docs", false),
+        ];
+        for (host, target, app, path, prefixed) in cases {
+            // A visitor's own prefix must never reach the app.
+            let request = format!(
+                "GET {target} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Prefix: /spoofed\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            let reply = send(proxy.addr, request).await;
+            assert_eq!(reply.status, 200, "{host}{target}: {}", reply.body);
+            assert_eq!(answered_by(&reply), app, "{host}{target}");
+            let request_line = reply.body.lines().nth(1).unwrap_or_default();
+            assert_eq!(request_line, format!("GET {path} HTTP/1.1"), "{host}{target}");
+            let prefix = header(&reply.body, "x-forwarded-prefix");
+            assert_eq!(prefix.as_deref(), prefixed.then_some("/docs"), "{host}{target}");
+            assert_eq!(header(&reply.body, "host"), Some(host.to_string()));
+        }
+        let reply = send(proxy.addr, get("nobody.example.org", "/blog/a")).await;
+        assert_eq!(reply.status, 404, "a non-path-routed app was reached by its path");
+    }
+
+    #[tokio::test]
+    async fn a_router_redirect_under_a_path_prefix_keeps_the_prefix() {
+        let dir = berth_testkit::TempDir::new("router-path-prefix");
+        std::fs::create_dir(dir.path().join("guide")).unwrap();
+        std::fs::write(dir.path().join("guide/index.html"), "guide").unwrap();
+        let mounts = vec![crate::StaticMount::new("/", dir.path())];
+        let docs = Backend::new("docs", vec![]).with_static(mounts, None).with_path_routing(true);
+        let mut table = RouteTable::new();
+        table.insert("docs.example.com", Arc::new(docs));
+        let proxy = start_proxy(routes_of(table)).await;
+
+        let reply = send(proxy.addr, get("other.example.com", "/docs/guide?x=1")).await;
+        assert_eq!(reply.status, 301, "{}", reply.head);
+        assert_eq!(header(&reply.head, "location").as_deref(), Some("/docs/guide/?x=1"));
+        let reply = send(proxy.addr, get("other.example.com", "/docs/guide/")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "guide"));
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_sends_requests_to_the_idle_instance() {
+        let (slow, request_arrived, release) = held_upstream().await;
+        let fast = echo_upstream("fast").await;
+        let in_flight = Arc::new(InFlight::new());
+        let mut table = RouteTable::new();
+        let backend = Backend::new("myapp", vec![slow, fast]).with_in_flight(&in_flight);
+        table.insert("myapp.example.com", Arc::new(backend));
+        let proxy = start_proxy(routes_of(table)).await;
+
+        // Both idle: the round-robin starts at the first instance, the slow one.
+        let held = tokio::spawn(send(proxy.addr, get("myapp.example.com", "/held")));
+        timeout(DEADLINE, request_arrived).await.unwrap().unwrap();
+        assert_eq!(in_flight.count(slow), 1);
+        // Plain round-robin would send every other one of these to the busy instance, which
+        // takes no second connection, so they would hang.
+        for _ in 0..6 {
+            wait_until("the fast instance is idle", || in_flight.count(fast) == 0).await;
+            let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(answered_by(&reply), "fast");
+        }
+        release.send(()).unwrap();
+        let reply = timeout(DEADLINE, held).await.unwrap().unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (200, "slow"));
+    }
+
+    /// A listener at `addr` that counts the connections it accepts and answers each request
+    /// as the echo upstream `revived` would.
+    async fn counting_upstream(addr: SocketAddr) -> Arc<AtomicUsize> {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_message(&mut stream).await.is_some() {
+                        let response = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nrevived\n";
+                        stream.write_all(response.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        accepted
+    }
+
+    #[tokio::test]
+    async fn a_refusing_instance_gets_no_connection_attempts_while_marked() {
+        let dead = dead_addr().await;
+        let live = echo_upstream("live").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![dead, live])]);
+        // A window far longer than the test, so that the test does not race it.
+        let proxy = Proxy::with_unhealthy_for(routes, Duration::from_secs(3600));
+        let proxy = start_proxy_with(proxy).await;
+        // The first request starts at the dead instance, is refused, and fails over.
+        let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_eq!((reply.status, answered_by(&reply)), (200, "live"), "{}", reply.body);
+
+        // The instance comes back, but is still marked: it gets nothing, even on the turns
+        // the round-robin would give it.
+        let accepted = counting_upstream(dead).await;
+        for _ in 0..8 {
+            let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+            assert_eq!((reply.status, answered_by(&reply)), (200, "live"), "{}", reply.body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "the marked instance was connected to");
+    }
+
+    #[tokio::test]
+    async fn a_marked_instance_is_tried_again_after_the_window_and_when_all_are_marked() {
+        let first = dead_addr().await;
+        let second = dead_addr().await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![first, second])]);
+        let proxy =
+            start_proxy_with(Proxy::with_unhealthy_for(routes, Duration::from_secs(3600))).await;
+        let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_eq!(reply.status, 502);
+        // Both are marked now; they are tried anyway, and the one that came back answers.
+        let accepted = counting_upstream(second).await;
+        let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_eq!((reply.status, answered_by(&reply)), (200, "revived"), "{}", reply.body);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        let dead = dead_addr().await;
+        let live = echo_upstream("live").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![dead, live])]);
+        let proxy =
+            start_proxy_with(Proxy::with_unhealthy_for(routes, Duration::from_millis(50))).await;
+        let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_eq!((reply.status, answered_by(&reply)), (200, "live"), "{}", reply.body);
+        let accepted = counting_upstream(dead).await;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            if answered_by(&reply) == "revived" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the instance never got traffic back");
+        }
+        assert!(accepted.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn forwarded_port_and_request_id_reach_the_app_and_come_back() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        // `serve` does not pass the local address yet: the Host header's port stands in.
+        let proxy = start_proxy(Arc::clone(&routes)).await;
+        let request = "GET / HTTP/1.1\r\nHost: myapp.example.com:8080\r\n\
+                       Forwarded: for=10.0.0.1;proto=https\r\nX-Request-Id: trace-42\r\n\
+                       X-Forwarded-Port: 1\r\nConnection: close\r\n\r\n";
+        let reply = send(proxy.addr, request.into()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(header(&reply.body, "x-forwarded-port").as_deref(), Some("8080"));
+        assert_eq!(
+            header(&reply.body, "forwarded").as_deref(),
+            Some(
+                "for=10.0.0.1;proto=https, for=127.0.0.1;proto=http;host=\"myapp.example.com:8080\""
+            )
+        );
+        assert_eq!(header(&reply.body, "x-request-id").as_deref(), Some("trace-42"));
+        assert_eq!(header(&reply.head, "x-request-id").as_deref(), Some("trace-42"));
+
+        let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_eq!(header(&reply.body, "x-forwarded-port").as_deref(), Some("80"));
+        let sent = header(&reply.body, "x-request-id").expect("an id was made up");
+        assert_eq!(sent.len(), 16, "{sent}");
+        assert!(sent.bytes().all(|b| b.is_ascii_hexdigit()), "{sent}");
+        assert_eq!(header(&reply.head, "x-request-id"), Some(sent.clone()));
+        let again = send(proxy.addr, get("myapp.example.com", "/")).await;
+        assert_ne!(header(&again.head, "x-request-id"), Some(sent));
+
+        let too_long = "x".repeat(201);
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: myapp.example.com\r\nX-Request-Id: {too_long}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let reply = send(proxy.addr, request).await;
+        assert_eq!(header(&reply.body, "x-request-id").map(|id| id.len()), Some(16));
+
+        // The router's own pages carry the id too.
+        let reply = send(proxy.addr, get("nobody.example.com", "/")).await;
+        assert_eq!(reply.status, 404);
+        assert_eq!(header(&reply.head, "x-request-id").map(|id| id.len()), Some(16));
+
+        // Told the connection's local address, the proxy forwards the port it accepted on.
+        let proxy = start_proxy_with(Proxy::new(routes)).await;
+        let reply = send(proxy.addr, get("myapp.example.com:8080", "/")).await;
+        let port = proxy.addr.port().to_string();
+        assert_eq!(header(&reply.body, "x-forwarded-port"), Some(port));
+    }
+
+    #[tokio::test]
+    async fn websocket_handshake_is_relayed_and_bytes_flow_both_ways() {
+        let (heads, mut upstream_heads) = tokio::sync::mpsc::channel(4);
+        let upstream = upgrade_echo_upstream(heads).await;
+        let in_flight = Arc::new(InFlight::new());
+        let mut table = RouteTable::new();
+        let backend = Backend::new("chat", vec![upstream]).with_in_flight(&in_flight);
+        table.insert("chat.example.com", Arc::new(backend));
+        let proxy = start_proxy_with(Proxy::new(routes_of(table))).await;
+
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let handshake = "GET /socket?room=1 HTTP/1.1\r\nHost: chat.example.com\r\n\
+                         Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                         Sec-WebSocket-Version: 13\r\n\r\n";
+        stream.write_all(handshake.as_bytes()).await.unwrap();
+        let (head, _) = timeout(DEADLINE, read_message(&mut stream)).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert_eq!(header(&head, "upgrade").as_deref(), Some("websocket"), "{head}");
+        assert!(header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+        assert!(header(&head, "x-request-id").is_some(), "{head}");
+
+        let sent = timeout(DEADLINE, upstream_heads.recv()).await.unwrap().unwrap();
+        assert!(sent.starts_with("GET /socket?room=1 HTTP/1.1\r\n"), "{sent}");
+        assert_eq!(header(&sent, "upgrade").as_deref(), Some("websocket"), "{sent}");
+        assert_eq!(header(&sent, "connection").as_deref(), Some("upgrade"), "{sent}");
+        assert_eq!(header(&sent, "sec-websocket-key").as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(header(&sent, "x-forwarded-for").is_some(), "{sent}");
+
+        // The handshake is over, so the open tunnel does not hold a drain up.
+        wait_until("the handshake is no longer counted", || in_flight.count(upstream) == 0).await;
+        let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for message in [&b"hello"[..], b"\x81\x05world", &large] {
+            stream.write_all(message).await.unwrap();
+            assert_eq!(read_exactly(&mut stream, message.len()).await, message);
+        }
+        // Closing one side closes the tunnel: the app's echo ends, and so does our stream.
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        timeout(DEADLINE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_to_a_websocket_app_still_drops_upgrade_headers() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let proxy = start_proxy_with(Proxy::new(routes)).await;
+        // `Upgrade: h2c` is not a WebSocket: both headers are hop-by-hop as usual.
+        let request = "GET / HTTP/1.1\r\nHost: myapp.example.com\r\nConnection: upgrade, close\r\n\
+                       Upgrade: h2c\r\n\r\n";
+        let reply = send(proxy.addr, request.into()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(header(&reply.body, "upgrade"), None, "{}", reply.body);
+        assert_eq!(header(&reply.body, "connection"), None, "{}", reply.body);
+    }
+
+    fn swap_table(app: SocketAddr, slow: SocketAddr) -> RouteTable {
+        table_with(&[
+            ("myapp.example.com", "myapp", vec![app]),
+            ("slow.example.com", "slow", vec![slow]),
+        ])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swapping_routes_under_load_drops_no_connection_and_no_request() {
+        const CONNECTIONS: usize = 4;
+        const REQUESTS_PER_CONNECTION: usize = 50;
+        const MAX_SWAPS: u64 = 10_000_000;
+        let first = echo_upstream("a.1").await;
+        let second = echo_upstream("b.1").await;
+        let (slow, request_arrived, release) = held_upstream().await;
+        let routes = routes_of(swap_table(first, slow));
+        let proxy = start_proxy(Arc::clone(&routes)).await;
+
+        // A request in flight for the whole run, across every swap.
+        let held = tokio::spawn(send(proxy.addr, get("slow.example.com", "/")));
+        timeout(DEADLINE, request_arrived).await.unwrap().unwrap();
+
+        let done = Arc::new(AtomicBool::new(false));
+        let swapper = tokio::spawn({
+            let done = Arc::clone(&done);
+            async move {
+                let mut swaps = 0u64;
+                while !done.load(Ordering::SeqCst) && swaps < MAX_SWAPS {
+                    let app = if swaps.is_multiple_of(2) { second } else { first };
+                    routes.store(Arc::new(swap_table(app, slow)));
+                    swaps += 1;
+                    tokio::task::yield_now().await;
+                }
+                swaps
+            }
+        });
+
+        // Keep-alive connections that stay open across swaps, plus a fresh connection per
+        // request, all sending while the table changes under them.
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            clients.spawn(async move {
+                let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+                let mut answered_by = Vec::new();
+                for n in 0..REQUESTS_PER_CONNECTION {
+                    let request = format!("GET /{n} HTTP/1.1\r\nHost: myapp.example.com\r\n\r\n");
+                    stream.write_all(request.as_bytes()).await.unwrap();
+                    let message = timeout(DEADLINE, read_message(&mut stream)).await;
+                    let (head, body) = message.expect("an answer in time").expect("an answer");
+                    assert!(head.starts_with("HTTP/1.1 200 "), "{head}{body}");
+                    answered_by.push(body.lines().next().unwrap_or_default().to_string());
+                }
+                answered_by
+            });
+        }
+        clients.spawn(async move {
+            let mut answered_by = Vec::new();
+            for _ in 0..REQUESTS_PER_CONNECTION {
+                let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                answered_by.push(answered_by_name(&reply));
+            }
+            answered_by
+        });
+        let mut seen = Vec::new();
+        while let Some(answers) = clients.join_next().await {
+            seen.extend(answers.expect("a client saw a failure"));
+        }
+        done.store(true, Ordering::SeqCst);
+        let swaps = timeout(DEADLINE, swapper).await.unwrap().unwrap();
+
+        assert_eq!(seen.len(), (CONNECTIONS + 1) * REQUESTS_PER_CONNECTION);
+        assert!(seen.iter().all(|name| name == "a.1" || name == "b.1"), "{seen:?}");
+        assert!(swaps > 1, "the table was swapped {swaps} times");
+        assert!(seen.iter().any(|name| name == "a.1") && seen.iter().any(|name| name == "b.1"));
+
+        release.send(()).unwrap();
+        let reply = timeout(DEADLINE, held).await.unwrap().unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (200, "slow"));
+    }
+
+    fn answered_by_name(reply: &Reply) -> String {
+        answered_by(reply).to_string()
+    }
 }

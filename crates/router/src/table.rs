@@ -1,5 +1,17 @@
 //! The route table: which app, at which addresses, serves each host name.
 //!
+//! A request finds its app in this order (see [`RouteTable::route`]):
+//!
+//! 1. an `X-App: APP` header naming an app in the table, on any host;
+//! 2. a first path segment naming an app that opted into path routing
+//!    ([`Backend::with_path_routing`]), on any host except that app's own names, where its
+//!    paths are its own; the segment is then stripped before the app sees the path;
+//! 3. the host: an exact name, else the wildcard (`*.example.com`) with the longest suffix.
+//!
+//! A segment that names an app without path routing, or no app, never takes a request
+//! away from the host's app, so an app's own paths cannot be hijacked by another app's name
+//! unless that app opted in.
+//!
 //! The daemon builds a fresh [`RouteTable`] whenever apps start, stop or change their
 //! names, and stores it into the [`SharedRoutes`] cell in one atomic swap. Requests only
 //! ever read a snapshot, so a request never waits for the daemon and never sees a table
@@ -30,13 +42,15 @@ pub struct Backend {
     pub app: String,
     /// The addresses of the app's running instances; empty while the app is stopped.
     pub addrs: Vec<SocketAddr>,
-    /// Counts requests so that successive ones start at successive addresses.
+    /// Counts requests so that equally loaded instances take turns.
     next: AtomicUsize,
     /// Longest prefix first.
     static_mounts: Vec<StaticMount>,
     catch_all: Option<PathBuf>,
     /// Requests under way to each of `addrs` (same order), shared with [`InFlight`].
     in_flight: Vec<Arc<AtomicUsize>>,
+    /// Whether `/APP/...` on any host reaches this app; see [`Backend::with_path_routing`].
+    path_routing: bool,
 }
 
 /// Requests under way to each instance address, across route tables: the daemon asks it
@@ -83,6 +97,7 @@ impl Backend {
             static_mounts: Vec::new(),
             catch_all: None,
             in_flight,
+            path_routing: false,
         }
     }
 
@@ -95,6 +110,26 @@ impl Backend {
     /// The counter of requests under way to `addrs[index]`.
     pub(crate) fn in_flight(&self, index: usize) -> Arc<AtomicUsize> {
         self.in_flight[index].clone()
+    }
+
+    /// How many requests to `addrs[index]` are under way now.
+    pub(crate) fn load(&self, index: usize) -> usize {
+        self.in_flight[index].load(Ordering::SeqCst)
+    }
+
+    /// The same backend, also reached on any host at `/APP/...` when `enabled`: the app sees
+    /// the path without its first segment (`/APP/rest?q` as `/rest?q`, `/APP` as `/`) and an
+    /// `X-Forwarded-Prefix: /APP` header, from which it can build its own links.
+    ///
+    /// It takes precedence over the host's app for that first segment, so it is opt-in: a
+    /// path-routed app named `api` takes `/api/...` away from every other app.
+    pub fn with_path_routing(self, enabled: bool) -> Backend {
+        Backend { path_routing: enabled, ..self }
+    }
+
+    /// Whether the app is also reached at `/APP/...` on any host.
+    pub fn path_routing(&self) -> bool {
+        self.path_routing
     }
 
     /// The same backend with static directories served by the router itself (piku's
@@ -119,22 +154,42 @@ impl Backend {
         self.catch_all.as_deref()
     }
 
-    /// The index in `addrs` at which the next request should start (round-robin).
+    /// A number that grows by one with each request, for turn-taking among instances that
+    /// are equally good choices (round-robin).
     ///
     /// The counter is shared by all connections, so a `Relaxed` increment is enough: the
     /// spread only has to be even, not ordered with anything else.
-    pub(crate) fn next_start(&self) -> usize {
-        match self.addrs.len() {
-            0 => 0,
-            n => self.next.fetch_add(1, Ordering::Relaxed) % n,
-        }
+    pub(crate) fn next_turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 }
 
-/// Host names (normalised) mapped to the backend that serves them.
+/// Host names (normalised) mapped to the backend that serves them, plus an index of the
+/// backends by app name for the `X-App` header and path routing.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: HashMap<String, Arc<Backend>>,
+    /// `*.example.com` is kept as `example.com`.
+    wildcards: HashMap<String, Arc<Backend>>,
+    apps: HashMap<String, Arc<Backend>>,
+}
+
+/// How [`RouteTable::route`] found a request's backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteKind {
+    /// The `X-App` header named the app.
+    Header,
+    /// The first path segment named a path-routed app, whose name is to be stripped.
+    Path,
+    /// The host, exactly or by a wildcard.
+    Host,
+}
+
+/// The first segment of `path` (`"/docs/a"` gives `"docs"`), if it is not empty.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    let segment = rest.split('/').next().unwrap_or(rest);
+    (!segment.is_empty()).then_some(segment)
 }
 
 impl RouteTable {
@@ -143,37 +198,89 @@ impl RouteTable {
         RouteTable::default()
     }
 
-    /// Routes `host` to `backend`; the host is normalised (lower-case, port and trailing
-    /// dot removed).
+    /// Routes `host` to `backend`, and records the backend under its app name for the
+    /// `X-App` header and path routing (the last backend inserted for a name wins).
+    ///
+    /// The host is normalised (lower-case, port and trailing dot removed). `*.example.com`
+    /// routes every name with one or more labels before `example.com` (`a.example.com`,
+    /// `b.a.example.com`, not `example.com` itself); an exact name wins over a wildcard, and
+    /// a longer wildcard suffix over a shorter one.
     ///
     /// A host that was already routed is re-routed. A host that is not a valid name is
     /// skipped with a warning, because the table is rebuilt from many apps at once and one
-    /// bad name must not stop the others; call [`normalize_host`] first to report it.
+    /// bad name must not stop the others; call [`normalize_host_pattern`] first to report it.
     pub fn insert(&mut self, host: &str, backend: Arc<Backend>) {
-        match normalize_host(host) {
-            Some(host) => {
-                self.routes.insert(host, backend);
-            }
-            None => {
-                tracing::warn!(host, app = %backend.app, "skipping route: not a valid host name");
-            }
-        }
+        let Some(pattern) = normalize_host_pattern(host) else {
+            tracing::warn!(host, app = %backend.app, "skipping route: not a valid host name");
+            return;
+        };
+        self.apps.insert(backend.app.clone(), Arc::clone(&backend));
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => self.wildcards.insert(suffix.to_string(), backend),
+            None => self.routes.insert(pattern, backend),
+        };
     }
 
-    /// The backend for `host`, which is normalised first.
+    /// The backend for `host`, which is normalised first: its exact name, else the
+    /// wildcard with the longest matching suffix.
     pub fn lookup(&self, host: &str) -> Option<&Arc<Backend>> {
-        self.routes.get(&normalize_host(host)?)
+        self.lookup_normalized(&normalize_host(host)?)
     }
 
     /// The backend for a host that is already normalised; the proxy normalises once and
     /// uses the result for both the lookup and the error page.
     pub(crate) fn lookup_normalized(&self, host: &str) -> Option<&Arc<Backend>> {
-        self.routes.get(host)
+        if let Some(backend) = self.routes.get(host) {
+            return Some(backend);
+        }
+        if self.wildcards.is_empty() {
+            return None;
+        }
+        // Suffixes from the longest down; each leaves at least one label for the `*`.
+        let mut rest = host;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(backend) = self.wildcards.get(suffix) {
+                return Some(backend);
+            }
+            rest = suffix;
+        }
+        None
     }
 
-    /// The number of routed host names.
+    /// The backend of the app named `app`, whatever its host names.
+    pub fn lookup_app(&self, app: &str) -> Option<&Arc<Backend>> {
+        self.apps.get(app)
+    }
+
+    /// The backend for a request to the normalised `host` with `path` (no query), and the
+    /// `X-App` header if it had one; see the module documentation for the order.
+    pub(crate) fn route(
+        &self,
+        host: &str,
+        x_app: Option<&str>,
+        path: &str,
+    ) -> Option<(&Arc<Backend>, RouteKind)> {
+        if let Some(backend) = x_app.and_then(|app| self.apps.get(app.trim())) {
+            return Some((backend, RouteKind::Header));
+        }
+        let by_host = self.lookup_normalized(host);
+        let by_path = first_segment(path)
+            .and_then(|segment| self.apps.get(segment))
+            .filter(|backend| backend.path_routing);
+        match (by_path, by_host) {
+            // On its own host names, the app's paths are its own: `/docs/x` at the docs
+            // app's host is the docs app's `/docs/x`, not its `/x`.
+            (Some(path_app), Some(host_app)) if path_app.app == host_app.app => {
+                Some((host_app, RouteKind::Host))
+            }
+            (Some(path_app), _) => Some((path_app, RouteKind::Path)),
+            (None, by_host) => by_host.map(|backend| (backend, RouteKind::Host)),
+        }
+    }
+
+    /// The number of routed host names, wildcards included.
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.routes.len() + self.wildcards.len()
     }
 
     /// Whether no host is routed at all.
@@ -221,6 +328,19 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     labels_are_valid.then(|| name.to_ascii_lowercase())
+}
+
+/// [`normalize_host`] for a name in the route table, which may also be a wildcard:
+/// `"*.Example.com."` becomes `"*.example.com"`. A `*` anywhere but as the whole first
+/// label, or before an IP literal, gives `None`.
+pub fn normalize_host_pattern(raw: &str) -> Option<String> {
+    match raw.strip_prefix("*.") {
+        Some(suffix) if !suffix.starts_with('[') => {
+            normalize_host(suffix).map(|suffix| format!("*.{suffix}"))
+        }
+        Some(_) => None,
+        None => normalize_host(raw),
+    }
 }
 
 /// An empty port is allowed by RFC 3986 (`example.com:` means the default port).
@@ -288,13 +408,10 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_visits_every_address() {
-        let addrs: Vec<SocketAddr> =
-            (1..=3).map(|port| SocketAddr::from(([127, 0, 0, 1], port))).collect();
-        let backend = Backend::new("myapp", addrs);
-        let starts: Vec<usize> = (0..6).map(|_| backend.next_start()).collect();
-        assert_eq!(starts, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(Backend::new("stopped", vec![]).next_start(), 0);
+    fn turns_count_up_from_zero() {
+        let backend = Backend::new("myapp", vec![]);
+        let turns: Vec<usize> = (0..3).map(|_| backend.next_turn()).collect();
+        assert_eq!(turns, [0, 1, 2]);
     }
 
     #[test]
@@ -324,6 +441,103 @@ mod tests {
         assert_eq!(backend.catch_all(), Some(Path::new("/srv/index.html")));
         assert_eq!(backend.app, "myapp");
         assert!(Backend::new("plain", vec![]).static_mounts().is_empty());
+    }
+
+    fn backend(app: &str) -> Arc<Backend> {
+        Arc::new(Backend::new(app, vec![]))
+    }
+
+    #[test]
+    fn normalize_host_pattern_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("*.Example.com.", Some("*.example.com")),
+            ("*.example.com:8080", Some("*.example.com")),
+            ("*.com", Some("*.com")),
+            ("Example.com", Some("example.com")),
+            ("*", None),
+            ("*.", None),
+            ("**.example.com", None),
+            ("a.*.example.com", None),
+            ("*example.com", None),
+            ("*.*.example.com", None),
+            ("*.[::1]", None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(normalize_host_pattern(raw).as_deref(), *expected, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn wildcard_precedence_table() {
+        let mut table = RouteTable::new();
+        table.insert("api.example.com", backend("exact"));
+        table.insert("*.Example.com", backend("wild"));
+        table.insert("*.a.example.com", backend("deeper"));
+        table.insert("*.org", backend("tld"));
+        table.insert("a.*.example.com", backend("bad"));
+        assert_eq!(table.len(), 4);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("api.example.com", Some("exact")),
+            ("API.Example.com:8080", Some("exact")),
+            ("x.example.com", Some("wild")),
+            ("x.api.example.com", Some("wild")),
+            ("a.example.com", Some("wild")),
+            ("b.a.example.com", Some("deeper")),
+            ("c.b.a.example.com", Some("deeper")),
+            ("example.com", None),
+            ("example.org", Some("tld")),
+            ("b.a.example.org", Some("tld")),
+            ("org", None),
+            ("example.net", None),
+            ("[::1]", None),
+        ];
+        for (host, expected) in cases {
+            let found = table.lookup(host).map(|b| b.app.as_str());
+            assert_eq!(found, *expected, "lookup({host:?})");
+        }
+        assert!(table.lookup_app("bad").is_none(), "a skipped route records no app");
+    }
+
+    #[test]
+    fn route_order_is_header_then_path_routed_app_then_host() {
+        let mut table = RouteTable::new();
+        table.insert("site.example.com", backend("site"));
+        table.insert("*.example.com", backend("wild"));
+        table.insert("blog.example.com", backend("blog"));
+        let docs = Arc::new(Backend::new("docs", vec![]).with_path_routing(true));
+        table.insert("docs.example.com", docs);
+        assert!(table.lookup_app("docs").unwrap().path_routing());
+        assert!(!table.lookup_app("site").unwrap().path_routing());
+
+        // (host, X-App, path, expected backend and how it was found)
+        type Case =
+            (&'static str, Option<&'static str>, &'static str, Option<(&'static str, RouteKind)>);
+        let cases: &[Case] = &[
+            ("site.example.com", None, "/", Some(("site", RouteKind::Host))),
+            ("x.example.com", None, "/a", Some(("wild", RouteKind::Host))),
+            // The header wins over host and path, when the app exists.
+            ("site.example.com", Some("blog"), "/docs/a", Some(("blog", RouteKind::Header))),
+            ("nobody.org", Some(" blog "), "/", Some(("blog", RouteKind::Header))),
+            ("site.example.com", Some("nope"), "/", Some(("site", RouteKind::Host))),
+            ("nobody.org", Some("nope"), "/", None),
+            // A path-routed app's segment wins on any other host, known or not.
+            ("site.example.com", None, "/docs/a", Some(("docs", RouteKind::Path))),
+            ("site.example.com", None, "/docs", Some(("docs", RouteKind::Path))),
+            ("nobody.org", None, "/docs/", Some(("docs", RouteKind::Path))),
+            // ...but not on its own host, and only as the whole first segment.
+            ("docs.example.com", None, "/docs/a", Some(("docs", RouteKind::Host))),
+            ("site.example.com", None, "/docsx/a", Some(("site", RouteKind::Host))),
+            ("site.example.com", None, "/a/docs", Some(("site", RouteKind::Host))),
+            // An app without path routing never takes another host's paths.
+            ("site.example.com", None, "/blog/a", Some(("site", RouteKind::Host))),
+            ("nobody.org", None, "/blog/a", None),
+            ("nobody.org", None, "/", None),
+            ("nobody.org", None, "//docs", None),
+        ];
+        for (host, x_app, path, expected) in cases {
+            let found = table.route(host, *x_app, path).map(|(b, kind)| (b.app.as_str(), kind));
+            assert_eq!(found, *expected, "route({host:?}, {x_app:?}, {path:?})");
+        }
     }
 
     #[test]

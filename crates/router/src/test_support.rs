@@ -1,17 +1,22 @@
 //! Helpers for the socket tests: a proxy on a free port, fake app instances, and a raw
 //! HTTP/1.1 client, so that tests see exactly the bytes a browser would.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::proxy::{Downstream, Proxy};
 use crate::server::serve;
 use crate::table::{Backend, RouteTable, SharedRoutes, shared_routes};
 
@@ -34,6 +39,38 @@ pub(crate) async fn start_proxy(routes: SharedRoutes) -> TestProxy {
     let server = tokio::spawn(serve(listener, routes, async move {
         let _ = stopped.await;
     }));
+    TestProxy { addr, stop, server }
+}
+
+/// Serves `proxy` on a fresh port the way a full server does for the parts `serve` leaves
+/// out: connections are served with upgrades, so WebSocket tunnels work, and the proxy is
+/// told each connection's local address. No graceful drain: stopping just stops accepting.
+pub(crate) async fn start_proxy_with(proxy: Proxy) -> TestProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let proxy = Arc::new(proxy);
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut stopped => return Ok(()),
+                accepted = listener.accept() => accepted?,
+            };
+            let local = stream.local_addr()?;
+            let downstream = Downstream { peer, local: Some(local), tls: false };
+            let proxy = Arc::clone(&proxy);
+            let service = service_fn(move |request| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle_from(request, downstream).await) }
+            });
+            tokio::spawn(async move {
+                let connection = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let _ = connection.await;
+            });
+        }
+    });
     TestProxy { addr, stop, server }
 }
 
@@ -110,6 +147,35 @@ pub(crate) async fn echo_upstream(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// An app instance that answers any request with `101 Switching Protocols`, sends the
+/// request head it received on `heads`, then echoes every byte back until the client closes.
+pub(crate) async fn upgrade_echo_upstream(heads: tokio::sync::mpsc::Sender<String>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let Some((head, _)) = read_message(&mut stream).await else { return };
+                let _ = heads.send(head).await;
+                let switch = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                              Upgrade: websocket\r\n\r\n";
+                stream.write_all(switch.as_bytes()).await.unwrap();
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `stream` until `expected.len()` bytes have come, within the deadline.
+pub(crate) async fn read_exactly(stream: &mut TcpStream, expected: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; expected];
+    timeout(DEADLINE, stream.read_exact(&mut bytes)).await.expect("bytes in time").unwrap();
+    bytes
 }
 
 pub(crate) struct Reply {

@@ -48,6 +48,10 @@ pub struct AppRecord {
     pub created_at: i64,
     pub state: AppState,
     pub current_release: Option<i64>,
+    /// How many release trees are kept (`releases:keep`).
+    pub keep_releases: i64,
+    /// Set by `apps:lock`: deploys are refused with this reason until `apps:unlock`.
+    pub lock_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,29 @@ pub struct ReleaseRecord {
     pub pushed_by: String,
     /// What the build gave the processes (JSON written by the daemon; empty before the build).
     pub build_env: String,
+    /// The config vars the release runs with (a JSON object).
+    pub config: String,
+    /// The release whose tree and build this one runs: itself for a push, an earlier one for a
+    /// config change.
+    pub build_of: i64,
+    /// "push" or "config".
+    pub kind: String,
+    /// Whether its tree was removed (`releases:keep`): it can no longer be made current.
+    pub pruned: bool,
+}
+
+/// What a new release is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRelease<'a> {
+    pub commit: &'a str,
+    pub pushed_by: &'a str,
+    pub kind: &'a str,
+    /// `None` for a release with a build of its own.
+    pub build_of: Option<i64>,
+    /// JSON object of the config vars.
+    pub config: &'a str,
+    /// What the build gave the processes, when the build is another release's.
+    pub build_env: &'a str,
 }
 
 const SCHEMA: &str = "
@@ -120,8 +147,15 @@ CREATE TABLE IF NOT EXISTS scale (
 ";
 
 /// Columns added after a table was first created: (table, column, definition).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("releases", "build_env", "TEXT NOT NULL DEFAULT ''")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("releases", "build_env", "TEXT NOT NULL DEFAULT ''"),
+    ("releases", "config", "TEXT NOT NULL DEFAULT ''"),
+    ("releases", "build_of", "INTEGER"),
+    ("releases", "kind", "TEXT NOT NULL DEFAULT 'push'"),
+    ("releases", "pruned", "INTEGER NOT NULL DEFAULT 0"),
+    ("apps", "keep_releases", "INTEGER NOT NULL DEFAULT 5"),
+    ("apps", "lock_reason", "TEXT"),
+];
 
 /// Adds the columns a database created by an older Berth lacks.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -171,6 +205,7 @@ impl Store {
         let conn = Connection::open_in_memory()?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store { conn })
     }
 
@@ -188,7 +223,7 @@ impl Store {
     pub fn app(&self, name: &str) -> Result<AppRecord> {
         self.conn
             .query_row(
-                "SELECT name, created_at, state, current_release FROM apps WHERE name = ?1",
+                "SELECT name, created_at, state, current_release, keep_releases, lock_reason FROM apps WHERE name = ?1",
                 [name],
                 app_from_row,
             )
@@ -199,7 +234,7 @@ impl Store {
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, created_at, state, current_release FROM apps ORDER BY name")?;
+            .prepare("SELECT name, created_at, state, current_release, keep_releases, lock_reason FROM apps ORDER BY name")?;
         let rows = stmt.query_map([], app_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -288,13 +323,7 @@ impl Store {
 
     /// Records a new release in the `building` state and returns its number (one more than the
     /// highest number the app ever had, so numbers are never reused).
-    pub fn create_release(
-        &self,
-        app: &str,
-        commit: &str,
-        pushed_by: &str,
-        now: i64,
-    ) -> Result<i64> {
+    pub fn create_release(&self, app: &str, release: &NewRelease<'_>, now: i64) -> Result<i64> {
         self.app(app)?;
         let number: i64 = self.conn.query_row(
             "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",
@@ -302,11 +331,62 @@ impl Store {
             |row| row.get(0),
         )?;
         self.conn.execute(
-            "INSERT INTO releases (app, number, commit_sha, created_at, status, pushed_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![app, number, commit, now, ReleaseStatus::Building.as_str(), pushed_by],
+            "INSERT INTO releases
+               (app, number, commit_sha, created_at, status, pushed_by, kind, build_of, config, build_env)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                app,
+                number,
+                release.commit,
+                now,
+                ReleaseStatus::Building.as_str(),
+                release.pushed_by,
+                release.kind,
+                release.build_of,
+                release.config,
+                release.build_env
+            ],
         )?;
         Ok(number)
+    }
+
+    pub fn set_release_config(&self, app: &str, number: i64, config: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE releases SET config = ?3 WHERE app = ?1 AND number = ?2",
+            params![app, number, config],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_pruned(&self, app: &str, number: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE releases SET pruned = 1 WHERE app = ?1 AND number = ?2",
+            params![app, number],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_keep_releases(&self, app: &str, keep: i64) -> Result<()> {
+        self.update_app("UPDATE apps SET keep_releases = ?2 WHERE name = ?1", app, keep)
+    }
+
+    pub fn set_lock(&self, app: &str, reason: Option<&str>) -> Result<()> {
+        self.update_app("UPDATE apps SET lock_reason = ?2 WHERE name = ?1", app, reason)
+    }
+
+    /// Makes the app's config exactly `vars` (a rollback restores a release's config).
+    pub fn replace_config(&mut self, app: &str, vars: &[(String, String)]) -> Result<()> {
+        self.app(app)?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM config WHERE app = ?1", [app])?;
+        for (key, value) in vars {
+            tx.execute(
+                "INSERT INTO config (app, key, value) VALUES (?1, ?2, ?3)",
+                params![app, key, value],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn set_release_status(&self, app: &str, number: i64, status: ReleaseStatus) -> Result<()> {
@@ -329,7 +409,8 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env FROM releases
+                "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env, config,
+                    COALESCE(build_of, number), kind, pruned FROM releases
                  WHERE app = ?1 AND number = ?2",
                 params![app, number],
                 release_from_row,
@@ -341,7 +422,8 @@ impl Store {
     pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
         self.app(app)?;
         let mut stmt = self.conn.prepare(
-            "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env FROM releases
+            "SELECT app, number, commit_sha, created_at, status, pushed_by, build_env, config,
+                    COALESCE(build_of, number), kind, pruned FROM releases
              WHERE app = ?1 ORDER BY number DESC",
         )?;
         let rows = stmt.query_map([app], release_from_row)?;
@@ -355,6 +437,8 @@ fn app_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
         created_at: row.get(1)?,
         state: AppState::parse(&row.get::<_, String>(2)?),
         current_release: row.get(3)?,
+        keep_releases: row.get(4)?,
+        lock_reason: row.get(5)?,
     })
 }
 
@@ -367,12 +451,55 @@ fn release_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> 
         status: ReleaseStatus::parse(&row.get::<_, String>(4)?),
         pushed_by: row.get(5)?,
         build_env: row.get(6)?,
+        config: row.get(7)?,
+        build_of: row.get(8)?,
+        kind: row.get(9)?,
+        pruned: row.get::<_, i64>(10)? != 0,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push(commit: &str) -> NewRelease<'_> {
+        NewRelease {
+            commit,
+            pushed_by: "SHA256:k",
+            kind: "push",
+            build_of: None,
+            config: "{}",
+            build_env: "",
+        }
+    }
+
+    #[test]
+    fn config_releases_reuse_a_build_and_keep_their_config() {
+        let mut store = store_with_app();
+        let one = store.create_release("web", &push("abc"), 1).unwrap();
+        let config = NewRelease {
+            kind: "config",
+            build_of: Some(one),
+            config: "{\"A\":\"1\"}",
+            build_env: "{}",
+            ..push("abc")
+        };
+        let two = store.create_release("web", &config, 2).unwrap();
+        let release = store.release("web", two).unwrap().unwrap();
+        assert_eq!(
+            (release.build_of, release.kind.as_str(), release.config.as_str()),
+            (one, "config", "{\"A\":\"1\"}")
+        );
+        assert_eq!(store.release("web", one).unwrap().unwrap().build_of, one);
+        store.mark_pruned("web", one).unwrap();
+        assert!(store.release("web", one).unwrap().unwrap().pruned);
+        store.replace_config("web", &[("B".into(), "2".into())]).unwrap();
+        assert_eq!(store.config("web").unwrap(), [("B".to_owned(), "2".to_owned())]);
+        store.set_keep_releases("web", 3).unwrap();
+        store.set_lock("web", Some("maintenance")).unwrap();
+        let app = store.app("web").unwrap();
+        assert_eq!((app.keep_releases, app.lock_reason.as_deref()), (3, Some("maintenance")));
+    }
 
     fn store_with_app() -> Store {
         let store = Store::open_in_memory().unwrap();
@@ -418,9 +545,9 @@ mod tests {
     #[test]
     fn release_numbers_grow_and_are_not_reused_after_failure() {
         let store = store_with_app();
-        let one = store.create_release("web", "abc", "SHA256:k", 10).unwrap();
+        let one = store.create_release("web", &push("abc"), 10).unwrap();
         store.set_release_status("web", one, ReleaseStatus::Failed).unwrap();
-        let two = store.create_release("web", "def", "SHA256:k", 11).unwrap();
+        let two = store.create_release("web", &push("def"), 11).unwrap();
         assert_eq!((one, two), (1, 2));
         let releases = store.releases("web").unwrap();
         assert_eq!(releases[0].number, 2);
@@ -445,7 +572,7 @@ mod tests {
     fn deleting_an_app_removes_its_config_and_releases() {
         let mut store = store_with_app();
         store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
-        store.create_release("web", "abc", "", 1).unwrap();
+        store.create_release("web", &push("abc"), 1).unwrap();
         store.set_scale("web", &[("web".into(), 3)]).unwrap();
         store.delete_app("web").unwrap();
         store.create_app("web", 2).unwrap();

@@ -475,7 +475,12 @@ impl AppRepo {
     /// `git push REMOTE main` (force, like a developer rewriting history before a deploy
     /// would); returns the output whether or not the push was accepted.
     pub fn push(&self, remote: &str) -> Output {
-        self.git_command(&["push", "--force", remote, "main"]).output().expect("run git push")
+        self.push_to(remote, "main")
+    }
+
+    /// `git push --force REMOTE REFSPEC` (e.g. `main:master`).
+    pub fn push_to(&self, remote: &str, refspec: &str) -> Output {
+        self.git_command(&["push", "--force", remote, refspec]).output().expect("run git push")
     }
 
     pub fn head(&self) -> String {
