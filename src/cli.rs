@@ -93,6 +93,15 @@ pub enum ServerCommand {
     /// Keep the trees of the N newest releases (default 5); older ones are pruned.
     #[command(name = "releases:keep")]
     ReleasesKeep { app: String, count: i64 },
+    /// Run an earlier or newer release beside the current one, at vN.APP.<domain>.
+    #[command(name = "releases:start")]
+    ReleasesStart { app: String, release: String },
+    /// Stop the preview of a release.
+    #[command(name = "releases:stop")]
+    ReleasesStop { app: String, release: String },
+    /// Make a release current (switched over without dropping a request).
+    #[command(name = "releases:promote")]
+    ReleasesPromote { app: String, release: String },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -224,6 +233,21 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
             let done: Done = client
                 .send(Method::POST, &app_path(&app, "/rollback")?, &RollbackRequest { release })
                 .await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::ReleasesStart { app, release } => {
+            let path = app_path(&app, &format!("/releases/{}/preview", encode_query(&release)))?;
+            let done: Done = client.send(Method::POST, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::ReleasesStop { app, release } => {
+            let path = app_path(&app, &format!("/releases/{}/preview", encode_query(&release)))?;
+            let done: Done = client.send(Method::DELETE, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::ReleasesPromote { app, release } => {
+            let path = app_path(&app, &format!("/releases/{}/promote", encode_query(&release)))?;
+            let done: Done = client.send(Method::POST, &path, &()).await?;
             writeln!(stdout, "{}", done.message)?;
         }
         ServerCommand::ReleasesKeep { app, count } => {

@@ -43,6 +43,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
         .route("/apps/{app}/run", post(run_command))
         .route("/apps/{app}/releases", get(list_releases))
+        .route("/apps/{app}/releases/{release}/preview", post(start_preview).delete(stop_preview))
+        .route("/apps/{app}/releases/{release}/promote", post(promote))
         .route("/apps/{app}/rollback", post(rollback))
         .route("/apps/{app}/keep", axum::routing::put(set_keep))
         .route("/apps/{app}/lock", axum::routing::put(lock_app).delete(unlock_app))
@@ -577,4 +579,43 @@ async fn run_command(
         let _ = events.send(end);
     });
     Ok(ndjson(rx))
+}
+
+/// `5` or `v5`.
+fn release_number(raw: &str) -> Result<i64, ApiError> {
+    raw.trim_start_matches('v').parse().map_err(|_| {
+        ApiError::bad_request(format!("{raw:?} is not a release number (for example 4 or v4)"))
+    })
+}
+
+async fn start_preview(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, n)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let n = release_number(&n)?;
+    let host = daemon.start_preview(&app, n).await?;
+    let port = daemon.settings.http_addr.port();
+    let url = if port == 80 { format!("http://{host}/") } else { format!("http://{host}:{port}/") };
+    Ok(Json(Done { message: format!("v{n} of {app} runs beside the current release at {url}") }))
+}
+
+async fn stop_preview(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, n)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let n = release_number(&n)?;
+    daemon.stop_preview(&app, n).await?;
+    Ok(Json(Done { message: format!("the preview of v{n} of {app} is stopped") }))
+}
+
+async fn promote(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, n)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let n = release_number(&n)?;
+    daemon.promote(&app, n, &|line| tracing::info!(app, "{line}")).await?;
+    Ok(Json(Done { message: format!("v{n} is the current release of {app}") }))
 }

@@ -217,7 +217,7 @@ impl Daemon {
     /// Starts one instance (with a fresh port when it serves HTTP) and, for a web instance,
     /// waits until it listens. On failure the instance is stopped and the error says why, with
     /// the end of its log.
-    async fn start_ready(
+    pub(crate) async fn start_ready(
         &self,
         mut spec: ProcessSpec,
         desired: &Desired,

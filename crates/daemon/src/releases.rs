@@ -169,3 +169,101 @@ impl Daemon {
         }
     }
 }
+
+impl Daemon {
+    /// The host a preview of release `n` answers at.
+    pub fn preview_host(&self, app: &str, n: i64) -> String {
+        format!("v{n}.{app}.{}", self.settings.domain)
+    }
+
+    /// Runs release `n`'s web processes beside the current release, at `vN.APP.<domain>`
+    /// (workers and cron lines are left out: they would do the current release's work twice).
+    pub async fn start_preview(&self, app: &str, n: i64) -> Result<String, ApiError> {
+        let lock = self.app_lock(app);
+        let _guard = lock.lock().await;
+        let record = self.store().app(app)?;
+        let info = self.release_infos(app)?.into_iter().find(|r| r.number == n).ok_or_else(|| {
+            ApiError::not_found(format!("{app} has no release v{n} (`releases {app}` lists them)"))
+        })?;
+        if record.current_release == Some(n) {
+            return Err(ApiError::conflict(format!("v{n} is the current release of {app}; it needs no preview")));
+        }
+        if !info.available {
+            return Err(ApiError::conflict(format!(
+                "v{n} of {app} cannot run: it did not deploy or was pruned (`releases {app}`)"
+            )));
+        }
+        if self.previews().contains_key(&(app.to_owned(), n)) {
+            return Ok(self.preview_host(app, n));
+        }
+        let runtime = self.preview_runtime(app, n).await.map_err(ApiError::unprocessable)?;
+        let runtimes = self.runtimes();
+        self.previews().insert((app.to_owned(), n), runtime);
+        self.publish_routes(&runtimes);
+        Ok(self.preview_host(app, n))
+    }
+
+    /// Stops the preview of release `n`.
+    pub async fn stop_preview(&self, app: &str, n: i64) -> Result<(), ApiError> {
+        let runtime = {
+            let runtimes = self.runtimes();
+            let runtime = self.previews().remove(&(app.to_owned(), n));
+            self.publish_routes(&runtimes);
+            runtime
+        };
+        match runtime {
+            Some(runtime) => {
+                runtime.stop(&self.in_flight).await;
+                Ok(())
+            }
+            None => Err(ApiError::not_found(format!("v{n} of {app} has no preview running"))),
+        }
+    }
+
+    /// Makes release `n` current (Paasmaker's "make current"): switched over without dropping
+    /// a request, with the config it was made with; its preview, if any, stops.
+    pub async fn promote(&self, app: &str, n: i64, out: &(dyn Fn(String) + Sync)) -> Result<(), ApiError> {
+        self.rollback(app, Some(n), out).await?;
+        if self.previews().contains_key(&(app.to_owned(), n)) {
+            self.stop_preview(app, n).await?;
+        }
+        Ok(())
+    }
+
+    async fn preview_runtime(&self, app: &str, n: i64) -> Result<crate::state::AppRuntime, String> {
+        let mut desired = self.desired(app, n, &|_| {})?;
+        let specs: Vec<berth_supervise::ProcessSpec> = std::mem::take(&mut desired.specs)
+            .into_iter()
+            .filter(|s| s.port.is_some())
+            .map(|mut spec| {
+                spec.log_path = self
+                    .settings
+                    .layout
+                    .logs(app)
+                    .join(format!("v{n}-{}.{}.log", spec.process_type, spec.index));
+                spec.record_path = None;
+                spec
+            })
+            .collect();
+        let mut instances = Vec::new();
+        for spec in specs {
+            match self.start_ready(spec, &desired).await {
+                Ok(instance) => instances.push(instance),
+                Err(err) => {
+                    for instance in instances {
+                        instance.stop().await;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(crate::state::AppRuntime {
+            release: n,
+            instances,
+            hosts: vec![self.preview_host(app, n)],
+            statics: desired.statics,
+            catch_all: desired.catch_all,
+            crons: Vec::new(),
+        })
+    }
+}

@@ -81,6 +81,8 @@ pub struct Daemon {
     pub settings: Settings,
     store: Mutex<Store>,
     runtimes: Mutex<HashMap<String, AppRuntime>>,
+    /// Releases running beside the current one for a preview, at `vN.APP.<domain>`.
+    previews: Mutex<HashMap<(String, i64), AppRuntime>>,
     pub routes: SharedRoutes,
     /// Requests under way to each instance, for draining before a stop.
     pub in_flight: Arc<berth_router::InFlight>,
@@ -111,6 +113,7 @@ impl Daemon {
             settings,
             store: Mutex::new(store),
             runtimes: Mutex::new(HashMap::new()),
+            previews: Mutex::new(HashMap::new()),
             routes,
             in_flight: Arc::new(berth_router::InFlight::new()),
             app_locks: Mutex::new(HashMap::new()),
@@ -438,9 +441,19 @@ impl Daemon {
     }
 
     /// Builds a new route table from the running instances and swaps it in.
+    pub(crate) fn previews(&self) -> MutexGuard<'_, HashMap<(String, i64), AppRuntime>> {
+        self.previews.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn publish_routes(&self, runtimes: &HashMap<String, AppRuntime>) {
         let mut table = RouteTable::new();
-        for (app, runtime) in runtimes {
+        let previews = self.previews();
+        // A preview's backend is named after its host, so `X-App: APP` keeps reaching the
+        // current release.
+        let preview_names: Vec<String> =
+            previews.keys().map(|(app, n)| format!("v{n}.{app}")).collect();
+        let all = runtimes.iter().chain(preview_names.iter().zip(previews.values()));
+        for (app, runtime) in all {
             let addrs: Vec<SocketAddr> = runtime
                 .instances
                 .iter()

@@ -28,7 +28,7 @@ mod table;
 #[cfg(test)]
 mod test_support;
 
-pub use server::serve;
+pub use server::{Http01Challenges, serve, serve_tls, serve_with_challenges};
 pub use static_files::{StaticMount, parse_static_paths};
 pub use table::{
     Backend, InFlight, RouteTable, SharedRoutes, normalize_host, normalize_host_pattern,

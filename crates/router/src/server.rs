@@ -1,23 +1,38 @@
-//! The accept loop: one task per connection, and a bounded drain when the daemon shuts down.
+//! The accept loops: plain HTTP/1.1 and TLS (HTTP/2 or HTTP/1.1), one task per connection,
+//! the ACME HTTP-01 answer, and a bounded drain when the daemon shuts down.
 
 use std::convert::Infallible;
+use std::fmt::Display;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::Proxy;
+use crate::body::ResponseBody;
+use crate::proxy::{Downstream, Proxy};
 use crate::table::SharedRoutes;
 
 /// A client that has not finished sending its request head by then is dropped, so that slow
 /// or idle clients cannot hold connections (and file descriptors) forever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The same bound for the TLS handshake, which comes before any request head.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long open connections may take to finish after shutdown before they are cut off;
 /// the daemon's own shutdown must not hang on a slow download.
@@ -27,26 +42,248 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// otherwise repeat at once and spin the loop; finishing connections are what frees them.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves until `shutdown` resolves; then stops accepting and lets open connections finish
-/// (hyper's graceful shutdown via hyper_util::server::graceful::GracefulShutdown, bounded to 10 s).
+/// Where ACME HTTP-01 validation requests arrive (RFC 8555 section 8.3).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737): such a connection exists only for
+/// its handshake, so it is closed without serving HTTP.
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The answers to pending ACME HTTP-01 challenges: the key authorization for a token.
+///
+/// The router does not depend on the ACME client (nor it on the router): the daemon passes a
+/// closure over the client's token map, e.g.
+/// `Arc::new(move |token: &str| tokens.key_authorization(token))`.
+pub trait Http01Challenges: Send + Sync + 'static {
+    /// The body to answer `GET /.well-known/acme-challenge/{token}` with, if the token is
+    /// being validated now.
+    fn key_authorization(&self, token: &str) -> Option<String>;
+}
+
+impl<F> Http01Challenges for F
+where
+    F: Fn(&str) -> Option<String> + Send + Sync + 'static,
+{
+    fn key_authorization(&self, token: &str) -> Option<String> {
+        self(token)
+    }
+}
+
+/// Serves plain HTTP/1.1 until `shutdown` resolves; then stops accepting and lets open
+/// connections finish (bounded to 10 s).
 ///
 /// Requests are routed by host from whatever table `routes` holds when each request arrives,
 /// so the daemon changes routing by storing a new table, without restarting this.
 ///
 /// Accept errors are logged and retried rather than returned: one exhausted file table must
 /// not take every app offline. The function therefore currently always returns `Ok`; the
-/// `io::Result` leaves room for setup that can fail, such as loading TLS certificates.
+/// `io::Result` leaves room for setup that can fail.
 pub async fn serve(
     listener: TcpListener,
     routes: SharedRoutes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let proxy = Arc::new(Proxy::new(routes));
+    serve_plain(listener, routes, None, shutdown).await
+}
+
+/// [`serve`], also answering ACME HTTP-01 validation: a `GET` or `HEAD` of
+/// `/.well-known/acme-challenge/TOKEN`, for any host, gets the key authorization when
+/// `challenges` knows the token, before any routing. Other tokens are routed as usual, so an
+/// app can still answer challenges of its own.
+pub async fn serve_with_challenges(
+    listener: TcpListener,
+    routes: SharedRoutes,
+    challenges: Arc<dyn Http01Challenges>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    serve_plain(listener, routes, Some(challenges), shutdown).await
+}
+
+/// Serves HTTPS until `shutdown` resolves, with the same routing, proxy and drain as
+/// [`serve`].
+///
+/// Each connection's TLS handshake runs in its own task (bounded to 10 s), with certificates
+/// chosen by `tls_config`'s resolver. The ALPN protocols are those of `tls_config` (Berth's
+/// offers `h2` and `http/1.1`); hyper-util's auto builder then serves HTTP/2 to clients that
+/// negotiated it and HTTP/1.1 (with upgrades) to the rest. A connection that negotiated
+/// `acme-tls/1` was a CA validating a TLS-ALPN-01 challenge: it is closed after the
+/// handshake.
+pub async fn serve_tls(
+    listener: TcpListener,
+    routes: SharedRoutes,
+    tls_config: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared { proxy: Proxy::new(routes), challenges: None, tls: true });
+    let acceptor = TlsAcceptor::from(tls_config);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    accept_loop(listener, shutdown, move |stream, peer, stop| {
+        serve_tls_connection(
+            stream,
+            peer,
+            acceptor.clone(),
+            Arc::clone(&builder),
+            Arc::clone(&shared),
+            stop,
+        )
+    })
+    .await;
+    Ok(())
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    proxy: Proxy,
+    challenges: Option<Arc<dyn Http01Challenges>>,
+    tls: bool,
+}
+
+impl Shared {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        downstream: Downstream,
+    ) -> Response<ResponseBody> {
+        if let Some(challenges) = &self.challenges
+            && let Some(response) = answer_challenge(challenges.as_ref(), &request)
+        {
+            return response;
+        }
+        self.proxy.handle_from(request, downstream).await
+    }
+
+    /// What the proxy is told about a connection: who, to which port, and whether over TLS
+    /// (which decides `X-Forwarded-Proto` and `X-Forwarded-Port`).
+    fn downstream(&self, stream: &TcpStream, peer: SocketAddr) -> Downstream {
+        Downstream { peer, local: stream.local_addr().ok(), tls: self.tls }
+    }
+}
+
+async fn serve_plain(
+    listener: TcpListener,
+    routes: SharedRoutes,
+    challenges: Option<Arc<dyn Http01Challenges>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared { proxy: Proxy::new(routes), challenges, tls: false });
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let http = Arc::new(http);
+    accept_loop(listener, shutdown, move |stream, peer, stop| {
+        let shared = Arc::clone(&shared);
+        let http = Arc::clone(&http);
+        async move {
+            let service = service(Arc::clone(&shared), shared.downstream(&stream, peer));
+            // Upgrades are on so that a WebSocket handshake the proxy passes through can
+            // take the connection over once its 101 response is written.
+            let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            drive(connection, stop, peer, |connection| connection.graceful_shutdown()).await;
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn serve_tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let downstream = shared.downstream(&stream, peer);
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {error}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        // A half-open handshake has no request to finish, so shutdown just drops it.
+        () = until_stopped(&mut stop) => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        tracing::debug!(%peer, "answered a TLS-ALPN-01 validation");
+        return;
+    }
+    let service = service(shared, downstream);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    drive(connection, stop, peer, |connection| connection.graceful_shutdown()).await;
+}
+
+fn service(
+    shared: Arc<Shared>,
+    downstream: Downstream,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(shared.handle(request, downstream).await) }
+    })
+}
+
+/// Runs one connection to its end; when `stop` turns true, asks it to finish what it is
+/// doing and close (hyper's graceful shutdown: idle HTTP/1.1 connections close at once,
+/// HTTP/2 ones send GOAWAY), and keeps driving it until it has.
+async fn drive<C, E>(
+    connection: C,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    begin_shutdown: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = until_stopped(&mut stop) => {
+            begin_shutdown(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, "connection ended with an error: {error}");
+    }
+}
+
+/// Resolves once the server is shutting down (or is gone).
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`, so it is dropped here, not held by the
+    // connection's future.
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Accepts until `shutdown` resolves, running `connection` for each in a task; then stops
+/// accepting, tells the connections to finish (through the watch channel), and waits for
+/// them, at most `DRAIN_TIMEOUT`.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    connection: F,
+) where
+    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopped) = watch::channel(false);
     // Connection tasks are kept in a set, not detached, so that the ones still running when
-    // the drain times out can be aborted instead of outliving `serve`.
+    // the drain times out can be aborted instead of outliving the server.
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -61,22 +298,7 @@ pub async fn serve(
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, "cannot set TCP_NODELAY: {error}");
                     }
-                    let proxy = Arc::clone(&proxy);
-                    let service = service_fn(move |request| {
-                        let proxy = Arc::clone(&proxy);
-                        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-                    });
-                    // `.with_upgrades()` is left off because hyper-util implements its
-                    // graceful-shutdown trait only for the plain http1 connection. WebSocket
-                    // support will need it, and then this watch becomes a `select!` on a
-                    // shutdown signal that calls `graceful_shutdown` on the connection.
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%peer, "connection ended with an error: {error}");
-                        }
-                    });
+                    connections.spawn(connection(stream, peer, stopped.clone()));
                 }
                 Err(error) if is_connection_error(&error) => {
                     tracing::debug!("a connection failed before it was accepted: {error}");
@@ -97,14 +319,42 @@ pub async fn serve(
 
     drop(listener);
     tracing::debug!(open = connections.len(), "stopped accepting; draining open connections");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    stop.send_replace(true);
+    let drained = async {
+        while let Some(finished) = connections.join_next().await {
+            if let Err(error) = finished {
+                tracing::warn!("a connection task failed: {error}");
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!(
             open = connections.len(),
             "connections still open after {DRAIN_TIMEOUT:?}; closing them"
         );
     }
     connections.shutdown().await;
-    Ok(())
+}
+
+/// The answer to an ACME HTTP-01 validation request, if this is one for a pending token.
+fn answer_challenge(
+    challenges: &dyn Http01Challenges,
+    request: &Request<Incoming>,
+) -> Option<Response<ResponseBody>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return None;
+    }
+    let token = request.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
+    if token.is_empty() || token.contains('/') {
+        return None;
+    }
+    let key_authorization = challenges.key_authorization(token)?;
+    tracing::debug!(token, "answered an HTTP-01 validation");
+    let mut response = Response::new(ResponseBody::Page(Full::new(Bytes::from(key_authorization))));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(response)
 }
 
 /// Errors that concern one connection that went away while it was queued, not the
