@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use berth_api::{
-    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, Done, KeepRequest, LockRequest, Logs,
-    ReleaseInfo, RollbackRequest, RunRequest, Scale,
+    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, DomainRequest, Domains, Done,
+    KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest, RunRequest, Scale,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -102,6 +102,14 @@ pub enum ServerCommand {
     /// Make a release current (switched over without dropping a request).
     #[command(name = "releases:promote")]
     ReleasesPromote { app: String, release: String },
+    /// List the names an app answers at.
+    Domains { app: String },
+    /// Make an app answer at another name (www.example.com, *.example.com).
+    #[command(name = "domains:add")]
+    DomainsAdd { app: String, name: String },
+    /// Stop an app answering at a name added with domains:add.
+    #[command(name = "domains:remove")]
+    DomainsRemove { app: String, name: String },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -248,6 +256,27 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
         ServerCommand::ReleasesPromote { app, release } => {
             let path = app_path(&app, &format!("/releases/{}/promote", encode_query(&release)))?;
             let done: Done = client.send(Method::POST, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::Domains { app } => {
+            let domains: Domains = client.get(&app_path(&app, "/domains")?).await?;
+            writeln!(stdout, "{}  (default)", domains.default)?;
+            for name in &domains.from_env {
+                writeln!(stdout, "{name}  (NGINX_SERVER_NAME)")?;
+            }
+            for name in &domains.added {
+                writeln!(stdout, "{name}  (domains:add)")?;
+            }
+        }
+        ServerCommand::DomainsAdd { app, name } => {
+            let done: Done = client
+                .send(Method::POST, &app_path(&app, "/domains")?, &DomainRequest { name })
+                .await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::DomainsRemove { app, name } => {
+            let path = app_path(&app, &format!("/domains/{}", encode_query(&name)))?;
+            let done: Done = client.send(Method::DELETE, &path, &()).await?;
             writeln!(stdout, "{}", done.message)?;
         }
         ServerCommand::ReleasesKeep { app, count } => {

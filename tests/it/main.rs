@@ -4,6 +4,7 @@
 mod cli;
 mod push;
 mod releases;
+mod routing;
 mod runtimes;
 mod ssh;
 mod supervise;

@@ -201,7 +201,10 @@ fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
     world.push_ok(&repo, "prev");
 
     let out = world.ssh_ok(&["releases:start", "prev", "1"]);
-    assert!(out.contains("v1 of prev runs beside the current release at http://v1.prev.berth.test:"), "{out}");
+    assert!(
+        out.contains("v1 of prev runs beside the current release at http://v1.prev.berth.test:"),
+        "{out}"
+    );
     let preview = world.daemon.get("v1.prev.berth.test", "/").unwrap();
     assert_eq!((preview.status, preview.body.as_str()), (200, "Hi v1"));
     assert_eq!(world.get("prev", "/").body, "Hi v2", "the current release keeps serving");
@@ -209,10 +212,16 @@ fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
     let out = world.ssh_ok(&["releases:promote", "prev", "1"]);
     assert!(out.contains("v1 is the current release of prev"), "{out}");
     assert_eq!(world.get("prev", "/").body, "Hi v1");
-    assert_eq!(world.daemon.get("v1.prev.berth.test", "/").unwrap().status, 404, "the preview stopped");
+    assert_eq!(
+        world.daemon.get("v1.prev.berth.test", "/").unwrap().status,
+        404,
+        "the preview stopped"
+    );
 
     let output = world.ssh(&["releases:start", "prev", "1"]);
-    assert!(output_text(&output).contains("v1 is the current release of prev; it needs no preview"));
+    assert!(
+        output_text(&output).contains("v1 is the current release of prev; it needs no preview")
+    );
     let output = world.ssh(&["releases:stop", "prev", "2"]);
     assert!(output_text(&output).contains("v2 of prev has no preview running"));
 }

@@ -189,6 +189,23 @@ pub struct LockRequest {
     pub reason: Option<String>,
 }
 
+/// `GET /apps/{app}/domains`: the names an app answers at, by where they come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Domains {
+    /// `APP.<base domain>`.
+    pub default: String,
+    /// From NGINX_SERVER_NAME in the current release.
+    pub from_env: Vec<String>,
+    /// Added with `domains:add`.
+    pub added: Vec<String>,
+}
+
+/// `POST /apps/{app}/domains`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainRequest {
+    pub name: String,
+}
+
 /// A plain acknowledgement with a message for the user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Done {

@@ -10,9 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, Done, JobEvent, KeepRequest,
-    LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest,
-    Scale,
+    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, DomainRequest, Domains, Done,
+    JobEvent, KeepRequest, LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest,
+    RollbackRequest, RunRequest, Scale,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -42,6 +42,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/logs", get(get_logs))
         .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
         .route("/apps/{app}/run", post(run_command))
+        .route("/apps/{app}/domains", get(list_domains).post(add_domain))
+        .route("/apps/{app}/domains/{name}", axum::routing::delete(remove_domain))
         .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/releases/{release}/preview", post(start_preview).delete(stop_preview))
         .route("/apps/{app}/releases/{release}/promote", post(promote))
@@ -618,4 +620,66 @@ async fn promote(
     let n = release_number(&n)?;
     daemon.promote(&app, n, &|line| tracing::info!(app, "{line}")).await?;
     Ok(Json(Done { message: format!("v{n} is the current release of {app}") }))
+}
+
+async fn list_domains(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Domains> {
+    let app = app_name(&app)?;
+    let record = daemon.store().app(&app)?;
+    let from_env = match record.current_release {
+        Some(release) => {
+            let build = daemon.stored_build(&app, release);
+            let (_, env) = daemon.release_env(&app, release, &build).map_err(ApiError::internal)?;
+            Daemon::env_hosts(&env).unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    Ok(Json(Domains {
+        default: format!("{app}.{}", daemon.settings.domain),
+        from_env,
+        added: daemon.store().domains(&app)?,
+    }))
+}
+
+async fn add_domain(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<DomainRequest>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let name = berth_router::normalize_host_pattern(&request.name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{:?} is not a host name; give one like www.example.com or *.example.com",
+            request.name
+        ))
+    })?;
+    if let Some(other) = daemon.host_owner(&name).filter(|other| *other != app) {
+        return Err(ApiError::conflict(format!(
+            "{name} is already served by {other}; remove it there first (domains:remove {other} {name})"
+        )));
+    }
+    daemon.store().add_domain(&app, &name).map_err(|e| match e {
+        berth_store::Error::DomainTaken { .. } => ApiError::conflict(e.to_string()),
+        other => other.into(),
+    })?;
+    daemon.refresh_hosts(&app).map_err(ApiError::unprocessable)?;
+    Ok(Json(Done { message: format!("{app} answers at {name} too") }))
+}
+
+async fn remove_domain(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, name)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let name = berth_router::normalize_host_pattern(&name).unwrap_or(name);
+    if !daemon.store().remove_domain(&app, &name)? {
+        return Err(ApiError::not_found(format!(
+            "{name} is not a domain added to {app} (`domains {app}` lists them; names from \
+             NGINX_SERVER_NAME go away with the ENV line)"
+        )));
+    }
+    daemon.refresh_hosts(&app).map_err(ApiError::unprocessable)?;
+    Ok(Json(Done { message: format!("{app} no longer answers at {name}") }))
 }

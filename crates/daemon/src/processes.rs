@@ -64,7 +64,7 @@ impl Daemon {
     ) -> Result<Desired, String> {
         let build = self.stored_build(app, release);
         let (files, env) = self.release_env(app, release, &build)?;
-        let hosts = self.hosts(app, &env);
+        let hosts = self.hosts(app, &env)?;
         let (statics, catch_all) = self.static_routes(app, release, &files, &env)?;
         self.ensure_data_dir(app)?;
         let scale: BTreeMap<String, u32> =

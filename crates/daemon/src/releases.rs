@@ -182,11 +182,16 @@ impl Daemon {
         let lock = self.app_lock(app);
         let _guard = lock.lock().await;
         let record = self.store().app(app)?;
-        let info = self.release_infos(app)?.into_iter().find(|r| r.number == n).ok_or_else(|| {
-            ApiError::not_found(format!("{app} has no release v{n} (`releases {app}` lists them)"))
-        })?;
+        let info =
+            self.release_infos(app)?.into_iter().find(|r| r.number == n).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{app} has no release v{n} (`releases {app}` lists them)"
+                ))
+            })?;
         if record.current_release == Some(n) {
-            return Err(ApiError::conflict(format!("v{n} is the current release of {app}; it needs no preview")));
+            return Err(ApiError::conflict(format!(
+                "v{n} is the current release of {app}; it needs no preview"
+            )));
         }
         if !info.available {
             return Err(ApiError::conflict(format!(
@@ -222,7 +227,12 @@ impl Daemon {
 
     /// Makes release `n` current (Paasmaker's "make current"): switched over without dropping
     /// a request, with the config it was made with; its preview, if any, stops.
-    pub async fn promote(&self, app: &str, n: i64, out: &(dyn Fn(String) + Sync)) -> Result<(), ApiError> {
+    pub async fn promote(
+        &self,
+        app: &str,
+        n: i64,
+        out: &(dyn Fn(String) + Sync),
+    ) -> Result<(), ApiError> {
         self.rollback(app, Some(n), out).await?;
         if self.previews().contains_key(&(app.to_owned(), n)) {
             self.stop_preview(app, n).await?;

@@ -331,18 +331,65 @@ impl Daemon {
         Ok((mounts, catch_all))
     }
 
-    pub(crate) fn hosts(&self, app: &str, env: &[(String, String)]) -> Vec<String> {
+    /// The names NGINX_SERVER_NAME gives the app (piku's knob), normalised; bad ones are an
+    /// error naming them.
+    pub(crate) fn env_hosts(env: &[(String, String)]) -> Result<Vec<String>, String> {
+        let Some((_, names)) = env.iter().rev().find(|(k, _)| k == "NGINX_SERVER_NAME") else {
+            return Ok(Vec::new());
+        };
+        names
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(|name| {
+                berth_router::normalize_host_pattern(name).ok_or_else(|| {
+                    format!("NGINX_SERVER_NAME: {name:?} is not a host name (like www.example.com or *.example.com)")
+                })
+            })
+            .collect()
+    }
+
+    /// Every name the app answers at: `APP.<domain>`, NGINX_SERVER_NAME, `domains:add`. A name
+    /// another app has is refused with that app's name.
+    pub(crate) fn hosts(&self, app: &str, env: &[(String, String)]) -> Result<Vec<String>, String> {
         let mut hosts = vec![format!("{app}.{}", self.settings.domain)];
-        if let Some((_, names)) = env.iter().rev().find(|(k, _)| k == "NGINX_SERVER_NAME") {
-            for name in names.split([',', ' ']).filter(|s| !s.is_empty()) {
-                if let Some(host) = berth_router::normalize_host(name)
-                    && !hosts.contains(&host)
-                {
-                    hosts.push(host);
-                }
+        let added = self.store().domains(app).map_err(|e| e.to_string())?;
+        for host in Self::env_hosts(env)?.into_iter().chain(added) {
+            if let Some(other) = self.host_owner(&host).filter(|other| other != app) {
+                return Err(format!(
+                    "{host} is already served by {other}; remove it there first (domains:remove {other} {host})"
+                ));
+            }
+            if !hosts.contains(&host) {
+                hosts.push(host);
             }
         }
-        hosts
+        Ok(hosts)
+    }
+
+    /// The app that answers at `host` now, or that has it as a domain.
+    pub(crate) fn host_owner(&self, host: &str) -> Option<String> {
+        if let Ok(Some(owner)) = self.store().domain_owner(host) {
+            return Some(owner);
+        }
+        let runtimes = self.runtimes();
+        runtimes.iter().find(|(_, r)| r.hosts.iter().any(|h| h == host)).map(|(app, _)| app.clone())
+    }
+
+    /// Recomputes the app's names after a domain change and routes them, without a restart.
+    pub(crate) fn refresh_hosts(&self, app: &str) -> Result<(), String> {
+        let Some(release) = self.store().app(app).map_err(|e| e.to_string())?.current_release
+        else {
+            return Ok(());
+        };
+        let build = self.stored_build(app, release);
+        let (_, env) = self.release_env(app, release, &build)?;
+        let hosts = self.hosts(app, &env)?;
+        let mut runtimes = self.runtimes();
+        if let Some(runtime) = runtimes.get_mut(app) {
+            runtime.hosts = hosts;
+        }
+        self.publish_routes(&runtimes);
+        Ok(())
     }
 
     /// Creates the app's persistent data directory (`DATA_ROOT`), owned by the app's user.

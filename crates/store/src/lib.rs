@@ -14,6 +14,8 @@ pub enum Error {
     NoSuchApp(String),
     #[error("app {0:?} already exists")]
     AppExists(String),
+    #[error("{name} is already a domain of {app}")]
+    DomainTaken { name: String, app: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot create the database file: {0}")]
@@ -137,6 +139,10 @@ CREATE TABLE IF NOT EXISTS releases (
     pushed_by TEXT NOT NULL DEFAULT '',
     build_env TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (app, number)
+);
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS scale (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
@@ -319,6 +325,47 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Adds a host name to an app; a name belongs to one app at most.
+    pub fn add_domain(&self, app: &str, name: &str) -> Result<()> {
+        self.app(app)?;
+        let owner: Option<String> = self
+            .conn
+            .query_row("SELECT app FROM domains WHERE name = ?1", [name], |row| row.get(0))
+            .optional()?;
+        match owner {
+            Some(owner) if owner == app => Ok(()),
+            Some(owner) => Err(Error::DomainTaken { name: name.to_owned(), app: owner }),
+            None => {
+                self.conn
+                    .execute("INSERT INTO domains (name, app) VALUES (?1, ?2)", [name, app])?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a host name from an app; returns whether it had it.
+    pub fn remove_domain(&self, app: &str, name: &str) -> Result<bool> {
+        self.app(app)?;
+        Ok(self.conn.execute("DELETE FROM domains WHERE app = ?1 AND name = ?2", [app, name])? > 0)
+    }
+
+    /// The app's own host names, sorted.
+    pub fn domains(&self, app: &str) -> Result<Vec<String>> {
+        self.app(app)?;
+        let mut stmt =
+            self.conn.prepare("SELECT name FROM domains WHERE app = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([app], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The app that has the host name, if any.
+    pub fn domain_owner(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT app FROM domains WHERE name = ?1", [name], |row| row.get(0))
+            .optional()?)
     }
 
     /// Records a new release in the `building` state and returns its number (one more than the
@@ -556,6 +603,21 @@ mod tests {
         store.set_release_build_env("web", 2, "{\"a\":1}").unwrap();
         assert_eq!(store.release("web", 2).unwrap().unwrap().build_env, "{\"a\":1}");
         assert_eq!(store.release("web", 9).unwrap(), None);
+    }
+
+    #[test]
+    fn a_domain_belongs_to_one_app() {
+        let store = store_with_app();
+        store.create_app("other", 1).unwrap();
+        store.add_domain("web", "www.example.com").unwrap();
+        store.add_domain("web", "www.example.com").unwrap();
+        let err = store.add_domain("other", "www.example.com").unwrap_err();
+        assert_eq!(err.to_string(), "www.example.com is already a domain of web");
+        assert_eq!(store.domains("web").unwrap(), ["www.example.com"]);
+        assert_eq!(store.domain_owner("www.example.com").unwrap().as_deref(), Some("web"));
+        assert!(store.remove_domain("web", "www.example.com").unwrap());
+        assert!(!store.remove_domain("web", "www.example.com").unwrap());
+        store.add_domain("other", "www.example.com").unwrap();
     }
 
     #[test]

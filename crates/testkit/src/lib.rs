@@ -214,9 +214,20 @@ impl HttpResponse {
 
 /// A minimal HTTP/1.1 GET over a plain socket (`Connection: close`, read to the end).
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    http_get_with(addr, host, path, &[])
+}
+
+/// [`http_get`] with extra request headers.
+pub fn http_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
