@@ -13,10 +13,16 @@ fn domains_wildcards_and_x_app_reach_the_right_app() {
     let b = world.app_repo("beta", "b1", "web: python3 app.py\n", "");
     world.push_ok(&b, "beta");
 
-    assert_eq!(world.ssh_ok(&["domains:add", "alpha", "WWW.Alpha.test"]), "alpha answers at www.alpha.test too\n");
+    assert_eq!(
+        world.ssh_ok(&["domains:add", "alpha", "WWW.Alpha.test"]),
+        "alpha answers at www.alpha.test too\n"
+    );
     world.ssh_ok(&["domains:add", "alpha", "*.wild.test"]);
     let domains = world.ssh_ok(&["domains", "alpha"]);
-    assert_eq!(domains, "alpha.berth.test  (default)\n*.wild.test  (domains:add)\nwww.alpha.test  (domains:add)\n");
+    assert_eq!(
+        domains,
+        "alpha.berth.test  (default)\n*.wild.test  (domains:add)\nwww.alpha.test  (domains:add)\n"
+    );
     for host in ["www.alpha.test", "x.wild.test", "deep.x.wild.test"] {
         assert_eq!(world.daemon.get(host, "/").unwrap().body, "? a1", "{host}");
     }
@@ -25,18 +31,30 @@ fn domains_wildcards_and_x_app_reach_the_right_app() {
     // A name belongs to one app.
     let output = world.ssh(&["domains:add", "beta", "www.alpha.test"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(output_text(&output).contains("www.alpha.test is already served by alpha"), "{}", output_text(&output));
+    assert!(
+        output_text(&output).contains("www.alpha.test is already served by alpha"),
+        "{}",
+        output_text(&output)
+    );
     b.commit(&[("ENV", "NGINX_SERVER_NAME=www.alpha.test\n")], "steal").unwrap();
     let out = world.push_refused(&b, "beta");
-    assert!(out.contains("www.alpha.test is already served by alpha; remove it there first"), "{out}");
+    assert!(
+        out.contains("www.alpha.test is already served by alpha; remove it there first"),
+        "{out}"
+    );
     assert_eq!(world.daemon.get("www.alpha.test", "/").unwrap().body, "? a1");
 
     // X-App reaches an app on any host the router serves.
-    let page = http_get_with(world.daemon.http_addr, "www.alpha.test", "/", &[("X-App", "beta")]).unwrap();
+    let page =
+        http_get_with(world.daemon.http_addr, "www.alpha.test", "/", &[("X-App", "beta")]).unwrap();
     assert_eq!(page.body, "? b1");
-    let headers = http_get_with(world.daemon.http_addr, "alpha.berth.test", "/headers", &[]).unwrap().body;
+    let headers =
+        http_get_with(world.daemon.http_addr, "alpha.berth.test", "/headers", &[]).unwrap().body;
     assert!(headers.contains("x-request-id: "), "{headers}");
-    assert!(headers.contains("forwarded: for=127.0.0.1;proto=http;host=alpha.berth.test"), "{headers}");
+    assert!(
+        headers.contains("forwarded: for=127.0.0.1;proto=http;host=alpha.berth.test"),
+        "{headers}"
+    );
 
     // Removing a domain takes it out of the routes at once, without a restart.
     world.ssh_ok(&["domains:remove", "alpha", "www.alpha.test"]);

@@ -142,23 +142,20 @@ struct Shared {
 }
 
 impl Shared {
-    async fn handle(
-        &self,
-        request: Request<Incoming>,
-        downstream: Downstream,
-    ) -> Response<ResponseBody> {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         if let Some(challenges) = &self.challenges
             && let Some(response) = answer_challenge(challenges.as_ref(), &request)
         {
             return response;
         }
+        if !self.tls {
+            return self.proxy.handle(request, peer).await;
+        }
+        // The local address is left out on purpose, here as on plain HTTP: behind a port
+        // redirect (443 to 8443) the port the visitor used is the one in `Host`, or the
+        // scheme's default, not the one the router listens on.
+        let downstream = Downstream { peer, local: None, tls: true };
         self.proxy.handle_from(request, downstream).await
-    }
-
-    /// What the proxy is told about a connection: who, to which port, and whether over TLS
-    /// (which decides `X-Forwarded-Proto` and `X-Forwarded-Port`).
-    fn downstream(&self, stream: &TcpStream, peer: SocketAddr) -> Downstream {
-        Downstream { peer, local: stream.local_addr().ok(), tls: self.tls }
     }
 }
 
@@ -176,7 +173,7 @@ async fn serve_plain(
         let shared = Arc::clone(&shared);
         let http = Arc::clone(&http);
         async move {
-            let service = service(Arc::clone(&shared), shared.downstream(&stream, peer));
+            let service = service(shared, peer);
             // Upgrades are on so that a WebSocket handshake the proxy passes through can
             // take the connection over once its 101 response is written.
             let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
@@ -195,7 +192,6 @@ async fn serve_tls_connection(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let downstream = shared.downstream(&stream, peer);
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     let stream = tokio::select! {
         result = handshake => match result {
@@ -214,16 +210,19 @@ async fn serve_tls_connection(
     };
     if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
         tracing::debug!(%peer, "answered a TLS-ALPN-01 validation");
+        let mut stream = stream;
+        let close = tokio::io::AsyncWriteExt::shutdown(&mut stream);
+        let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, close).await;
         return;
     }
-    let service = service(shared, downstream);
+    let service = service(shared, peer);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     drive(connection, stop, peer, |connection| connection.graceful_shutdown()).await;
 }
 
 fn service(
     shared: Arc<Shared>,
-    downstream: Downstream,
+    peer: SocketAddr,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ResponseBody>,
@@ -234,7 +233,7 @@ fn service(
 + 'static {
     service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(shared.handle(request, downstream).await) }
+        async move { Ok::<_, Infallible>(shared.handle(request, peer).await) }
     })
 }
 
@@ -374,13 +373,17 @@ mod tests {
     use super::*;
     use crate::table::shared_routes;
     use crate::test_support::{
-        DEADLINE, dead_addr, echo_upstream, get, read_message, routes_with, send, start_proxy,
-        table_with,
+        DEADLINE, TestProxy, dead_addr, echo_upstream, get, read_message, routes_with, send,
+        start_proxy, table_with, upgrade_echo_upstream,
     };
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
     use tokio::time::timeout;
+    use tokio_rustls::client::TlsStream;
 
     #[tokio::test]
     async fn unknown_host_gets_404_page() {
@@ -613,5 +616,247 @@ mod tests {
         let served = timeout(DEADLINE, proxy.server).await.expect("serve returned in time");
         served.unwrap().unwrap();
         assert!(TcpStream::connect(proxy.addr).await.is_err(), "still accepting after shutdown");
+    }
+
+    /// A TLS configuration with one self-signed certificate for `name`, offering `alpn`;
+    /// returns it with the certificate a client must trust.
+    fn self_signed_tls(
+        name: &str,
+        alpn: &[&[u8]],
+    ) -> (Arc<rustls::ServerConfig>, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap().der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        (Arc::new(config), cert)
+    }
+
+    async fn start_tls_proxy(
+        routes: crate::SharedRoutes,
+        tls_config: Arc<rustls::ServerConfig>,
+    ) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_tls(listener, routes, tls_config, async move {
+            let _ = stopped.await;
+        }));
+        TestProxy { addr, stop, server }
+    }
+
+    /// A TLS connection that trusts only `root`, for `name`, offering `alpn`.
+    async fn tls_connect(
+        addr: SocketAddr,
+        name: &str,
+        root: &CertificateDer<'static>,
+        alpn: &[&[u8]],
+    ) -> TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        timeout(DEADLINE, connector.connect(name, stream)).await.unwrap().unwrap()
+    }
+
+    /// Reads until the server closes; a close without TLS close_notify counts as the end.
+    async fn read_until_closed(stream: &mut TlsStream<TcpStream>) -> String {
+        let mut raw = Vec::new();
+        match timeout(DEADLINE, stream.read_to_end(&mut raw)).await.unwrap() {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {}
+            Err(error) => panic!("reading the response: {error}"),
+        }
+        String::from_utf8(raw).unwrap()
+    }
+
+    #[tokio::test]
+    async fn https_over_http_1_1_reaches_the_app_as_https() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let (tls_config, root) = self_signed_tls("myapp.example.com", &[b"h2", b"http/1.1"]);
+        let proxy = start_tls_proxy(routes, tls_config).await;
+
+        let mut stream = tls_connect(proxy.addr, "myapp.example.com", &root, &[b"http/1.1"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        stream.write_all(get("myapp.example.com", "/secure?x=1").as_bytes()).await.unwrap();
+        let reply = read_until_closed(&mut stream).await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        let echo = reply.to_ascii_lowercase();
+        assert!(echo.contains("\r\n\r\nweb.1\nget /secure?x=1 http/1.1\r\n"), "{reply}");
+        assert!(echo.contains("\r\nx-forwarded-proto: https\r\n"), "{reply}");
+        assert!(echo.contains("\r\nx-forwarded-port: 443\r\n"), "{reply}");
+
+        // A client that does not trust the certificate never gets to send a request.
+        let (_, stranger) = self_signed_tls("myapp.example.com", &[]);
+        let connector = {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(stranger).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
+        let name = ServerName::try_from("myapp.example.com").unwrap();
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        assert!(timeout(DEADLINE, connector.connect(name, tcp)).await.unwrap().is_err());
+
+        proxy.stop.send(()).unwrap();
+        let served = timeout(DEADLINE, proxy.server).await.expect("serve_tls returned in time");
+        served.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http2_is_served_to_clients_that_negotiate_it_and_drained_on_shutdown() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let (tls_config, root) = self_signed_tls("myapp.example.com", &[b"h2", b"http/1.1"]);
+        let proxy = start_tls_proxy(routes, tls_config).await;
+
+        let stream =
+            tls_connect(proxy.addr, "myapp.example.com", &root, &[b"h2", b"http/1.1"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+
+        // Two requests at once on the one connection: HTTP/2 multiplexes them.
+        let request = |path: &str| {
+            let mut sender = sender.clone();
+            let request = Request::get(format!("https://myapp.example.com{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            async move {
+                let response = sender.send_request(request).await.unwrap();
+                let version = response.version();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (version, status, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (first, second) = tokio::join!(request("/one?x=1"), request("/two"));
+        for ((version, status, body), path) in [(first, "/one?x=1"), (second, "/two")] {
+            assert_eq!(version, http::Version::HTTP_2);
+            assert_eq!(status, 200, "{body}");
+            let echo = body.to_ascii_lowercase();
+            assert!(echo.starts_with(&format!("web.1\nget {path} http/1.1\r\n")), "{body}");
+            assert!(echo.contains("\r\nhost: myapp.example.com\r\n"), "{body}");
+            assert!(echo.contains("\r\nx-forwarded-proto: https\r\n"), "{body}");
+        }
+
+        // Shutdown sends GOAWAY: the idle connection ends and serve_tls returns.
+        proxy.stop.send(()).unwrap();
+        let served = timeout(DEADLINE, proxy.server).await.expect("serve_tls returned in time");
+        served.unwrap().unwrap();
+        let ended = timeout(DEADLINE, connection).await.expect("the h2 connection ended");
+        ended.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn websockets_pass_through_plain_and_tls_connections() {
+        let (heads, mut upstream_heads) = tokio::sync::mpsc::channel(4);
+        let upstream = upgrade_echo_upstream(heads).await;
+        let routes = routes_with(&[("chat.example.com", "chat", vec![upstream])]);
+        let (tls_config, root) = self_signed_tls("chat.example.com", &[b"h2", b"http/1.1"]);
+        let plain = start_proxy(Arc::clone(&routes)).await;
+        let tls = start_tls_proxy(routes, tls_config).await;
+        let handshake = "GET /socket HTTP/1.1\r\nHost: chat.example.com\r\n\
+                         Connection: Upgrade\r\nUpgrade: websocket\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                         Sec-WebSocket-Version: 13\r\n\r\n";
+
+        let mut stream = TcpStream::connect(plain.addr).await.unwrap();
+        stream.write_all(handshake.as_bytes()).await.unwrap();
+        let (head, _) = timeout(DEADLINE, read_message(&mut stream)).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        timeout(DEADLINE, upstream_heads.recv()).await.unwrap().unwrap();
+        stream.write_all(b"plain bytes").await.unwrap();
+        let mut echoed = [0u8; 11];
+        timeout(DEADLINE, stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+        assert_eq!(&echoed, b"plain bytes");
+
+        let mut stream = tls_connect(tls.addr, "chat.example.com", &root, &[b"http/1.1"]).await;
+        stream.write_all(handshake.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            timeout(DEADLINE, stream.read_exact(&mut byte)).await.unwrap().unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let sent = timeout(DEADLINE, upstream_heads.recv()).await.unwrap().unwrap();
+        assert!(sent.to_ascii_lowercase().contains("x-forwarded-proto: https"), "{sent}");
+        stream.write_all(b"tls bytes").await.unwrap();
+        let mut echoed = [0u8; 9];
+        timeout(DEADLINE, stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+        assert_eq!(&echoed, b"tls bytes");
+    }
+
+    #[tokio::test]
+    async fn a_tls_alpn_validation_is_closed_after_its_handshake() {
+        let routes = routes_with(&[]);
+        let (tls_config, root) =
+            self_signed_tls("myapp.example.com", &[b"h2", b"http/1.1", ACME_TLS_ALPN]);
+        let proxy = start_tls_proxy(routes, tls_config).await;
+        let mut stream =
+            tls_connect(proxy.addr, "myapp.example.com", &root, &[ACME_TLS_ALPN]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(ACME_TLS_ALPN));
+        assert_eq!(read_until_closed(&mut stream).await, "");
+    }
+
+    #[tokio::test]
+    async fn acme_http_01_tokens_are_answered_before_routing() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let challenges: Arc<dyn Http01Challenges> =
+            Arc::new(|token: &str| (token == "tok-1").then(|| "tok-1.thumbprint".to_string()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with_challenges(listener, routes, challenges, async {
+            let _ = stopped.await;
+        }));
+
+        // Any host: the CA asks with the name being validated, routed or not.
+        for host in ["myapp.example.com", "not-yet-routed.example.com"] {
+            let reply = send(addr, get(host, "/.well-known/acme-challenge/tok-1")).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.body, "tok-1.thumbprint");
+            assert!(reply.head.to_ascii_lowercase().contains("cache-control: no-store"));
+        }
+        // Tokens Berth does not know are the app's business.
+        let reply = send(addr, get("myapp.example.com", "/.well-known/acme-challenge/other")).await;
+        assert!(reply.body.starts_with("web.1\nGET /.well-known/acme-challenge/other "));
+        let reply = send(addr, get("nobody.example.com", "/.well-known/acme-challenge/")).await;
+        assert_eq!(reply.status, 404);
+        let post = "POST /.well-known/acme-challenge/tok-1 HTTP/1.1\r\nHost: myapp.example.com\r\n\
+                    Content-Length: 0\r\nConnection: close\r\n\r\n";
+        let reply = send(addr, post.into()).await;
+        assert!(reply.body.starts_with("web.1\nPOST "), "{}", reply.body);
+
+        stop.send(()).unwrap();
+        timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
     }
 }

@@ -45,14 +45,23 @@ fn main() -> anyhow::Result<()> {
         Ok(start.elapsed())
     };
     push(&repo)?;
-    let scale = Command::new(&bin).arg("--root").arg(&root).args(["ps:scale", "zero", "web=2"]).output()?;
+    let scale =
+        Command::new(&bin).arg("--root").arg(&root).args(["ps:scale", "zero", "web=2"]).output()?;
     anyhow::ensure!(scale.status.success(), "ps:scale failed: {}", output_text(&scale));
 
     // wrk runs for a fixed time that covers the redeploys (about 2 s each here).
     let seconds = 10 + redeploys * 3;
     let url = format!("http://{}/", daemon.http_addr);
     let wrk = Command::new("wrk")
-        .args(["-t2", "-c16", &format!("-d{seconds}s"), "--latency", "-H", "Host: zero.bench.test", &url])
+        .args([
+            "-t2",
+            "-c16",
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+            "Host: zero.bench.test",
+            &url,
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run wrk (apt-get install wrk): {e}"))?;
@@ -63,11 +72,25 @@ fn main() -> anyhow::Result<()> {
         deploy_times.push(push(&repo)?);
     }
     let report = String::from_utf8_lossy(&wrk.wait_with_output()?.stdout).into_owned();
-    let requests = report.lines().find(|l| l.contains("requests in")).unwrap_or("").trim().to_owned();
-    let errors = report.lines().find(|l| l.contains("Socket errors")).unwrap_or("Socket errors: none").trim().to_owned();
-    let non_2xx = report.lines().find(|l| l.contains("Non-2xx")).unwrap_or("Non-2xx or 3xx responses: 0").trim().to_owned();
+    let requests =
+        report.lines().find(|l| l.contains("requests in")).unwrap_or("").trim().to_owned();
+    let errors = report
+        .lines()
+        .find(|l| l.contains("Socket errors"))
+        .unwrap_or("Socket errors: none")
+        .trim()
+        .to_owned();
+    let non_2xx = report
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .unwrap_or("Non-2xx or 3xx responses: 0")
+        .trim()
+        .to_owned();
     let latency = |label: &str| {
-        report.lines().find(|l| l.trim_start().starts_with(label)).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
     };
     let max = report
         .lines()
@@ -75,7 +98,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
         .unwrap_or_else(|| "?".into());
     deploy_times.sort();
-    println!("{redeploys} redeploys of an app with 2 web instances under wrk (2 threads, 16 connections, {seconds} s):");
+    println!(
+        "{redeploys} redeploys of an app with 2 web instances under wrk (2 threads, 16 connections, {seconds} s):"
+    );
     println!("  {requests}");
     println!("  failed: {non_2xx}; {errors}");
     println!(
@@ -93,6 +118,9 @@ fn main() -> anyhow::Result<()> {
     poll("the old version", Duration::from_secs(60), || {
         daemon.get("zero.bench.test", "/").ok().filter(|r| r.body == want)
     });
-    println!("rollback to {want}: {:.2} s from the command to the old version answering", start.elapsed().as_secs_f64());
+    println!(
+        "rollback to {want}: {:.2} s from the command to the old version answering",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
