@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use berth_api::{
-    AppDetail, AppSummary, Client, ConfigUpdate, ConfigVars, DomainRequest, Domains, Done,
-    KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest, RunRequest, Scale,
+    AddCertificate, AppDetail, AppSummary, Certificate, Client, ConfigUpdate, ConfigVars,
+    DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest,
+    RunRequest, Scale,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -110,6 +111,18 @@ pub enum ServerCommand {
     /// Stop an app answering at a name added with domains:add.
     #[command(name = "domains:remove")]
     DomainsRemove { app: String, name: String },
+    /// Show the certificates the router serves for an app: names, issuer, expiry.
+    Certs { app: String },
+    /// Serve a certificate you bring (PEM files on the server, or `-` to read the chain and
+    /// the key from standard input).
+    #[command(name = "certs:add")]
+    CertsAdd {
+        app: String,
+        /// The certificate chain, leaf first, or `-`.
+        cert: String,
+        /// The private key (left out with `-`).
+        key: Option<String>,
+    },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -277,6 +290,43 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
         ServerCommand::DomainsRemove { app, name } => {
             let path = app_path(&app, &format!("/domains/{}", encode_query(&name)))?;
             let done: Done = client.send(Method::DELETE, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::Certs { app } => {
+            let certs: Vec<Certificate> = client.get(&app_path(&app, "/certs")?).await?;
+            if certs.is_empty() {
+                writeln!(
+                    stdout,
+                    "{app} has no certificate yet; the router serves a self-signed one meanwhile"
+                )?;
+            }
+            let rows = certs.iter().map(|c| {
+                vec![c.names.join(","), c.issuer.clone(), c.expires.clone(), c.origin.clone()]
+            });
+            write_table(&mut stdout, &["NAMES", "ISSUER", "EXPIRES", "FROM"], rows)?;
+        }
+        ServerCommand::CertsAdd { app, cert, key } => {
+            let request = match (cert.as_str(), key) {
+                ("-", None) => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                    split_pem_bundle(&text)?
+                }
+                (cert, Some(key)) => AddCertificate {
+                    cert_pem: std::fs::read_to_string(cert)
+                        .with_context(|| format!("cannot read {cert}"))?,
+                    key_pem: std::fs::read_to_string(&key)
+                        .with_context(|| format!("cannot read {key}"))?,
+                },
+                (_, None) => {
+                    eprintln!(
+                        "berth: give the certificate and the key files, or `-` to send both on stdin"
+                    );
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let done: Done =
+                client.send(Method::POST, &app_path(&app, "/certs")?, &request).await?;
             writeln!(stdout, "{}", done.message)?;
         }
         ServerCommand::ReleasesKeep { app, count } => {
@@ -481,6 +531,28 @@ fn shell_command(words: &[String]) -> String {
         }
     };
     words.into_iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Splits a PEM bundle (a chain and a key, in any order) into the two parts.
+fn split_pem_bundle(text: &str) -> anyhow::Result<AddCertificate> {
+    let mut cert_pem = String::new();
+    let mut key_pem = String::new();
+    let mut block = String::new();
+    for line in text.lines() {
+        block.push_str(line);
+        block.push('\n');
+        if line.starts_with("-----END ") {
+            if line.contains("PRIVATE KEY") {
+                key_pem.push_str(&block)
+            } else {
+                cert_pem.push_str(&block)
+            }
+            block.clear();
+        }
+    }
+    anyhow::ensure!(!cert_pem.is_empty(), "no certificate in the PEM given on stdin");
+    anyhow::ensure!(!key_pem.is_empty(), "no private key in the PEM given on stdin");
+    Ok(AddCertificate { cert_pem, key_pem })
 }
 
 /// Asks for the app's name on stdin (ssh passes it through), as Heroku does for destroy.

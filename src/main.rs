@@ -40,6 +40,26 @@ enum TopCommand {
         /// Where the router listens for HTTP.
         #[arg(long, value_name = "ADDR:PORT")]
         http: Option<std::net::SocketAddr>,
+        /// Where the router listens for HTTPS and HTTP/2 (default 0.0.0.0:443 as root, none
+        /// otherwise).
+        #[arg(long, value_name = "ADDR:PORT")]
+        https: Option<std::net::SocketAddr>,
+        /// Do not serve HTTPS.
+        #[arg(long, conflicts_with = "https")]
+        no_https: bool,
+        /// Obtain certificates from an ACME CA: Let's Encrypt by default, or a directory URL
+        /// or piku's ACME_ROOT_CA name (on by default as root when HTTPS is served).
+        #[arg(long, value_name = "URL")]
+        acme_directory: Option<String>,
+        /// The contact address given to the ACME CA.
+        #[arg(long, value_name = "EMAIL")]
+        acme_email: Option<String>,
+        /// A CA certificate (PEM) to trust for the ACME server's own HTTPS.
+        #[arg(long, value_name = "FILE")]
+        acme_ca_file: Option<PathBuf>,
+        /// Never ask an ACME CA for certificates.
+        #[arg(long)]
+        no_acme: bool,
         /// Base domain: apps are served at APP.<domain>.
         #[arg(long, default_value = "localhost")]
         domain: String,
@@ -104,7 +124,33 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let (root, root_explicit) = resolve_root(args.root);
     let result = match args.command {
-        TopCommand::Daemon { http, domain } => run_daemon(root, http, domain),
+        TopCommand::Daemon {
+            http,
+            https,
+            no_https,
+            domain,
+            acme_directory,
+            acme_email,
+            acme_ca_file,
+            no_acme,
+        } => {
+            let root_user = nix::unistd::geteuid().is_root();
+            let https = match (https, no_https) {
+                (_, true) => None,
+                (Some(addr), false) => Some(addr),
+                (None, false) => root_user.then(|| "0.0.0.0:443".parse().expect("valid address")),
+            };
+            let wants_acme =
+                acme_directory.is_some() || acme_email.is_some() || acme_ca_file.is_some();
+            let acme = (!no_acme && https.is_some() && (wants_acme || root_user)).then(|| {
+                berth_daemon::AcmeOptions {
+                    directory: acme_directory.unwrap_or_default(),
+                    email: acme_email,
+                    ca_file: acme_ca_file,
+                }
+            });
+            run_daemon(root, http, https, acme, domain)
+        }
         TopCommand::Ssh { key } => ssh::run(&root, &key),
         TopCommand::GitHook { app } => hook::run(&root, &app),
         TopCommand::Keeper { socket } => berth_daemon::run_keeper(&socket)
@@ -146,6 +192,8 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 fn run_daemon(
     root: PathBuf,
     http: Option<std::net::SocketAddr>,
+    https: Option<std::net::SocketAddr>,
+    acme: Option<berth_daemon::AcmeOptions>,
     domain: String,
 ) -> anyhow::Result<u8> {
     tracing_subscriber::fmt()
@@ -165,6 +213,7 @@ fn run_daemon(
     });
     let exe = std::env::current_exe()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(berth_daemon::run(berth_daemon::DaemonOptions { root, http, domain, exe }))?;
+    let options = berth_daemon::DaemonOptions { root, http, https, domain, acme, exe };
+    runtime.block_on(berth_daemon::run(options))?;
     Ok(0)
 }

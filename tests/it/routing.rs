@@ -62,3 +62,89 @@ fn domains_wildcards_and_x_app_reach_the_right_app() {
     world.ssh_ok(&["domains:add", "beta", "www.alpha.test"]);
     assert_eq!(world.daemon.get("www.alpha.test", "/").unwrap().body, "? b1");
 }
+
+/// `curl` against the router's HTTPS port, resolving `host` to loopback; returns what it
+/// printed (the body, then the HTTP version it spoke with `-w`).
+fn curl_https(world: &World, host: &str, extra: &[&str]) -> std::process::Output {
+    let addr = world.daemon.https_addr.expect("the test daemon serves HTTPS");
+    std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve"])
+        .arg(format!("{host}:{}:127.0.0.1", addr.port()))
+        .args(extra)
+        .args(["-w", " %{http_version}"])
+        .arg(format!("https://{host}:{}/", addr.port()))
+        .output()
+        .expect("run curl")
+}
+
+#[test]
+fn https_with_http2_a_self_signed_default_and_a_certificate_users_bring() {
+    let world = World::start("https");
+    let repo = world.app_repo("secure", "s1", "web: python3 app.py\n", "");
+    world.push_ok(&repo, "secure");
+
+    // Until a certificate arrives, a self-signed one; HTTP/2 by ALPN, HTTP/1.1 on request.
+    let output = curl_https(&world, "secure.berth.test", &["-k"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "? s1 2", "{}", output_text(&output));
+    let output = curl_https(&world, "secure.berth.test", &["-k", "--http1.1"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "? s1 1.1", "{}", output_text(&output));
+    let headers = curl_https(&world, "secure.berth.test", &["-k", "-H", "Host: secure.berth.test"]);
+    assert!(headers.status.success());
+    let verified = curl_https(&world, "secure.berth.test", &[]);
+    assert!(!verified.status.success(), "a self-signed certificate must not verify");
+
+    // A certificate the user brings is checked, then served by SNI.
+    let dir = world.tmp.path().join("cert");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-subj", "/CN=secure.berth.test", "-addext", "subjectAltName=DNS:secure.berth.test"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bundle = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+        std::fs::read_to_string(dir.join("key.pem")).unwrap()
+    );
+    let output = world.sshd.run_with_input(&["certs:add", "secure", "-"], &bundle);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert!(output_text(&output).contains("secure serves this certificate for secure.berth.test"));
+    let certs = world.ssh_ok(&["certs", "secure"]);
+    assert!(certs.contains("secure.berth.test") && certs.contains("user"), "{certs}");
+    let ca = dir.join("cert.pem").display().to_string();
+    let output = curl_https(&world, "secure.berth.test", &["--cacert", &ca]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "? s1 2", "{}", output_text(&output));
+
+    // A key that is not the certificate's is refused with the reason.
+    let other = world.tmp.path().join("other.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bad = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+        std::fs::read_to_string(&other).unwrap()
+    );
+    let output = world.sshd.run_with_input(&["certs:add", "secure", "-"], &bad);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).to_lowercase().contains("key"), "{}", output_text(&output));
+}

@@ -206,6 +206,26 @@ pub struct DomainRequest {
     pub name: String,
 }
 
+/// One certificate of `GET /apps/{app}/certs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Certificate {
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// When it expires, as an HTTP date.
+    pub expires: String,
+    /// "acme" or "user".
+    pub origin: String,
+}
+
+/// `POST /apps/{app}/certs`: a certificate the user brings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddCertificate {
+    /// The chain, leaf first (PEM).
+    pub cert_pem: String,
+    /// The leaf's private key (PEM).
+    pub key_pem: String,
+}
+
 /// A plain acknowledgement with a message for the user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Done {

@@ -198,6 +198,7 @@ async fn deploy_inner(
             out.step(format!("Released v{number}"));
             out.step(format!("Your app is at {}", daemon.url(app)));
             daemon.prune_releases(app);
+            daemon.check_certificates();
             // The lock is held until git has moved the branch (after this hook returns), so the
             // next push to the branch sees where it is.
             if request.old_commit.is_some() {

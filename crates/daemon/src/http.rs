@@ -10,9 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AppDetail, AppSummary, ConfigUpdate, ConfigVars, DeployRequest, DomainRequest, Domains, Done,
-    JobEvent, KeepRequest, LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest,
-    RollbackRequest, RunRequest, Scale,
+    AddCertificate, AppDetail, AppSummary, Certificate, ConfigUpdate, ConfigVars, DeployRequest,
+    DomainRequest, Domains, Done, JobEvent, KeepRequest, LockRequest, LogEntry, Logs, ReleaseInfo,
+    RepoInfo, RepoRequest, RollbackRequest, RunRequest, Scale,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -44,6 +44,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/run", post(run_command))
         .route("/apps/{app}/domains", get(list_domains).post(add_domain))
         .route("/apps/{app}/domains/{name}", axum::routing::delete(remove_domain))
+        .route("/apps/{app}/certs", get(list_certs).post(add_cert))
         .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/releases/{release}/preview", post(start_preview).delete(stop_preview))
         .route("/apps/{app}/releases/{release}/promote", post(promote))
@@ -682,4 +683,70 @@ async fn remove_domain(
     }
     daemon.refresh_hosts(&app).map_err(ApiError::unprocessable)?;
     Ok(Json(Done { message: format!("{app} no longer answers at {name}") }))
+}
+
+/// The names the app answers at now.
+fn app_hosts(daemon: &Daemon, app: &str) -> Result<Vec<String>, ApiError> {
+    let record = daemon.store().app(app)?;
+    let Some(release) = record.current_release else {
+        return Ok(vec![format!("{app}.{}", daemon.settings.domain)]);
+    };
+    let build = daemon.stored_build(app, release);
+    let (_, env) = daemon.release_env(app, release, &build).map_err(ApiError::internal)?;
+    daemon.hosts(app, &env).map_err(ApiError::unprocessable)
+}
+
+async fn list_certs(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<Certificate>> {
+    let app = app_name(&app)?;
+    let hosts = app_hosts(&daemon, &app)?;
+    let Some(certs) = daemon.certs() else { return Ok(Json(Vec::new())) };
+    let list = certs
+        .info()
+        .into_iter()
+        .filter(|info| hosts.iter().any(|host| info.covers(host)))
+        .map(|info| Certificate {
+            expires: info.not_after_text(),
+            origin: info.origin.to_string(),
+            issuer: info.issuer,
+            names: info.names,
+        })
+        .collect();
+    Ok(Json(list))
+}
+
+async fn add_cert(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Json(request): Json<AddCertificate>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let hosts = app_hosts(&daemon, &app)?;
+    let Some(certs) = daemon.certs() else {
+        return Err(ApiError::conflict("this daemon serves no HTTPS (start it with --https)"));
+    };
+    let info = certs
+        .insert(&[], request.cert_pem.as_bytes(), request.key_pem.as_bytes())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let covered: Vec<&String> = hosts.iter().filter(|h| info.covers(h)).collect();
+    if covered.is_empty() {
+        let _ = certs.remove(&info.names[0]);
+        return Err(ApiError::bad_request(format!(
+            "the certificate is for {}, none of which {app} answers at ({}); add the name first \
+             with domains:add",
+            info.names.join(", "),
+            hosts.join(", ")
+        )));
+    }
+    let names: Vec<&str> = covered.iter().map(|s| s.as_str()).collect();
+    Ok(Json(Done {
+        message: format!(
+            "{app} serves this certificate for {} (issued by {}, valid until {})",
+            names.join(", "),
+            info.issuer,
+            info.not_after_text()
+        ),
+    }))
 }

@@ -3,8 +3,9 @@
 //! arrive in between wait in the socket's backlog and are served by the next daemon, which
 //! gets the same socket back from the keeper: no visitor sees a refused connection.
 //!
-//! The protocol, over `run/keeper.sock`: one byte, `P` (keep the descriptor sent with it),
-//! `G` (send back what you keep: `F` with the descriptor, or `N`) or `Q` (quit).
+//! The protocol, over `run/keeper.sock`: one byte, `P` (keep the descriptors sent with it, in
+//! place of what was kept), `G` (send back what you keep: `F` with the descriptors, or `N`) or
+//! `Q` (quit).
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,35 +15,34 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-fn send_with_fd(stream: &UnixStream, byte: u8, fd: Option<RawFd>) -> std::io::Result<()> {
+/// The most descriptors one message carries (the router's HTTP and HTTPS sockets, and room).
+const MAX_FDS: usize = 8;
+
+fn send_with_fds(stream: &UnixStream, byte: u8, fds: &[RawFd]) -> std::io::Result<()> {
     let data = [byte];
     let iov = [IoSlice::new(&data)];
-    let fds: Vec<RawFd> = fd.into_iter().collect();
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
     sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?;
     Ok(())
 }
 
-fn receive_with_fd(stream: &UnixStream) -> std::io::Result<(u8, Option<OwnedFd>)> {
+fn receive_with_fds(stream: &UnixStream) -> std::io::Result<(u8, Vec<OwnedFd>)> {
     let mut data = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut data)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let message =
         recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut fd = None;
+    let mut fds = Vec::new();
     for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for raw in fds {
-                // SAFETY-free: the kernel just installed this descriptor in our table for us.
-                fd = Some(owned(raw));
-            }
+        if let ControlMessageOwned::ScmRights(raws) = cmsg {
+            fds.extend(raws.into_iter().map(owned));
         }
     }
     if message.bytes == 0 {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "keeper closed"));
     }
-    Ok((data[0], fd))
+    Ok((data[0], fds))
 }
 
 /// Takes ownership of a descriptor that SCM_RIGHTS delivered.
@@ -57,18 +57,18 @@ fn owned(raw: RawFd) -> OwnedFd {
 pub fn serve(socket: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
-    let mut kept: Option<OwnedFd> = None;
+    let mut kept: Vec<OwnedFd> = Vec::new();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        match receive_with_fd(&stream) {
-            Ok((b'P', Some(fd))) => {
-                kept = Some(fd);
+        match receive_with_fds(&stream) {
+            Ok((b'P', fds)) if !fds.is_empty() => {
+                kept = fds;
                 let _ = (&stream).write_all(b"K");
             }
             Ok((b'G', _)) => {
-                let fd = kept.as_ref().map(|fd| fd.as_fd().as_raw_fd());
-                let _ = send_with_fd(&stream, if fd.is_some() { b'F' } else { b'N' }, fd);
+                let fds: Vec<RawFd> = kept.iter().map(|fd| fd.as_fd().as_raw_fd()).collect();
+                let _ = send_with_fds(&stream, if fds.is_empty() { b'N' } else { b'F' }, &fds);
             }
             Ok((b'Q', _)) => {
                 let _ = (&stream).write_all(b"K");
@@ -81,19 +81,23 @@ pub fn serve(socket: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The descriptor the keeper holds, when a keeper answers and holds one.
-pub fn fetch(socket: &Path) -> Option<OwnedFd> {
-    let stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    send_with_fd(&stream, b'G', None).ok()?;
-    match receive_with_fd(&stream).ok()? {
-        (b'F', fd) => fd,
-        _ => None,
+/// The descriptors the keeper holds (none when no keeper answers).
+pub fn fetch(socket: &Path) -> Vec<OwnedFd> {
+    let Ok(stream) = UnixStream::connect(socket) else { return Vec::new() };
+    if stream.set_read_timeout(Some(Duration::from_secs(5))).is_err()
+        || send_with_fds(&stream, b'G', &[]).is_err()
+    {
+        return Vec::new();
+    }
+    match receive_with_fds(&stream) {
+        Ok((b'F', fds)) => fds,
+        _ => Vec::new(),
     }
 }
 
-/// Hands `fd` to the keeper, starting one (`exe keeper`) when none answers.
-pub fn store(socket: &Path, exe: &Path, fd: &impl AsFd) -> std::io::Result<()> {
+/// Hands `fds` to the keeper (in place of what it kept), starting one (`exe keeper`) when
+/// none answers.
+pub fn store(socket: &Path, exe: &Path, fds: &[&dyn AsFd]) -> std::io::Result<()> {
     let stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
         Err(_) => {
@@ -119,7 +123,8 @@ pub fn store(socket: &Path, exe: &Path, fd: &impl AsFd) -> std::io::Result<()> {
         }
     };
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    send_with_fd(&stream, b'P', Some(fd.as_fd().as_raw_fd()))?;
+    let raws: Vec<RawFd> = fds.iter().map(|fd| fd.as_fd().as_raw_fd()).collect();
+    send_with_fds(&stream, b'P', &raws)?;
     let mut ack = [0u8; 1];
     (&stream).read_exact(&mut ack)?;
     Ok(())
@@ -129,7 +134,7 @@ pub fn store(socket: &Path, exe: &Path, fd: &impl AsFd) -> std::io::Result<()> {
 pub fn quit(socket: &Path) {
     if let Ok(stream) = UnixStream::connect(socket) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        if send_with_fd(&stream, b'Q', None).is_ok() {
+        if send_with_fds(&stream, b'Q', &[]).is_ok() {
             let mut ack = [0u8; 1];
             let _ = (&stream).read_exact(&mut ack);
         }
@@ -154,15 +159,18 @@ mod tests {
             assert!(Instant::now() < deadline, "the keeper did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(fetch(&socket).is_none(), "a new keeper holds nothing");
+        assert!(fetch(&socket).is_empty(), "a new keeper holds nothing");
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        store(&socket, Path::new("/nonexistent"), &listener).unwrap();
+        store(&socket, Path::new("/nonexistent"), &[&listener, &other]).unwrap();
         drop(listener);
         // Nobody accepts now, but the socket listens: a client connects and waits.
         let mut client = std::net::TcpStream::connect(addr).unwrap();
-        let again = std::net::TcpListener::from(fetch(&socket).unwrap());
+        let kept = fetch(&socket);
+        assert_eq!(kept.len(), 2);
+        let again = std::net::TcpListener::from(kept.into_iter().next().unwrap());
         assert_eq!(again.local_addr().unwrap(), addr);
         client.write_all(b"hello").unwrap();
         let (mut accepted, _) = again.accept().unwrap();

@@ -84,6 +84,11 @@ impl Layout {
         self.run_dir().join("berth.sock")
     }
 
+    /// The router's bound HTTPS address, when it serves HTTPS.
+    pub fn https_addr_file(&self) -> PathBuf {
+        self.run_dir().join("https.addr")
+    }
+
     /// The socket keeper's own socket.
     pub fn keeper_socket(&self) -> PathBuf {
         self.run_dir().join("keeper.sock")

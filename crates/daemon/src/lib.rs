@@ -44,9 +44,23 @@ const RESTORE_WAIT: Duration = Duration::from_secs(10);
 pub struct DaemonOptions {
     pub root: PathBuf,
     pub http: SocketAddr,
+    /// Where the router serves HTTPS (HTTP/2 and HTTP/1.1), if anywhere.
+    pub https: Option<SocketAddr>,
     pub domain: String,
+    /// Certificates from an ACME CA for every app's names, when set.
+    pub acme: Option<AcmeOptions>,
     /// The berth binary that git hooks run.
     pub exe: PathBuf,
+}
+
+/// Where certificates come from.
+#[derive(Debug, Clone, Default)]
+pub struct AcmeOptions {
+    /// A directory URL or a piku `ACME_ROOT_CA` name; Let's Encrypt when empty.
+    pub directory: String,
+    pub email: Option<String>,
+    /// A CA certificate (PEM) to trust for the ACME server's own HTTPS (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -75,8 +89,14 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
 
-    let http_listener = router_listener(&layout, &options)?;
+    let (http_listener, https_listener) = router_listeners(&layout, &options)?;
     let http_addr = http_listener.local_addr()?;
+    let https_addr = https_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let certs =
+        Arc::new(berth_tls::CertStore::open(layout.root().join("certs")).with_context(|| {
+            format!("cannot open the certificates in {}", layout.root().join("certs").display())
+        })?);
+    let http01 = berth_tls::Http01Tokens::new();
     let api_listener = UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Only the daemon's user and group (the git user's group) may use the API.
@@ -85,6 +105,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(owner.gid)))?;
     }
     std::fs::write(layout.http_addr_file(), format!("{http_addr}\n"))?;
+    match https_addr {
+        Some(addr) => std::fs::write(layout.https_addr_file(), format!("{addr}\n"))?,
+        None => {
+            let _ = std::fs::remove_file(layout.https_addr_file());
+        }
+    }
 
     let routes = berth_router::shared_routes();
     let settings = Settings {
@@ -112,7 +138,38 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     if tokio::time::timeout(RESTORE_WAIT, &mut restore).await.is_err() {
         tracing::warn!("apps are still starting; serving the others now");
     }
-    let router_task = tokio::spawn(berth_router::serve(http_listener, routes, shutdown()));
+    let challenges: Arc<dyn berth_router::Http01Challenges> = {
+        let tokens = http01.clone();
+        Arc::new(move |token: &str| tokens.key_authorization(token))
+    };
+    let router_task = tokio::spawn(berth_router::serve_with_challenges(
+        http_listener,
+        routes.clone(),
+        challenges,
+        shutdown(),
+    ));
+    let tls_task = https_listener.map(|listener| {
+        let config = berth_tls::server_config(certs.clone());
+        tokio::spawn(berth_router::serve_tls(listener, routes.clone(), config, shutdown()))
+    });
+    if let Some(acme) = &options.acme {
+        let directory =
+            berth_tls::directory_url(&acme.directory).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let public_only = acme.directory.trim().is_empty();
+        let config = berth_tls::AcmeConfig {
+            directory_url: directory,
+            contact_email: acme.email.clone(),
+            trust_root_pem: acme.ca_file.clone(),
+        };
+        let client = Arc::new(berth_tls::AcmeClient::new(config, certs.clone(), http01.clone()));
+        let source = {
+            let daemon = daemon.clone();
+            move || daemon.certificate_names(public_only)
+        };
+        let manager = berth_tls::spawn_manager(client, source, shutdown());
+        daemon.set_acme(manager);
+    }
+    daemon.set_certs(certs.clone());
     let api = http::router(daemon.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api).with_graceful_shutdown(shutdown()).await
@@ -145,6 +202,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // Open API streams (a deploy in progress) get a moment to finish, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = router_task.await;
+        if let Some(task) = tls_task {
+            let _ = task.await;
+        }
         let _ = api_task.await;
     })
     .await;
@@ -160,33 +220,49 @@ pub fn run_keeper(socket: &std::path::Path) -> std::io::Result<()> {
     keeper::serve(socket)
 }
 
-/// The router's listening socket: the one the keeper holds from an earlier daemon when it
-/// listens where asked, else a new one, handed to the keeper for the next daemon.
-fn router_listener(layout: &Layout, options: &DaemonOptions) -> anyhow::Result<TcpListener> {
+/// The router's listening sockets (HTTP, and HTTPS when asked for): the ones the keeper
+/// holds from an earlier daemon when they listen where asked, else new ones, handed to the
+/// keeper for the next daemon.
+fn router_listeners(
+    layout: &Layout,
+    options: &DaemonOptions,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
     let keeper_socket = layout.keeper_socket();
-    let wanted = options.http;
-    let kept = keeper::fetch(&keeper_socket).map(std::net::TcpListener::from).filter(|l| {
-        l.local_addr().is_ok_and(|a| {
-            a.ip() == wanted.ip() && (wanted.port() == 0 || a.port() == wanted.port())
-        })
-    });
-    let listener = match kept {
-        Some(listener) => {
-            tracing::info!("took the router's socket back from the keeper");
-            listener
+    let mut kept: Vec<std::net::TcpListener> =
+        keeper::fetch(&keeper_socket).into_iter().map(std::net::TcpListener::from).collect();
+    let mut take = |wanted: SocketAddr| -> anyhow::Result<(std::net::TcpListener, bool)> {
+        let matches = |l: &std::net::TcpListener| {
+            l.local_addr().is_ok_and(|a| {
+                a.ip() == wanted.ip() && (wanted.port() == 0 || a.port() == wanted.port())
+            })
+        };
+        if let Some(index) = kept.iter().position(matches) {
+            return Ok((kept.remove(index), true));
         }
-        None => {
-            let listener = std::net::TcpListener::bind(wanted).with_context(|| {
-                format!("cannot listen for HTTP on {wanted}; choose another address with --http")
-            })?;
-            if let Err(err) = keeper::store(&keeper_socket, &options.exe, &listener) {
-                tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
-            }
-            listener
-        }
+        let listener = std::net::TcpListener::bind(wanted).with_context(|| {
+            format!("cannot listen on {wanted}; choose another address with --http or --https")
+        })?;
+        Ok((listener, false))
     };
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(listener)?)
+    let (http, http_kept) = take(options.http)?;
+    let https = options.https.map(&mut take).transpose()?;
+    let all_kept = http_kept && https.as_ref().is_none_or(|(_, kept)| *kept);
+    if all_kept {
+        tracing::info!("took the router's sockets back from the keeper");
+    } else {
+        let mut fds: Vec<&dyn std::os::fd::AsFd> = vec![&http];
+        if let Some((listener, _)) = &https {
+            fds.push(listener);
+        }
+        if let Err(err) = keeper::store(&keeper_socket, &options.exe, &fds) {
+            tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
+        }
+    }
+    let into_tokio = |listener: std::net::TcpListener| -> anyhow::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(listener)?)
+    };
+    Ok((into_tokio(http)?, https.map(|(l, _)| into_tokio(l)).transpose()?))
 }
 
 /// When the daemon runs as root, the user that owns `$BERTH_ROOT` (the `berth` user of a root

@@ -90,6 +90,10 @@ pub struct Daemon {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The Unix user of each app, once known.
     app_users: Mutex<HashMap<String, RunAs>>,
+    /// The certificates the router serves.
+    certs: std::sync::OnceLock<Arc<berth_tls::CertStore>>,
+    /// The ACME manager, when certificates come from a CA.
+    acme: std::sync::OnceLock<berth_tls::ManagerHandle>,
 }
 
 /// Paasmaker's `PM_METADATA`: the application, its release, workspace and node, as JSON.
@@ -118,7 +122,51 @@ impl Daemon {
             in_flight: Arc::new(berth_router::InFlight::new()),
             app_locks: Mutex::new(HashMap::new()),
             app_users: Mutex::new(HashMap::new()),
+            certs: std::sync::OnceLock::new(),
+            acme: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_certs(&self, certs: Arc<berth_tls::CertStore>) {
+        let _ = self.certs.set(certs);
+    }
+
+    pub fn certs(&self) -> Option<&Arc<berth_tls::CertStore>> {
+        self.certs.get()
+    }
+
+    pub fn set_acme(&self, manager: berth_tls::ManagerHandle) {
+        let _ = self.acme.set(manager);
+    }
+
+    /// Asks the ACME manager to look for names without a certificate now (after a deploy or
+    /// a domain change) instead of at its next round.
+    pub fn check_certificates(&self) {
+        if let Some(manager) = self.acme.get() {
+            manager.check_now();
+        }
+    }
+
+    /// The names each running app needs a certificate for, one set per app. Wildcards need
+    /// DNS-01, which Berth does not do (bring one with `certs:add`); with a public CA, names
+    /// no public CA will sign (`localhost`, `.test`, addresses...) are left out.
+    pub fn certificate_names(&self, public_only: bool) -> Vec<Vec<String>> {
+        const RESERVED: &[&str] =
+            &["localhost", "test", "invalid", "example", "local", "internal", "lan", "home.arpa"];
+        let signable = |name: &String| {
+            !name.starts_with("*.")
+                && name.parse::<std::net::IpAddr>().is_err()
+                && !name.starts_with('[')
+                && (!public_only
+                    || (name.contains('.')
+                        && !RESERVED.iter().any(|r| name == r || name.ends_with(&format!(".{r}")))))
+        };
+        self.runtimes()
+            .values()
+            .filter(|r| !r.instances.is_empty() || !r.statics.is_empty())
+            .map(|r| r.hosts.iter().filter(|h| signable(h)).cloned().collect::<Vec<_>>())
+            .filter(|names| !names.is_empty())
+            .collect()
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -389,6 +437,8 @@ impl Daemon {
             runtime.hosts = hosts;
         }
         self.publish_routes(&runtimes);
+        drop(runtimes);
+        self.check_certificates();
         Ok(())
     }
 

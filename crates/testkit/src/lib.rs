@@ -83,6 +83,8 @@ fn stop_child(child: &mut Child, grace: Duration) {
 pub struct TestDaemon {
     pub root: PathBuf,
     pub http_addr: SocketAddr,
+    /// Where the router serves HTTPS.
+    pub https_addr: Option<SocketAddr>,
     pub domain: String,
     child: Child,
 }
@@ -107,7 +109,7 @@ impl TestDaemon {
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
-            .args(["daemon", "--http", "127.0.0.1:0", "--domain", domain])
+            .args(["daemon", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--domain", domain])
             .env("BERTH_LOG", "debug,hyper=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -118,6 +120,7 @@ impl TestDaemon {
         let mut daemon = TestDaemon {
             root: root.to_owned(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https_addr: None,
             domain: domain.to_owned(),
             child,
         };
@@ -133,6 +136,9 @@ impl TestDaemon {
                 && std::os::unix::net::UnixStream::connect(&socket).is_ok()
             {
                 daemon.http_addr = addr;
+                daemon.https_addr = std::fs::read_to_string(root.join("run/https.addr"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
