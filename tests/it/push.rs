@@ -75,6 +75,10 @@ fn config_set_restarts_the_app_with_the_new_value() {
     assert_eq!(world.get("conf", "/env/COMBINED").body, "Hello world");
     assert!(world.get("conf", "/env/PORT").body.parse::<u16>().is_ok());
     assert_eq!(world.get("conf", "/env/BIND_ADDRESS").body, "127.0.0.1");
+    assert_eq!(world.get("conf", "/env/PM_PORT").body, world.get("conf", "/env/PORT").body);
+    assert_eq!(world.get("conf", "/env/BERTH_PROCESS").body, "web.1");
+    let metadata = world.get("conf", "/env/PM_METADATA").body;
+    assert!(metadata.contains("\"name\":\"conf\"") && metadata.contains("\"version\":1"), "{metadata}");
 
     // config:set overrides ENV; values with spaces and '=' survive ssh.
     let out = world.ssh_ok(&["config:set", "conf", "GREETING=Howdy", "'EXTRA=a b=c'"]);
