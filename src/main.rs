@@ -2,6 +2,7 @@
 //! the git hook or a CLI command (a client of the daemon's API); maps errors to exit codes.
 
 mod cli;
+mod client;
 mod hook;
 mod keys;
 mod ssh;
@@ -99,8 +100,63 @@ enum TopCommand {
         #[arg(long, value_name = "FILE")]
         authorized_keys: Option<PathBuf>,
     },
+    /// Write an example Procfile and ENV here (on your machine).
+    Init,
+    /// Add the git remote that deploys this repository: `berth remote add SERVER [APP]`.
+    Remote {
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+    /// Print shell completions: `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `berth man | man -l -`.
+    Man,
     #[command(flatten)]
     Server(cli::ServerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RemoteAction {
+    /// Add the remote (`berth@SERVER:APP`; APP defaults to this directory's name).
+    Add {
+        server: String,
+        app: Option<String>,
+        /// The remote's name.
+        #[arg(long, default_value = "berth")]
+        name: String,
+    },
+}
+
+/// On a developer's machine (no daemon socket here) a server command goes over ssh to the
+/// server of the repository's `berth` remote; returns its exit status when that is the case.
+fn client_mode(argv: &[String]) -> Option<anyhow::Result<u8>> {
+    let mut iter = argv.iter().skip(1);
+    let mut command = None;
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "-a" | "--app" | "-r" | "--remote" => {
+                iter.next();
+            }
+            "--root" => return None,
+            word if word.starts_with('-') => {}
+            word => {
+                command = Some(word.to_owned());
+                break;
+            }
+        }
+    }
+    let command = command?;
+    if !cli::command_names().contains(&command) {
+        return None;
+    }
+    let (root, _) = resolve_root(None);
+    if root.join("run").join("berth.sock").exists() {
+        return None;
+    }
+    Some(client::run_remote(&argv[1..]))
 }
 
 /// `--root`, else `$BERTH_ROOT`, else `~/.berth`. The second value says whether the root was
@@ -121,6 +177,10 @@ fn absolute(path: PathBuf) -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(result) = client_mode(&argv) {
+        return exit(result);
+    }
     let args = Args::parse();
     let (root, root_explicit) = resolve_root(args.root);
     let result = match args.command {
@@ -167,7 +227,29 @@ fn main() -> ExitCode {
             keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
         }
         TopCommand::Server(command) => cli::run(&root, command, None),
+        TopCommand::Init => {
+            std::env::current_dir().map_err(Into::into).and_then(|dir| client::init(&dir))
+        }
+        TopCommand::Remote { action: RemoteAction::Add { server, app, name } } => {
+            client::remote_add(&server, app.as_deref(), &name)
+        }
+        TopCommand::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Args::command(), "berth", &mut std::io::stdout());
+            Ok(0)
+        }
+        TopCommand::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Args::command())
+                .render(&mut std::io::stdout())
+                .map(|()| 0)
+                .map_err(Into::into)
+        }
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

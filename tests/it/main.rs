@@ -2,6 +2,7 @@
 //! git, app processes, and HTTP requests through Berth's router.
 
 mod cli;
+mod client;
 mod push;
 mod releases;
 mod routing;

@@ -78,7 +78,10 @@ fn config_set_restarts_the_app_with_the_new_value() {
     assert_eq!(world.get("conf", "/env/PM_PORT").body, world.get("conf", "/env/PORT").body);
     assert_eq!(world.get("conf", "/env/BERTH_PROCESS").body, "web.1");
     let metadata = world.get("conf", "/env/PM_METADATA").body;
-    assert!(metadata.contains("\"name\":\"conf\"") && metadata.contains("\"version\":1"), "{metadata}");
+    assert!(
+        metadata.contains("\"name\":\"conf\"") && metadata.contains("\"version\":1"),
+        "{metadata}"
+    );
 
     // config:set overrides ENV; values with spaces and '=' survive ssh.
     let out = world.ssh_ok(&["config:set", "conf", "GREETING=Howdy", "'EXTRA=a b=c'"]);
