@@ -51,24 +51,62 @@ pub enum ServerCommand {
         )]
         command: Vec<String>,
     },
-    /// Show an app's config vars.
-    Config { app: String },
+    /// Show an app's config vars (values of keys that look secret are masked).
+    #[command(after_help = "Example: berth config myapp --reveal")]
+    Config {
+        app: String,
+        /// Show secret-looking values too.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Show the environment a process of the app really gets, after every layer (Berth's
+    /// variables < build < ENV < config:set < per process).
+    #[command(name = "config:live", after_help = "Example: berth config:live myapp worker")]
+    ConfigLive {
+        app: String,
+        /// The process type (web by default).
+        process: Option<String>,
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Set config vars from a dotenv file on standard input, as one change.
+    #[command(
+        name = "config:import",
+        after_help = "Example: ssh berth@server config:import myapp < .env"
+    )]
+    ConfigImport {
+        app: String,
+        /// Do not restart the app; the change applies at its next restart or deploy.
+        #[arg(long)]
+        no_restart: bool,
+    },
+    /// Everything about an app: processes, names, releases, config keys.
+    #[command(name = "apps:info")]
+    AppsInfo { app: String },
     /// Print one config var.
     #[command(name = "config:get")]
     ConfigGet { app: String, key: String },
     /// Set config vars (KEY=VALUE …) and restart the app.
-    #[command(name = "config:set")]
+    #[command(
+        name = "config:set",
+        after_help = "Example: berth config:set myapp DEBUG=0 'GREETING=Hello there'"
+    )]
     ConfigSet {
         app: String,
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
+        /// Do not restart the app; the change applies at its next restart or deploy.
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Remove config vars and restart the app.
-    #[command(name = "config:unset")]
+    #[command(name = "config:unset", after_help = "Example: berth config:unset myapp DEBUG")]
     ConfigUnset {
         app: String,
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Restart an app's processes.
     Restart { app: String },
@@ -133,14 +171,17 @@ pub enum ServerCommand {
     /// Allow pushes again.
     #[command(name = "apps:unlock")]
     AppsUnlock { app: String },
-    /// Show the commands.
-    Help,
+    /// Show the commands, or one command's usage and an example.
+    Help { command: Option<String> },
 }
 
 /// The CLI as reached over ssh: only the server commands.
 #[derive(Debug, Parser)]
 #[command(name = "berth", disable_help_subcommand = true, disable_version_flag = true)]
 struct SshCli {
+    /// Print what read commands show as JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: ServerCommand,
 }
@@ -152,20 +193,26 @@ pub fn command_names() -> Vec<String> {
 
 /// Runs CLI arguments received over ssh. Anything that is not a Berth command is refused.
 pub fn run_ssh_args(root: &Path, args: &[String], who: Option<String>) -> anyhow::Result<u8> {
-    let first = args.first().map(String::as_str).unwrap_or("help");
+    let first = args.iter().map(String::as_str).find(|a| *a != "--json").unwrap_or("help");
     if matches!(first, "--help" | "-h") {
-        return run(root, ServerCommand::Help, who);
+        return run(root, ServerCommand::Help { command: None }, who, false);
     }
-    if !command_names().iter().any(|name| name == first) {
+    let names = command_names();
+    if !names.iter().any(|name| name == first) {
+        let closest = names.iter().min_by_key(|name| edit_distance(first, name));
+        let hint = match closest.filter(|name| edit_distance(first, name) <= 2) {
+            Some(name) => format!(" (did you mean `{name}`?)"),
+            None => String::new(),
+        };
         eprintln!(
-            "berth: `{first}` is not a Berth command; this account runs only Berth's commands, \
-             never a shell (`ssh <server> help` lists them)"
+            "berth: `{first}` is not a Berth command{hint}; this account runs only Berth's \
+             commands, never a shell (`ssh <server> help` lists them)"
         );
         return Ok(EXIT_USAGE);
     }
     let argv = std::iter::once("berth".to_owned()).chain(args.iter().cloned());
     match SshCli::try_parse_from(argv) {
-        Ok(cli) => run(root, cli.command, who),
+        Ok(cli) => run(root, cli.command, who, cli.json),
         Err(err) => {
             let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
             let _ = err.print();
@@ -174,15 +221,44 @@ pub fn run_ssh_args(root: &Path, args: &[String], who: Option<String>) -> anyhow
     }
 }
 
-pub fn run(root: &Path, command: ServerCommand, who: Option<String>) -> anyhow::Result<u8> {
-    if let ServerCommand::Help = command {
-        let mut help = SshCli::command().override_usage("berth <COMMAND> [APP] [ARGS]");
-        println!("{}", help.render_long_help());
+/// Levenshtein distance, for suggesting the command a user meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+pub fn run(
+    root: &Path,
+    command: ServerCommand,
+    who: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    if let ServerCommand::Help { command } = &command {
+        let mut cli = SshCli::command().override_usage("berth <COMMAND> [APP] [ARGS]");
+        match command {
+            None => println!("{}", cli.render_long_help()),
+            Some(name) => match cli.find_subcommand_mut(name) {
+                Some(sub) => println!("{}", sub.render_long_help()),
+                None => {
+                    eprintln!("berth: there is no command `{name}` (`help` lists them)");
+                    return Ok(EXIT_USAGE);
+                }
+            },
+        }
         return Ok(0);
     }
     let client = Client::new(root.join("run").join("berth.sock")).with_who(who);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match runtime.block_on(execute(&client, command)) {
+    match runtime.block_on(execute(&client, command, json)) {
         Ok(code) => Ok(code),
         Err(err) => match err.downcast::<berth_api::ClientError>() {
             Ok(err) => {
@@ -199,10 +275,88 @@ fn app_path(app: &str, rest: &str) -> anyhow::Result<String> {
     Ok(format!("/apps/{app}{rest}"))
 }
 
-async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> {
+async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout().lock();
+    if json {
+        // Read commands print what the API answered, for scripts.
+        let path = match &command {
+            ServerCommand::Apps => Some("/apps".to_owned()),
+            ServerCommand::Ps { app } | ServerCommand::AppsInfo { app } => Some(app_path(app, "")?),
+            ServerCommand::Releases { app } => Some(app_path(app, "/releases")?),
+            ServerCommand::Config { app, .. } => Some(app_path(app, "/config")?),
+            ServerCommand::Domains { app } => Some(app_path(app, "/domains")?),
+            ServerCommand::Certs { app } => Some(app_path(app, "/certs")?),
+            ServerCommand::PsScale { app, counts } if counts.is_empty() => {
+                Some(app_path(app, "/scale")?)
+            }
+            ServerCommand::Logs { app, lines, follow: false, process } => Some(app_path(
+                app,
+                &format!(
+                    "/logs?lines={lines}{}",
+                    process
+                        .as_ref()
+                        .map(|p| format!("&process={}", encode_query(p)))
+                        .unwrap_or_default()
+                ),
+            )?),
+            _ => None,
+        };
+        if let Some(path) = path {
+            let value: serde_json::Value = client.get(&path).await?;
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?;
+            return Ok(0);
+        }
+    }
     match command {
-        ServerCommand::Help => unreachable!("handled before connecting"),
+        ServerCommand::Help { .. } => unreachable!("handled before connecting"),
+        ServerCommand::ConfigLive { app, process, reveal } => {
+            let process = process.unwrap_or_else(|| "web".to_owned());
+            let path = app_path(&app, &format!("/config/live?process={}", encode_query(&process)))?;
+            let vars: Vec<(String, String)> = client.get(&path).await?;
+            for (key, value) in vars {
+                writeln!(stdout, "{key}={}", shown(&key, &value, reveal))?;
+            }
+        }
+        ServerCommand::ConfigImport { app, no_restart } => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            let parsed = berth_procfile::parse_env(&text, &|_| None);
+            if parsed.has_errors() {
+                for error in parsed.errors() {
+                    eprintln!("berth: {error}");
+                }
+                return Ok(EXIT_USAGE);
+            }
+            let set: BTreeMap<String, String> = parsed.value.into_iter().collect();
+            let keys: Vec<String> = set.keys().cloned().collect();
+            let update = ConfigUpdate { set, unset: Vec::new(), restart: !no_restart };
+            let result: ConfigVars =
+                client.send(Method::PATCH, &app_path(&app, "/config")?, &update).await?;
+            writeln!(stdout, "imported {} on {app}{}", keys.join(", "), restarted_note(&result))?;
+        }
+        ServerCommand::AppsInfo { app } => {
+            let detail: AppDetail = client.get(&app_path(&app, "")?).await?;
+            render_ps(&mut stdout, &detail)?;
+            let releases: Vec<ReleaseInfo> = client.get(&app_path(&app, "/releases")?).await?;
+            let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
+            let scale: Option<Scale> = client.get(&app_path(&app, "/scale")?).await.ok();
+            writeln!(
+                stdout,
+                "releases: {} ({} available for rollback)",
+                releases.len(),
+                releases.iter().filter(|r| r.available && !r.current).count()
+            )?;
+            writeln!(
+                stdout,
+                "config keys: {}",
+                config.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+            )?;
+            if let Some(scale) = scale {
+                let counts: Vec<String> =
+                    scale.counts.iter().map(|(t, n)| format!("{t}={n}")).collect();
+                writeln!(stdout, "scale: {}", counts.join(" "))?;
+            }
+        }
         ServerCommand::Releases { app } => {
             let releases: Vec<ReleaseInfo> = client.get(&app_path(&app, "/releases")?).await?;
             if releases.is_empty() {
@@ -436,7 +590,7 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 }
             });
         }
-        ServerCommand::Config { app } => {
+        ServerCommand::Config { app, reveal } => {
             let config: ConfigVars = client.get(&app_path(&app, "/config")?).await?;
             if config.vars.is_empty() {
                 writeln!(
@@ -445,7 +599,7 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 )?;
             }
             for (key, value) in config.vars {
-                writeln!(stdout, "{key}={value}")?;
+                writeln!(stdout, "{key}={}", shown(&key, &value, reveal))?;
             }
         }
         ServerCommand::ConfigGet { app, key } => {
@@ -458,7 +612,7 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 }
             }
         }
-        ServerCommand::ConfigSet { app, pairs } => {
+        ServerCommand::ConfigSet { app, pairs, no_restart } => {
             let mut set = BTreeMap::new();
             for pair in &pairs {
                 let Some((key, value)) = pair.split_once('=') else {
@@ -470,13 +624,14 @@ async fn execute(client: &Client, command: ServerCommand) -> anyhow::Result<u8> 
                 set.insert(key.to_owned(), value.to_owned());
             }
             let keys: Vec<String> = set.keys().cloned().collect();
-            let update = ConfigUpdate { set, unset: Vec::new() };
+            let update = ConfigUpdate { set, unset: Vec::new(), restart: !no_restart };
             let result: ConfigVars =
                 client.send(Method::PATCH, &app_path(&app, "/config")?, &update).await?;
             writeln!(stdout, "set {} on {app}{}", keys.join(", "), restarted_note(&result))?;
         }
-        ServerCommand::ConfigUnset { app, keys } => {
-            let update = ConfigUpdate { set: BTreeMap::new(), unset: keys.clone() };
+        ServerCommand::ConfigUnset { app, keys, no_restart } => {
+            let update =
+                ConfigUpdate { set: BTreeMap::new(), unset: keys.clone(), restart: !no_restart };
             let result: ConfigVars =
                 client.send(Method::PATCH, &app_path(&app, "/config")?, &update).await?;
             writeln!(stdout, "unset {} on {app}{}", keys.join(", "), restarted_note(&result))?;
@@ -509,6 +664,24 @@ async fn action(
     let done: Done = client.send(Method::POST, &app_path(app, what)?, &()).await?;
     writeln!(stdout, "{}", done.message)?;
     Ok(())
+}
+
+/// Whether a config key looks like it holds a secret.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "KEY", "PRIVATE", "CREDENTIAL", "AUTH", "_URL"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// A value as `config` shows it: secret-looking ones masked unless revealed.
+fn shown(key: &str, value: &str, reveal: bool) -> String {
+    if reveal || !is_secret(key) || value.is_empty() {
+        value.to_owned()
+    } else {
+        let visible: String = value.chars().take(3).collect();
+        format!("{visible}… (masked; --reveal shows it)")
+    }
 }
 
 fn restarted_note(result: &ConfigVars) -> &'static str {
@@ -707,6 +880,19 @@ mod tests {
             shell_command(&words(&["python", "manage.py", "migrate"])),
             "python manage.py migrate"
         );
+    }
+
+    #[test]
+    fn secrets_are_masked_and_typos_are_near() {
+        assert_eq!(
+            shown("DATABASE_URL", "postgres://u:p@h/db", false),
+            "pos… (masked; --reveal shows it)"
+        );
+        assert_eq!(shown("SECRET_KEY", "abcdef", true), "abcdef");
+        assert_eq!(shown("DEBUG", "1", false), "1");
+        assert_eq!(edit_distance("confg", "config"), 1);
+        assert_eq!(edit_distance("ps:scal", "ps:scale"), 1);
+        assert_eq!(edit_distance("apps", "logs"), 3);
     }
 
     #[test]

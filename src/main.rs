@@ -30,6 +30,10 @@ struct Args {
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
 
+    /// Print what read commands show as JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: TopCommand,
 }
@@ -226,7 +230,7 @@ fn main() -> ExitCode {
         TopCommand::SetupSsh { public_key, authorized_keys } => {
             keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
         }
-        TopCommand::Server(command) => cli::run(&root, command, None),
+        TopCommand::Server(command) => cli::run(&root, command, None, args.json),
         TopCommand::Init => {
             std::env::current_dir().map_err(Into::into).and_then(|dir| client::init(&dir))
         }

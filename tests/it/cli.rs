@@ -130,3 +130,66 @@ fn help_lists_the_commands() {
     }
     assert!(!out.contains("daemon"), "help shows a server-only command:\n{out}");
 }
+
+#[test]
+fn config_secrets_live_import_json_help_and_typos() {
+    let world = World::start("cli2");
+    let repo = world.app_repo("full", "v1", "web: python3 app.py\n", "GREETING=Hello\n");
+    world.push_ok(&repo, "full");
+
+    world.ssh_ok(&["config:set", "full", "API_TOKEN=abcdef123", "DEBUG=1"]);
+    let config = world.ssh_ok(&["config", "full"]);
+    assert!(
+        config.contains("API_TOKEN=abc… (masked; --reveal shows it)") && config.contains("DEBUG=1"),
+        "{config}"
+    );
+    assert!(world.ssh_ok(&["config", "full", "--reveal"]).contains("API_TOKEN=abcdef123"));
+
+    // What a web process really gets, every layer together.
+    let live = world.ssh_ok(&["config:live", "full", "--reveal"]);
+    for expected in
+        ["GREETING=Hello", "API_TOKEN=abcdef123", "BERTH_PROCESS=web.1", "BERTH_APP=full", "PORT="]
+    {
+        assert!(live.lines().any(|l| l.starts_with(expected)), "{expected} missing:\n{live}");
+    }
+
+    // --no-restart keeps the running process; the change applies at the next restart.
+    let pid = web_pid(&world, "full");
+    let out = world.ssh_ok(&["config:set", "full", "GREETING=Later", "--no-restart"]);
+    assert_eq!(out, "set GREETING on full\n");
+    assert_eq!(web_pid(&world, "full"), pid);
+    assert_eq!(world.get("full", "/").body, "Hello v1");
+    world.ssh_ok(&["restart", "full"]);
+    assert_eq!(world.get("full", "/").body, "Later v1");
+
+    // A dotenv file on stdin, as one change.
+    let output = world.sshd.run_with_input(
+        &["config:import", "full"],
+        "# from .env\nGREETING=\"Imported value\"\nexport EXTRA=1\n",
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert!(output_text(&output).contains("imported EXTRA, GREETING on full; restarted"));
+    assert_eq!(world.get("full", "/").body, "Imported value v1");
+    let output = world.sshd.run_with_input(&["config:import", "full"], "not a pair\n");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output_text(&output).contains("line 1"), "{}", output_text(&output));
+
+    // --json for scripts.
+    let apps: serde_json::Value = serde_json::from_str(&world.ssh_ok(&["apps", "--json"])).unwrap();
+    assert_eq!(apps[0]["name"], "full");
+    let ps: serde_json::Value =
+        serde_json::from_str(&world.ssh_ok(&["ps", "full", "--json"])).unwrap();
+    assert_eq!(ps["processes"][0]["process_type"], "web");
+
+    // help COMMAND, a typo, apps:info.
+    let help = world.ssh_ok(&["help", "config:set"]);
+    assert!(help.contains("Example: berth config:set myapp"), "{help}");
+    let output = world.ssh(&["confg", "full"]);
+    assert!(output_text(&output).contains("did you mean `config`?"), "{}", output_text(&output));
+    let info = world.ssh_ok(&["apps:info", "full"]);
+    assert!(
+        info.contains("releases: ")
+            && info.contains("config keys: API_TOKEN, DEBUG, EXTRA, GREETING"),
+        "{info}"
+    );
+}

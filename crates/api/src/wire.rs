@@ -74,6 +74,13 @@ pub struct ConfigUpdate {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub unset: Vec<String>,
+    /// Restart the app with the change (the default), or let it apply at the next restart.
+    #[serde(default = "yes")]
+    pub restart: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `GET /apps/{app}/config` and the answer to a config update.

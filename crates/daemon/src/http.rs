@@ -36,6 +36,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/repo", post(prepare_repo))
         .route("/apps/{app}/deploys", post(start_deploy))
         .route("/apps/{app}/config", get(get_config).patch(update_config))
+        .route("/apps/{app}/config/live", get(live_config))
         .route("/apps/{app}/start", post(start_app))
         .route("/apps/{app}/stop", post(stop_app))
         .route("/apps/{app}/restart", post(restart_app))
@@ -234,7 +235,8 @@ async fn update_config(
         check_config_key(key)?;
     }
     let set: Vec<(String, String)> = update.set.into_iter().collect();
-    let restarted = daemon.change_config(&app, &set, &update.unset, &who(&headers)).await?;
+    let restarted =
+        daemon.change_config(&app, &set, &update.unset, &who(&headers), update.restart).await?;
     let vars: BTreeMap<String, String> = daemon.store().config(&app)?.into_iter().collect();
     Ok(Json(ConfigVars { vars, restarted }))
 }
@@ -749,4 +751,45 @@ async fn add_cert(
             info.not_after_text()
         ),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    process: Option<String>,
+}
+
+/// The environment a process of the app gets: a running instance's own, else what the
+/// current release would give one.
+async fn live_config(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    Query(query): Query<LiveQuery>,
+) -> ApiResult<Vec<(String, String)>> {
+    let app = app_name(&app)?;
+    let process = query.process.unwrap_or_else(|| "web".to_owned());
+    let record = daemon.store().app(&app)?;
+    let Some(release) = record.current_release else {
+        return Err(ApiError::conflict(format!("{app} has no release yet: push to it first")));
+    };
+    let mut env = match daemon.instance_env(&app, &process) {
+        Some(env) => env,
+        None => {
+            let build = daemon.stored_build(&app, release);
+            let (files, mut env) =
+                daemon.release_env(&app, release, &build).map_err(ApiError::internal)?;
+            if files.procfile.get(&process).is_none() {
+                let names: Vec<&str> =
+                    files.procfile.entries.iter().map(|e| e.name.as_str()).collect();
+                return Err(ApiError::not_found(format!(
+                    "{app} has no process type {process:?}; its Procfile has: {}",
+                    names.join(", ")
+                )));
+            }
+            env.push(("BERTH_PROCESS".to_owned(), format!("{process}.1")));
+            env
+        }
+    };
+    // Later layers win: keep the last value of each key, sorted.
+    let map: BTreeMap<String, String> = env.drain(..).collect();
+    Ok(Json(map.into_iter().collect()))
 }

@@ -125,6 +125,7 @@ impl Daemon {
         set: &[(String, String)],
         unset: &[String],
         who: &str,
+        restart: bool,
     ) -> Result<bool, ApiError> {
         let lock = self.app_lock(app);
         let _guard = lock.lock().await;
@@ -143,7 +144,7 @@ impl Daemon {
             build_env: &base.build_env,
         };
         let number = self.store().create_release(app, &release, now())?;
-        let running = record.state == AppState::Running;
+        let running = record.state == AppState::Running && restart;
         let result = if running {
             self.activate(app, number, &|line| tracing::info!(app, "{line}")).await
         } else {

@@ -192,6 +192,14 @@ impl Daemon {
         }
     }
 
+    /// The environment a running instance of `process_type` was started with.
+    pub fn instance_env(&self, app: &str, process_type: &str) -> Option<Vec<(String, String)>> {
+        let runtimes = self.runtimes();
+        let runtime = runtimes.get(app)?;
+        let instance = runtime.instances.iter().find(|i| i.spec().process_type == process_type)?;
+        Some(instance.spec().env.clone())
+    }
+
     /// The cron lines scheduled for the app now.
     pub fn cron_infos(&self, app: &str) -> Vec<berth_api::CronInfo> {
         let runtimes = self.runtimes();
