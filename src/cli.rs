@@ -171,6 +171,14 @@ pub enum ServerCommand {
     /// Allow pushes again.
     #[command(name = "apps:unlock")]
     AppsUnlock { app: String },
+    /// List the keys that may push and run commands (name, fingerprint, admin).
+    Keys,
+    /// Authorise another key (admin keys only): `keys:add NAME < key.pub`.
+    #[command(name = "keys:add", after_help = "Example: ssh berth@server keys:add bob < bob.pub")]
+    KeysAdd { name: String },
+    /// Remove a key added with keys:add (admin keys only).
+    #[command(name = "keys:remove")]
+    KeysRemove { name: String },
     /// Show the commands, or one command's usage and an example.
     Help { command: Option<String> },
 }
@@ -309,6 +317,13 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
     }
     match command {
         ServerCommand::Help { .. } => unreachable!("handled before connecting"),
+        ServerCommand::Keys | ServerCommand::KeysAdd { .. } | ServerCommand::KeysRemove { .. } => {
+            eprintln!(
+                "berth: keys are managed over ssh (`ssh berth@server keys`), or on the server as \
+                 the berth user with setup:ssh"
+            );
+            return Ok(EXIT_USAGE);
+        }
         ServerCommand::ConfigLive { app, process, reveal } => {
             let process = process.unwrap_or_else(|| "web".to_owned());
             let path = app_path(&app, &format!("/config/live?process={}", encode_query(&process)))?;

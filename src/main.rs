@@ -72,9 +72,18 @@ enum TopCommand {
     /// The forced command of an authorised ssh key (reads SSH_ORIGINAL_COMMAND).
     #[command(hide = true)]
     Ssh {
-        /// The key's fingerprint, recorded as who pushed.
+        /// The key's fingerprint.
         #[arg(long)]
         key: String,
+        /// The key's name, recorded as who pushed.
+        #[arg(long)]
+        name: Option<String>,
+        /// The key may add and remove keys.
+        #[arg(long)]
+        admin: bool,
+        /// The authorized_keys file the key is in, when not ~/.ssh/authorized_keys.
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
     },
     /// The pre-receive hook of an app's repository.
     #[command(name = "git-hook", hide = true)]
@@ -103,6 +112,9 @@ enum TopCommand {
         /// The authorized_keys file to write (default: ~/.ssh/authorized_keys).
         #[arg(long, value_name = "FILE")]
         authorized_keys: Option<PathBuf>,
+        /// The key's name (default: from the key's comment).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Write an example Procfile and ENV here (on your machine).
     Init,
@@ -215,7 +227,10 @@ fn main() -> ExitCode {
             });
             run_daemon(root, http, https, acme, domain)
         }
-        TopCommand::Ssh { key } => ssh::run(&root, &key),
+        TopCommand::Ssh { key, name, admin, keys_file } => {
+            let identity = ssh::Identity { fingerprint: key, name, admin, keys_file };
+            ssh::run(&root, root_explicit, &identity)
+        }
         TopCommand::GitHook { app } => hook::run(&root, &app),
         TopCommand::Keeper { socket } => berth_daemon::run_keeper(&socket)
             .map(|()| 0)
@@ -227,9 +242,12 @@ fn main() -> ExitCode {
                 .map(|()| 0)
                 .map_err(|e| anyhow::anyhow!("cannot write the log {}: {e}", file.display()))
         }
-        TopCommand::SetupSsh { public_key, authorized_keys } => {
-            keys::setup_ssh(&public_key, authorized_keys, root_explicit.then_some(root.as_path()))
-        }
+        TopCommand::SetupSsh { public_key, authorized_keys, name } => keys::setup_ssh(
+            &public_key,
+            authorized_keys,
+            root_explicit.then_some(root.as_path()),
+            name.as_deref(),
+        ),
         TopCommand::Server(command) => cli::run(&root, command, None, args.json),
         TopCommand::Init => {
             std::env::current_dir().map_err(Into::into).and_then(|dir| client::init(&dir))

@@ -12,7 +12,25 @@ use http::Method;
 use crate::ssh_command::{SshCommand, parse_ssh_command};
 use crate::{EXIT_FAILURE, EXIT_USAGE, cli};
 
-pub fn run(root: &Path, key: &str) -> anyhow::Result<u8> {
+/// Who the key is, from its forced command.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub fingerprint: String,
+    pub name: Option<String>,
+    pub admin: bool,
+    pub keys_file: Option<std::path::PathBuf>,
+}
+
+impl Identity {
+    /// How release history names the key.
+    fn who(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.fingerprint.clone())
+    }
+}
+
+pub fn run(root: &Path, root_explicit: bool, identity: &Identity) -> anyhow::Result<u8> {
+    let key = identity.who();
+    let key = key.as_str();
     let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
     let command = match parse_ssh_command(original.as_deref()) {
         Ok(command) => command,
@@ -31,6 +49,19 @@ pub fn run(root: &Path, key: &str) -> anyhow::Result<u8> {
         }
         SshCommand::ReceivePack { app } => git_service(root, key, &app, "receive-pack", true),
         SshCommand::UploadPack { app } => git_service(root, key, &app, "upload-pack", false),
+        SshCommand::Cli { args } if args.first().is_some_and(|a| a.starts_with("keys")) => {
+            // Keys live in the authorized_keys file of this account, which this process may
+            // write: they are sshd's configuration, not Berth's state.
+            let path = match &identity.keys_file {
+                Some(path) => path.clone(),
+                None => {
+                    let home = std::env::var_os("HOME").context("HOME is not set")?;
+                    std::path::PathBuf::from(home).join(".ssh").join("authorized_keys")
+                }
+            };
+            let root = root_explicit.then_some(root);
+            crate::keys::keys_command(&args, &path, root, identity.admin, &mut std::io::stdin())
+        }
         SshCommand::Cli { args } => cli::run_ssh_args(root, &args, Some(key.to_owned())),
     }
 }

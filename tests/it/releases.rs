@@ -92,7 +92,7 @@ fn rollback_restores_code_and_config() {
     let lines: Vec<&str> = releases.lines().collect();
     assert!(lines[1].starts_with("*v4") && lines[1].contains("config (build of v3)"), "{releases}");
     assert!(
-        lines[2].contains("v3") && lines[2].contains("push") && lines[2].contains("SHA256:"),
+        lines[2].contains("v3") && lines[2].contains("push") && lines[2].contains("berth-test"),
         "{releases}"
     );
 

@@ -102,9 +102,10 @@ fn setup_ssh_writes_a_restricted_line_once() {
     let fingerprint =
         String::from_utf8_lossy(&fingerprint.stdout).split_whitespace().nth(1).unwrap().to_owned();
     let expected = format!(
-        "command=\"{} ssh --key {fingerprint}\",no-agent-forwarding,no-port-forwarding,\
-         no-X11-forwarding,no-user-rc ssh-ed25519 ",
-        bin.display()
+        "command=\"{} ssh --key {fingerprint} --name dev-laptop --admin --keys-file {}\",\
+         no-agent-forwarding,no-port-forwarding,no-X11-forwarding,no-user-rc ssh-ed25519 ",
+        bin.display(),
+        authorized.display()
     );
     assert!(text.starts_with(&expected), "{text}\nexpected to start with\n{expected}");
     assert!(text.trim_end().ends_with("dev@laptop"), "{text}");
@@ -119,4 +120,73 @@ fn setup_ssh_writes_a_restricted_line_once() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(output_text(&output).contains("never the private key"), "{}", output_text(&output));
+}
+
+#[test]
+fn admin_keys_add_and_remove_keys_and_names_reach_release_history() {
+    let world = World::start("keys");
+    let bob = world.tmp.path().join("bob_key");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bob@box", "-f"])
+        .arg(&bob)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bob_pub = std::fs::read_to_string(bob.with_extension("pub")).unwrap();
+
+    let out = world.sshd.run_with_input(&["keys:add", "bob"], &bob_pub);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("added key bob (SHA256:"));
+    let keys = world.ssh_ok(&["keys"]);
+    assert!(keys.lines().any(|l| l.starts_with("bob ") && l.ends_with(" no")), "{keys}");
+    let again = world.sshd.run_with_input(&["keys:add", "bob"], &bob_pub);
+    assert!(
+        output_text(&again).contains("there is a key named bob already"),
+        "{}",
+        output_text(&again)
+    );
+
+    // Bob's key works, is not an admin, and his pushes carry his name.
+    let mut bob_ssh = world.sshd.ssh_command();
+    let at = bob_ssh.iter().position(|w| w == "-i").unwrap();
+    bob_ssh[at + 1] = bob.display().to_string();
+    let as_bob = |args: &[&str], input: &str| {
+        let mut child = Command::new(&bob_ssh[0])
+            .args(&bob_ssh[1..])
+            .arg(format!("{}@127.0.0.1", world.sshd.user))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = as_bob(&["keys:add", "eve"], &bob_pub);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(output_text(&refused).contains("only admin keys"), "{}", output_text(&refused));
+    let repo = world.app_repo("named", "v1", "web: python3 app.py\n", "");
+    let push = Command::new("git")
+        .args(["push", &world.sshd.remote("named"), "main"])
+        .current_dir(&repo.dir)
+        .env("GIT_SSH_COMMAND", bob_ssh.join(" "))
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", output_text(&push));
+    let releases = world.ssh_ok(&["releases", "named"]);
+    assert!(releases.lines().nth(1).unwrap().contains(" bob "), "{releases}");
+
+    // Removed, bob's key no longer gets in.
+    world.ssh_ok(&["keys:remove", "bob"]);
+    let denied = as_bob(&["apps"], "");
+    assert_eq!(denied.status.code(), Some(255), "{}", output_text(&denied));
+    let admin_removal = world.ssh(&["keys:remove", "berth-test"]);
+    assert_ne!(admin_removal.status.code(), Some(0));
+    assert!(
+        output_text(&admin_removal).contains("berth-test is an admin key"),
+        "{}",
+        output_text(&admin_removal)
+    );
 }

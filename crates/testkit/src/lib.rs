@@ -288,7 +288,7 @@ impl TestSshd {
         for key in [&host_key, &client_key] {
             run_ok(
                 Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", ""])
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test"])
                     .arg("-f")
                     .arg(key),
             )
