@@ -12,6 +12,8 @@ use tokio::io::Take;
 use tokio_stream::Stream;
 use tokio_util::io::ReaderStream;
 
+use crate::cache::Recorder;
+
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// One request under way to an instance, from the moment it is sent until its response body
@@ -39,6 +41,8 @@ pub(crate) enum ResponseBody {
     /// The app's response, relayed as it arrives; the guard counts the request as under way
     /// to its instance until the body is done.
     App { body: Incoming, _in_flight: InFlightGuard },
+    /// The app's response, relayed as it arrives and copied into the cache on the way.
+    Recording { body: Incoming, recorder: Box<Recorder>, _in_flight: InFlightGuard },
     /// Something the router wrote itself: an error page, or nothing (HEAD, 304, 301).
     Page(Full<Bytes>),
     /// A file read from disk in chunks as the client takes them, so a large download
@@ -64,6 +68,15 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::App { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Recording { body, recorder, .. } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    recorder.observe(data);
+                }
+                polled.map_err(Into::into)
+            }
             ResponseBody::Page(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::File(chunks) => Pin::new(chunks)
                 .poll_next(cx)
@@ -73,7 +86,9 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::App { body, .. } => body.is_end_stream(),
+            ResponseBody::App { body, .. } | ResponseBody::Recording { body, .. } => {
+                body.is_end_stream()
+            }
             ResponseBody::Page(body) => body.is_end_stream(),
             // A file's end is only known by reading it; its length is in the headers.
             ResponseBody::File(_) => false,
@@ -82,7 +97,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::App { body, .. } => body.size_hint(),
+            ResponseBody::App { body, .. } | ResponseBody::Recording { body, .. } => {
+                body.size_hint()
+            }
             ResponseBody::Page(body) => body.size_hint(),
             ResponseBody::File(_) => SizeHint::default(),
         }

@@ -1,14 +1,16 @@
 //! Why a request could not be proxied, and the short page the visitor sees instead.
 //!
 //! Errors are labelled by where they come from, as pingora does: downstream (the client
-//! asked for something we cannot serve, a 4xx), upstream (the app failed us, a 502) and
-//! internal (our own fault, a 500). The label decides the status and how loudly to log.
+//! asked for something we cannot serve, a 4xx), upstream (the app failed us, a 502 or a
+//! 504) and internal (our own fault, a 500). The label decides the status and how loudly
+//! to log.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 
@@ -46,10 +48,18 @@ pub(crate) enum ProxyError {
     NotFound { app: String },
     /// A method other than GET or HEAD for a file the router serves itself.
     MethodNotAllowed,
+    /// The request body is (or grew) larger than the app's limit.
+    BodyTooLarge { limit: u64 },
+    /// The request body could not be read: bad chunked framing, or the client went away.
+    BadRequestBody,
     /// The app is routed but has no running instance.
     AppNotRunning { app: String },
     /// No instance of the app gave a response; `cause` is the last error seen.
     AppDidNotAnswer { app: String, cause: String },
+    /// The app did not start answering within its response timeout.
+    AppTimedOut { app: String, after: Duration },
+    /// A listener serves one app by port, and no app of that name is in the table.
+    UnknownApp { app: String },
     /// Something that should not happen; the text is for the log only.
     Internal { cause: String },
 }
@@ -64,10 +74,13 @@ impl ProxyError {
             | ProxyError::UnsupportedTarget
             | ProxyError::PathNotAllowed
             | ProxyError::NotFound { .. }
-            | ProxyError::MethodNotAllowed => Source::Downstream,
-            ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
-                Source::Upstream
-            }
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequestBody => Source::Downstream,
+            ProxyError::AppNotRunning { .. }
+            | ProxyError::AppDidNotAnswer { .. }
+            | ProxyError::AppTimedOut { .. }
+            | ProxyError::UnknownApp { .. } => Source::Upstream,
             ProxyError::Internal { .. } => Source::Internal,
         }
     }
@@ -77,14 +90,17 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::InvalidHost
             | ProxyError::UnsupportedTarget
-            | ProxyError::PathNotAllowed => StatusCode::BAD_REQUEST,
+            | ProxyError::PathNotAllowed
+            | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } | ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectNotAllowed | ProxyError::MethodNotAllowed => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            ProxyError::AppNotRunning { .. } | ProxyError::AppDidNotAnswer { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::AppNotRunning { .. }
+            | ProxyError::AppDidNotAnswer { .. }
+            | ProxyError::UnknownApp { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::AppTimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +121,10 @@ impl ProxyError {
                 (format!("the app {app} has nothing at this address"), None)
             }
             ProxyError::MethodNotAllowed => ("this address only answers GET and HEAD".into(), None),
+            ProxyError::BodyTooLarge { limit } => {
+                (format!("the request body is larger than the {limit} bytes allowed"), None)
+            }
+            ProxyError::BadRequestBody => ("the request body could not be read".into(), None),
             ProxyError::AppNotRunning { app } => (
                 format!("the app {app} is not running"),
                 Some(format!(
@@ -114,10 +134,24 @@ impl ProxyError {
             ProxyError::AppDidNotAnswer { app, .. } => {
                 (format!("the app {app} did not answer"), Some(format!("see `berth logs {app}`")))
             }
+            ProxyError::AppTimedOut { app, after } => (
+                format!("the app {app} did not answer within {} seconds", after.as_secs_f64()),
+                Some(format!("see `berth logs {app}`")),
+            ),
+            ProxyError::UnknownApp { app } => (
+                format!("no app named {app} is served here"),
+                Some(format!("deploy {app}, or check which app this port is for")),
+            ),
             ProxyError::Internal { .. } => {
                 ("the router failed to handle this request".into(), None)
             }
         }
+    }
+
+    /// Whether the connection has to close after this answer: the request body was left
+    /// unread (or unreadable), so the next request on it could not be found.
+    pub(crate) fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody)
     }
 
     /// Logs the failure at a level that matches its source: a visitor mistyping a name is
@@ -169,6 +203,9 @@ impl ProxyError {
         // RFC 9110 section 15.5.6: a 405 lists the methods that would have worked.
         if let ProxyError::MethodNotAllowed = self {
             headers.insert(ALLOW, static_files::allow_header());
+        }
+        if self.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -234,6 +271,19 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("the app site has nothing at this address"), "{body}");
 
+        let response = ProxyError::BodyTooLarge { limit: 10 }.to_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[CONNECTION], "close");
+
+        let after = Duration::from_millis(1500);
+        let (status, body) = page(ProxyError::AppTimedOut { app: "slow".into(), after }).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(body.contains("the app slow did not answer within 1.5 seconds"), "{body}");
+
+        let (status, body) = page(ProxyError::UnknownApp { app: "gone".into() }).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.contains("no app named gone is served here"), "{body}");
+
         let error = ProxyError::Internal { cause: "secret detail".into() };
         let (status, body) = page(error).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -251,15 +301,22 @@ mod tests {
             ProxyError::PathNotAllowed,
             ProxyError::NotFound { app: "a".into() },
             ProxyError::MethodNotAllowed,
+            ProxyError::BodyTooLarge { limit: 1 },
+            ProxyError::BadRequestBody,
             ProxyError::AppNotRunning { app: "a".into() },
             ProxyError::AppDidNotAnswer { app: "a".into(), cause: "refused".into() },
+            ProxyError::AppTimedOut { app: "a".into(), after: Duration::from_secs(1) },
+            ProxyError::UnknownApp { app: "a".into() },
             ProxyError::Internal { cause: "bug".into() },
         ];
         for error in cases {
             let status = error.status();
             match error.source() {
                 Source::Downstream => assert!(status.is_client_error(), "{error:?}"),
-                Source::Upstream => assert_eq!(status, StatusCode::BAD_GATEWAY, "{error:?}"),
+                Source::Upstream => assert!(
+                    [StatusCode::BAD_GATEWAY, StatusCode::GATEWAY_TIMEOUT].contains(&status),
+                    "{error:?}"
+                ),
                 Source::Internal => assert!(status.is_server_error(), "{error:?}"),
             }
         }

@@ -15,12 +15,23 @@
 //! joined, on connections served with upgrades.
 //!
 //! Requests for unknown hosts, stopped apps or apps that do not answer get a short HTML
-//! page from the router itself (404, 502) that tells the operator what to do next.
+//! page from the router itself (404, 502, 504) that tells the operator what to do next.
+//!
+//! What users configure nginx for is here too: per-app [`Limits`] (body size, time to
+//! answer) and per-listener [`ServerLimits`] (head size, head and idle timeouts), with clear
+//! errors; an [`AccessLog`] per app; HTTPS-only apps ([`Backend::with_https_only`]); a
+//! listener that serves one app whatever the host ([`serve_app_port`]); and a response
+//! cache for URL prefixes ([`Backend::with_cache`], kept across route tables by
+//! [`CacheRegistry`]). [`Server`] builds a listener with non-default settings.
 
+mod access_log;
 mod balance;
 mod body;
+mod cache;
+mod connection;
 mod error;
 mod headers;
+mod limits;
 mod proxy;
 mod server;
 mod static_files;
@@ -28,7 +39,12 @@ mod table;
 #[cfg(test)]
 mod test_support;
 
-pub use server::{Http01Challenges, serve, serve_tls, serve_with_challenges};
+pub use access_log::AccessLog;
+pub use cache::{CacheConfig, CacheRegistry, CacheStats};
+pub use limits::{Limits, ServerLimits};
+pub use server::{
+    Http01Challenges, Server, serve, serve_app_port, serve_tls, serve_with_challenges,
+};
 pub use static_files::{StaticMount, parse_static_paths};
 pub use table::{
     Backend, InFlight, RouteTable, SharedRoutes, normalize_host, normalize_host_pattern,

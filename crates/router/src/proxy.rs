@@ -1,31 +1,40 @@
-//! One request's trip: find the app (by `X-App` header, path-routed app or host), answer
-//! from its static files or forward to its least busy instance, relay the answer, and for
-//! a WebSocket handshake join the two upgraded connections.
+//! One request's trip: find the app (by `X-App` header, path-routed app, host, or the
+//! listener's one app), answer from its static files or its cache, or forward to its least
+//! busy instance, relay the answer, and for a WebSocket handshake join the two upgraded
+//! connections. The app's limits, HTTPS-only redirect, access log and cache apply here.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue, LOCATION, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION, REFERER, STRICT_TRANSPORT_SECURITY,
+    UPGRADE, USER_AGENT,
+};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::access_log::AccessEntry;
 use crate::balance::{PassiveHealth, UNHEALTHY_FOR, attempt_order};
 use crate::body::{BoxError, InFlightGuard, ResponseBody};
+use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
 use crate::headers::{
     Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
     request_id, set_forwarded, websocket_upgrade,
 };
+use crate::limits::{BodyTooLarge, ClientBodyError, find_cause};
+use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
 use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
 
@@ -36,6 +45,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an idle keep-alive connection to an app is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What HTTPS-only apps tell browsers: use HTTPS for a year (the usual value, and the
+/// minimum for preload lists).
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 /// The visitor's side of one connection, as the accept loop knows it.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +95,15 @@ pub(crate) struct Proxy {
     routes: SharedRoutes,
     client: Client<HttpConnector, LentBody>,
     health: PassiveHealth,
+    /// Set when the listener serves one app whatever the host; see [`Proxy::for_app`].
+    fixed_app: Option<FixedApp>,
+}
+
+/// The app a by-port listener serves.
+struct FixedApp {
+    name: String,
+    /// Stands in for a missing `Host` header: the listener's own address.
+    fallback_host: HeaderValue,
 }
 
 /// Where a routed request goes and what it is told on the way.
@@ -93,6 +115,27 @@ struct Target<'a> {
     /// `/APP` when the app was found by the first segment of the path.
     prefix: Option<String>,
     request_id: &'a HeaderValue,
+    cache: CacheUse,
+}
+
+/// What the cache makes of a request that goes to the app.
+enum CacheUse {
+    /// Not under a cached prefix (or no cache): nothing to say.
+    Off,
+    /// Cacheable but for the visitor's credentials.
+    Bypass,
+    /// Not in the cache; the response may be stored.
+    Miss(CacheMiss),
+}
+
+/// What the access log needs of a request, taken before the request is consumed.
+struct RequestSummary {
+    started: Instant,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -110,7 +153,16 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        Proxy { routes, client, health: PassiveHealth::new(unhealthy_for) }
+        Proxy { routes, client, health: PassiveHealth::new(unhealthy_for), fixed_app: None }
+    }
+
+    /// The same proxy sending every request to the app named `app`, as if it carried
+    /// `X-App: app`, whatever its host; a request without a `Host` is taken to have asked
+    /// for `local` (the listener's address).
+    pub(crate) fn for_app(self, app: String, local: SocketAddr) -> Proxy {
+        let fallback_host = HeaderValue::try_from(local.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Proxy { fixed_app: Some(FixedApp { name: app, fallback_host }), ..self }
     }
 
     /// Answers one request from the visitor at `peer` on a plain connection; failures
@@ -126,39 +178,59 @@ impl Proxy {
     /// Answers one request that came in on `downstream`; failures become error pages.
     ///
     /// Every response, the router's own pages included, carries the request's
-    /// `X-Request-Id`, which the app was sent too.
+    /// `X-Request-Id`, which the app was sent too. Once a request has found its app, the
+    /// app's access log gets its line when the response head is ready.
     pub(crate) async fn handle_from(
         &self,
         mut request: Request<Incoming>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
+        let summary = RequestSummary {
+            started: Instant::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            referer: request.headers().get(REFERER).cloned(),
+            user_agent: request.headers().get(USER_AGENT).cloned(),
+        };
         let request_id = request_id(request.headers());
         request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let mut response = match self.forward(request, downstream, &request_id).await {
+        let mut routed = None;
+        let mut response = match self.forward(request, downstream, &request_id, &mut routed).await {
             Ok(response) => response,
             Err(error) => {
-                error.log(&method, &uri, downstream.peer, &request_id);
-                error.to_response().map(ResponseBody::Page)
+                error.log(&summary.method, &summary.uri, downstream.peer, &request_id);
+                let mut response = error.to_response().map(ResponseBody::Page);
+                // HTTP/2 has no connection-level headers; closing is hyper's business there.
+                if summary.version >= Version::HTTP_2 {
+                    response.headers_mut().remove(CONNECTION);
+                }
+                response
             }
         };
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        if let Some(backend) = routed {
+            if downstream.tls && backend.https_only() {
+                response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert(HSTS);
+            }
+            if let Some(log) = backend.access_log() {
+                log.record(access_entry(summary, downstream, &response, request_id));
+            }
+        }
         response
     }
 
+    /// Finds the request's app (recording it in `routed`) and answers for it.
     async fn forward(
         &self,
         request: Request<Incoming>,
         downstream: Downstream,
         request_id: &HeaderValue,
+        routed: &mut Option<Arc<Backend>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::ConnectNotAllowed);
         }
-        let original_host = original_host(&request)?;
-        let host =
-            original_host.to_str().ok().and_then(normalize_host).ok_or(ProxyError::InvalidHost)?;
         let path_and_query = match request.uri().path_and_query() {
             Some(path_and_query) if path_and_query.as_str().starts_with('/') => {
                 path_and_query.clone()
@@ -166,21 +238,29 @@ impl Proxy {
             Some(_) => return Err(ProxyError::UnsupportedTarget),
             None => PathAndQuery::from_static("/"),
         };
-        let x_app = request.headers().get(X_APP).and_then(|value| value.to_str().ok());
-        // Only the backend is kept: arc-swap guards are meant to be short-lived, and holding
-        // one across the awaits below would pin an old table for the whole request.
-        let routed = self
-            .routes
-            .load()
-            .route(&host, x_app, path_and_query.path())
-            .map(|(backend, kind)| (Arc::clone(backend), kind));
-        let (backend, kind) = routed.ok_or(ProxyError::UnknownHost { host })?;
+        let Routed { backend, kind, original_host, host } =
+            self.route(&request, &path_and_query)?;
+        *routed = Some(Arc::clone(&backend));
 
-        let (prefix, path_and_query, uri) = if kind == RouteKind::Path {
+        if backend.https_only()
+            && !downstream.tls
+            && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
+        {
+            return Ok(redirect_to_https(request.method(), &host, &path_and_query));
+        }
+        // A body that announces its length is refused before anyone reads it; a chunked one
+        // is counted as it is sent (see `LentBody`).
+        let limit = backend.limits().max_body_bytes;
+        if request.body().size_hint().lower() > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+
+        let cache_key = format!("{host}{path_and_query}");
+        let (prefix, app_path_and_query, uri) = if kind == RouteKind::Path {
             let prefix = format!("/{}", backend.app);
-            let path_and_query = strip_path_prefix(&path_and_query, &prefix)?;
-            let uri = Uri::from(path_and_query.clone());
-            (Some(prefix), path_and_query, uri)
+            let stripped = strip_path_prefix(&path_and_query, &prefix)?;
+            let uri = Uri::from(stripped.clone());
+            (Some(prefix), stripped, uri)
         } else {
             (None, path_and_query, request.uri().clone())
         };
@@ -194,9 +274,24 @@ impl Proxy {
             }
             return Ok(response);
         }
+        let cache = match backend.cache() {
+            None => CacheUse::Off,
+            Some(cache) => match cache.lookup(method, headers, uri.path(), cache_key) {
+                Lookup::Hit(response) => return Ok(response),
+                Lookup::Miss(miss) => CacheUse::Miss(miss),
+                Lookup::Bypass => CacheUse::Bypass,
+                Lookup::NotCached => CacheUse::Off,
+            },
+        };
         if !backend.addrs.is_empty() {
-            let target =
-                Target { backend: &backend, original_host, path_and_query, prefix, request_id };
+            let target = Target {
+                backend: &backend,
+                original_host,
+                path_and_query: app_path_and_query,
+                prefix,
+                request_id,
+                cache,
+            };
             return self.forward_to_instances(request, downstream, target).await;
         }
         if let Some(catch_all) = backend.catch_all() {
@@ -211,6 +306,46 @@ impl Proxy {
         }
     }
 
+    /// The request's app: the listener's one app, else by header, path or host (see
+    /// [`crate::RouteTable`]).
+    fn route(
+        &self,
+        request: &Request<Incoming>,
+        path_and_query: &PathAndQuery,
+    ) -> Result<Routed, ProxyError> {
+        if let Some(fixed) = &self.fixed_app {
+            let original_host = match original_host(request) {
+                Err(ProxyError::MissingHost) => fixed.fallback_host.clone(),
+                other => other?,
+            };
+            // Any host reaches the app here; a name that cannot be normalised only matters
+            // for redirects and cache keys, which use the listener's address instead.
+            let host = original_host
+                .to_str()
+                .ok()
+                .and_then(normalize_host)
+                .or_else(|| fixed.fallback_host.to_str().ok().and_then(normalize_host))
+                .unwrap_or_default();
+            let backend = self.routes.load().lookup_app(&fixed.name).cloned();
+            let backend =
+                backend.ok_or_else(|| ProxyError::UnknownApp { app: fixed.name.clone() })?;
+            return Ok(Routed { backend, kind: RouteKind::Header, original_host, host });
+        }
+        let original_host = original_host(request)?;
+        let host =
+            original_host.to_str().ok().and_then(normalize_host).ok_or(ProxyError::InvalidHost)?;
+        let x_app = request.headers().get(X_APP).and_then(|value| value.to_str().ok());
+        // Only the backend is kept: arc-swap guards are meant to be short-lived, and holding
+        // one across the awaits that follow would pin an old table for the whole request.
+        let routed = self
+            .routes
+            .load()
+            .route(&host, x_app, path_and_query.path())
+            .map(|(backend, kind)| (Arc::clone(backend), kind));
+        let (backend, kind) = routed.ok_or(ProxyError::UnknownHost { host: host.clone() })?;
+        Ok(Routed { backend, kind, original_host, host })
+    }
+
     /// Forwards to the backend's instances, least busy first, moving on to the next one
     /// while connections are refused.
     async fn forward_to_instances(
@@ -219,7 +354,7 @@ impl Proxy {
         downstream: Downstream,
         target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let Target { backend, original_host, path_and_query, prefix, request_id } = target;
+        let Target { backend, original_host, path_and_query, prefix, request_id, cache } = target;
         let request_id_text = request_id.to_str().unwrap_or_default();
         let websocket = websocket_upgrade(request.headers());
         // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
@@ -250,10 +385,12 @@ impl Proxy {
         // authority, which RFC 9112 says wins over any Host header.
         headers.insert(HOST, original_host);
 
-        let body = BodySlot::new(body);
+        let limits = *backend.limits();
+        let body = BodySlot::new(body, limits.max_body_bytes);
         let order = attempt_order(backend, &self.health);
         let n_attempts = order.len();
         let mut last_error = String::new();
+        let mut cache = Some(cache);
         for (attempt, index) in order.into_iter().enumerate() {
             let addr = backend.addrs[index];
             let guard = InFlightGuard::new(backend.in_flight(index));
@@ -272,7 +409,20 @@ impl Proxy {
             *upstream.headers_mut() =
                 if is_last { std::mem::take(&mut headers) } else { headers.clone() };
 
-            match self.client.request(upstream).await {
+            let answered = within_response_timeout(
+                self.client.request(upstream),
+                &body,
+                limits.response_timeout,
+            )
+            .await;
+            let Some(result) = answered else {
+                tracing::debug!(app = %backend.app, %addr, request_id = request_id_text, body_sent = body.is_finished(), "no answer in time");
+                return Err(ProxyError::AppTimedOut {
+                    app: backend.app.clone(),
+                    after: limits.response_timeout,
+                });
+            };
+            match result {
                 Ok(response) => {
                     self.health.mark_answered(addr);
                     let status = response.status().as_u16();
@@ -287,10 +437,13 @@ impl Proxy {
                     }
                     let (mut parts, body) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
-                    return Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::App { body, _in_flight: guard },
-                    ));
+                    // The app's protocol version is between it and the router: the visitor
+                    // gets the version of its own connection (an HTTP/1.0 app behind an
+                    // HTTP/1.1 or HTTP/2 visitor).
+                    parts.version = Version::default();
+                    let cache = cache.take().unwrap_or(CacheUse::Off);
+                    let body = relay(body, guard, cache, parts.status, &mut parts.headers);
+                    return Ok(Response::from_parts(parts, body));
                 }
                 // Nothing reached the instance, so trying another one cannot do anything twice.
                 Err(error) if error.is_connect() && body.is_unsent() => {
@@ -299,6 +452,13 @@ impl Proxy {
                     tracing::debug!(app = %backend.app, %addr, request_id = request_id_text, "cannot connect: {last_error}");
                 }
                 Err(error) => {
+                    if let Some(too_large) = find_cause::<BodyTooLarge>(&error) {
+                        return Err(ProxyError::BodyTooLarge { limit: too_large.limit });
+                    }
+                    if let Some(unreadable) = find_cause::<ClientBodyError>(&error) {
+                        tracing::debug!(app = %backend.app, request_id = request_id_text, "{}", error_chain(unreadable));
+                        return Err(ProxyError::BadRequestBody);
+                    }
                     return Err(ProxyError::AppDidNotAnswer {
                         app: backend.app.clone(),
                         cause: format!("instance {addr}: {}", error_chain(&error)),
@@ -310,6 +470,122 @@ impl Proxy {
             app: backend.app.clone(),
             cause: format!("no instance accepted a connection (last: {last_error})"),
         })
+    }
+}
+
+/// A request's app and how it was found.
+struct Routed {
+    backend: Arc<Backend>,
+    kind: RouteKind,
+    /// The host as the visitor sent it, for the app.
+    original_host: HeaderValue,
+    /// The same, normalised: for redirects and cache keys.
+    host: String,
+}
+
+/// The body the visitor gets for an app's response, marked and recorded as the cache
+/// decided.
+fn relay(
+    body: Incoming,
+    guard: InFlightGuard,
+    cache: CacheUse,
+    status: StatusCode,
+    headers: &mut http::HeaderMap,
+) -> ResponseBody {
+    let recorder = match cache {
+        CacheUse::Off => None,
+        CacheUse::Bypass => {
+            headers.insert(X_CACHE, HeaderValue::from_static("BYPASS"));
+            None
+        }
+        CacheUse::Miss(miss) => {
+            let recorder = miss.recorder(status, headers);
+            headers.insert(X_CACHE, HeaderValue::from_static("MISS"));
+            recorder
+        }
+    };
+    match recorder {
+        Some(recorder) => {
+            ResponseBody::Recording { body, recorder: Box::new(recorder), _in_flight: guard }
+        }
+        None => ResponseBody::App { body, _in_flight: guard },
+    }
+}
+
+/// Waits for the app's response head, for at most `timeout` after the request (and its
+/// body, while it is still being sent) last made progress; `None` when time ran out.
+async fn within_response_timeout<F: Future>(
+    response: F,
+    body: &BodySlot,
+    timeout: Duration,
+) -> Option<F::Output> {
+    body.restart_clock();
+    let mut response = std::pin::pin!(response);
+    loop {
+        let deadline = body.last_progress() + timeout;
+        tokio::select! {
+            output = response.as_mut() => return Some(output),
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if body.last_progress() + timeout <= Instant::now() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A 301 (GET, HEAD) or 308 (the rest, which must keep their method and body) to the same
+/// path and query over HTTPS, on the default port.
+fn redirect_to_https(
+    method: &Method,
+    host: &str,
+    path_and_query: &PathAndQuery,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = if method == Method::GET || method == Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    // A normalised host and a request target are both visible ASCII.
+    if let Ok(location) = HeaderValue::try_from(format!("https://{host}{path_and_query}")) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}
+
+/// The access-log line's facts for a response that is about to be sent.
+fn access_entry(
+    summary: RequestSummary,
+    downstream: Downstream,
+    response: &Response<ResponseBody>,
+    request_id: HeaderValue,
+) -> AccessEntry {
+    let status = response.status();
+    let no_body = summary.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let bytes = if no_body {
+        Some(0)
+    } else {
+        response.body().size_hint().exact().or_else(|| {
+            let length = response.headers().get(CONTENT_LENGTH)?;
+            length.to_str().ok()?.parse().ok()
+        })
+    };
+    AccessEntry {
+        client: downstream.peer.ip(),
+        time: SystemTime::now(),
+        method: summary.method,
+        uri: summary.uri,
+        version: summary.version,
+        status: status.as_u16(),
+        bytes,
+        referer: summary.referer,
+        user_agent: summary.user_agent,
+        elapsed: summary.started.elapsed(),
+        request_id,
     }
 }
 
@@ -416,17 +692,50 @@ fn error_chain(error: &dyn StdError) -> String {
 /// instance. Each attempt gets a [`LentBody`] that takes the body out of this slot only
 /// when hyper first polls it, which happens after the connection is up; after a connect
 /// error the body is still here for the next attempt.
+///
+/// The slot also keeps the body to the app's size limit and notes when it last made
+/// progress, which the response timeout counts from.
 struct BodySlot {
     slot: Arc<Mutex<Option<Incoming>>>,
     is_end_stream: bool,
     size_hint: SizeHint,
+    progress: Arc<Progress>,
+}
+
+/// How far the body has come, shared by the slot and the attempt that sends it.
+struct Progress {
+    started: Instant,
+    /// Milliseconds after `started` of the last step: the attempt's start or a frame sent.
+    last_ms: AtomicU64,
+    sent_bytes: AtomicU64,
+    max_bytes: u64,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn touch(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
 }
 
 impl BodySlot {
-    fn new(body: Incoming) -> BodySlot {
+    fn new(body: Incoming, max_bytes: u64) -> BodySlot {
         let is_end_stream = body.is_end_stream();
         let size_hint = body.size_hint();
-        BodySlot { slot: Arc::new(Mutex::new(Some(body))), is_end_stream, size_hint }
+        let progress = Progress {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            max_bytes,
+            finished: is_end_stream.into(),
+        };
+        BodySlot {
+            slot: Arc::new(Mutex::new(Some(body))),
+            is_end_stream,
+            size_hint,
+            progress: Arc::new(progress),
+        }
     }
 
     fn lend(&self) -> LentBody {
@@ -435,12 +744,28 @@ impl BodySlot {
             taken: None,
             is_end_stream: self.is_end_stream,
             size_hint: self.size_hint,
+            progress: Arc::clone(&self.progress),
         }
     }
 
     /// Whether no attempt has started sending the body, so another attempt may.
     fn is_unsent(&self) -> bool {
         lock(&self.slot).is_some()
+    }
+
+    /// Whether the whole body has been sent.
+    fn is_finished(&self) -> bool {
+        self.progress.finished.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new attempt as progress.
+    fn restart_clock(&self) {
+        self.progress.touch();
+    }
+
+    fn last_progress(&self) -> Instant {
+        let last = Duration::from_millis(self.progress.last_ms.load(Ordering::Relaxed));
+        self.progress.started + last
     }
 }
 
@@ -452,6 +777,7 @@ pub(crate) struct LentBody {
     /// head to choose between `Content-Length` and chunked framing.
     is_end_stream: bool,
     size_hint: SizeHint,
+    progress: Arc<Progress>,
 }
 
 impl Body for LentBody {
@@ -466,11 +792,35 @@ impl Body for LentBody {
         if this.taken.is_none() {
             this.taken = lock(&this.slot).take();
         }
-        match this.taken.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        let Some(body) = this.taken.as_mut() else {
             // Only one attempt can ever get past connecting, so this means a bug; an error
             // makes hyper abort the request rather than send it with an empty body.
-            None => Poll::Ready(Some(Err("the request body was already sent elsewhere".into()))),
+            return Poll::Ready(Some(Err("the request body was already sent elsewhere".into())));
+        };
+        let progress = &this.progress;
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n_bytes = frame.data_ref().map_or(0, |data| data.len() as u64);
+                let sent = progress.sent_bytes.fetch_add(n_bytes, Ordering::Relaxed) + n_bytes;
+                if sent > progress.max_bytes {
+                    // hyper aborts the request to the app; the proxy finds this error in
+                    // the chain and answers 413.
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                        limit: progress.max_bytes,
+                    }))));
+                }
+                progress.touch();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))))
+            }
+            Poll::Ready(None) => {
+                progress.finished.store(true, Ordering::Relaxed);
+                progress.touch();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -1,5 +1,9 @@
 //! The accept loops: plain HTTP/1.1 and TLS (HTTP/2 or HTTP/1.1), one task per connection,
-//! the ACME HTTP-01 answer, and a bounded drain when the daemon shuts down.
+//! the ACME HTTP-01 answer, the listener-wide limits (head size, head and idle timeouts),
+//! and a bounded drain when the daemon shuts down.
+//!
+//! [`Server`] is the builder; [`serve`], [`serve_tls`], [`serve_with_challenges`] and
+//! [`serve_app_port`] are its common uses with the default [`ServerLimits`].
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -24,14 +28,12 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ResponseBody;
+use crate::connection::{Activity, ServedBody, Watched};
+use crate::limits::ServerLimits;
 use crate::proxy::{Downstream, Proxy};
 use crate::table::SharedRoutes;
 
-/// A client that has not finished sending its request head by then is dropped, so that slow
-/// or idle clients cannot hold connections (and file descriptors) forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The same bound for the TLS handshake, which comes before any request head.
+/// A bound for the TLS handshake, which comes before any request head.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long open connections may take to finish after shutdown before they are cut off;
@@ -43,7 +45,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where ACME HTTP-01 validation requests arrive (RFC 8555 section 8.3).
-const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737): such a connection exists only for
 /// its handshake, so it is closed without serving HTTP.
@@ -78,12 +80,14 @@ where
 /// Accept errors are logged and retried rather than returned: one exhausted file table must
 /// not take every app offline. The function therefore currently always returns `Ok`; the
 /// `io::Result` leaves room for setup that can fail.
+///
+/// The same as `Server::new(routes).serve(listener, shutdown)`; see [`Server`] for limits.
 pub async fn serve(
     listener: TcpListener,
     routes: SharedRoutes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    serve_plain(listener, routes, None, shutdown).await
+    Server::new(routes).serve(listener, shutdown).await
 }
 
 /// [`serve`], also answering ACME HTTP-01 validation: a `GET` or `HEAD` of
@@ -96,7 +100,7 @@ pub async fn serve_with_challenges(
     challenges: Arc<dyn Http01Challenges>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    serve_plain(listener, routes, Some(challenges), shutdown).await
+    Server::new(routes).with_challenges(challenges).serve(listener, shutdown).await
 }
 
 /// Serves HTTPS until `shutdown` resolves, with the same routing, proxy and drain as
@@ -114,24 +118,139 @@ pub async fn serve_tls(
     tls_config: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let shared = Arc::new(Shared { proxy: Proxy::new(routes), challenges: None, tls: true });
-    let acceptor = TlsAcceptor::from(tls_config);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    accept_loop(listener, shutdown, move |stream, peer, stop| {
-        serve_tls_connection(
-            stream,
-            peer,
-            acceptor.clone(),
-            Arc::clone(&builder),
-            Arc::clone(&shared),
-            stop,
-        )
-    })
-    .await;
-    Ok(())
+    Server::new(routes).serve_tls(listener, tls_config, shutdown).await
+}
+
+/// Serves every request on `listener` to the app named `app`, as if it carried `X-App: app`,
+/// whatever its host, until `shutdown`, as [`serve`]. A request without a `Host` is given
+/// the listener's address as its host (two `Host` headers still get a 400). While no app of
+/// that name is in the table, requests get a 502 page naming it.
+///
+/// The same as `Server::new(routes).for_app(app).serve(listener, shutdown)`.
+pub async fn serve_app_port(
+    listener: TcpListener,
+    routes: SharedRoutes,
+    app: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    Server::new(routes).for_app(app).serve(listener, shutdown).await
+}
+
+/// A listener's configuration: routes, limits, ACME HTTP-01 answers, and whether it serves
+/// one app whatever the host. Build it, then call [`Server::serve`] or
+/// [`Server::serve_tls`]:
+///
+/// ```no_run
+/// # async fn run(listener: tokio::net::TcpListener, routes: berth_router::SharedRoutes) {
+/// use std::time::Duration;
+/// use berth_router::{Server, ServerLimits};
+///
+/// let limits = ServerLimits { idle_timeout: Duration::from_secs(5), ..ServerLimits::default() };
+/// let served = Server::new(routes).with_limits(limits).serve(listener, std::future::pending());
+/// served.await.unwrap();
+/// # }
+/// ```
+pub struct Server {
+    routes: SharedRoutes,
+    limits: ServerLimits,
+    challenges: Option<Arc<dyn Http01Challenges>>,
+    app: Option<String>,
+}
+
+impl Server {
+    /// A server for `routes` with the default limits.
+    pub fn new(routes: SharedRoutes) -> Server {
+        Server { routes, limits: ServerLimits::default(), challenges: None, app: None }
+    }
+
+    /// The same server holding its connections to `limits`.
+    pub fn with_limits(self, limits: ServerLimits) -> Server {
+        Server { limits, ..self }
+    }
+
+    /// The same server answering ACME HTTP-01 validations first; see
+    /// [`serve_with_challenges`].
+    pub fn with_challenges(self, challenges: Arc<dyn Http01Challenges>) -> Server {
+        Server { challenges: Some(challenges), ..self }
+    }
+
+    /// The same server sending every request to the app named `app`; see
+    /// [`serve_app_port`].
+    pub fn for_app(self, app: impl Into<String>) -> Server {
+        Server { app: Some(app.into()), ..self }
+    }
+
+    fn into_shared(self, listener: &TcpListener, tls: bool) -> io::Result<Arc<Shared>> {
+        let mut proxy = Proxy::new(self.routes);
+        if let Some(app) = self.app {
+            proxy = proxy.for_app(app, listener.local_addr()?);
+        }
+        Ok(Arc::new(Shared { proxy, challenges: self.challenges, tls, limits: self.limits }))
+    }
+
+    /// Serves plain HTTP/1.1 until `shutdown` resolves; see [`serve`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let shared = self.into_shared(&listener, false)?;
+        let limits = shared.limits;
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.header_bytes());
+        let http = Arc::new(http);
+        accept_loop(listener, shutdown, move |stream, peer, stop| {
+            let shared = Arc::clone(&shared);
+            let http = Arc::clone(&http);
+            async move {
+                let activity = Activity::new();
+                let stream = Watched::new(stream, Arc::clone(&activity));
+                let service = service(shared, peer, Arc::clone(&activity));
+                // Upgrades are on so that a WebSocket handshake the proxy passes through can
+                // take the connection over once its 101 response is written.
+                let connection =
+                    http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                let watch = Watch { stop, activity, idle_timeout: limits.idle_timeout };
+                drive(connection, watch, peer, |connection| connection.graceful_shutdown()).await;
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Serves HTTPS until `shutdown` resolves; see [`serve_tls`].
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls_config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let shared = self.into_shared(&listener, true)?;
+        let limits = shared.limits;
+        let acceptor = TlsAcceptor::from(tls_config);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.header_bytes());
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.header_list_bytes());
+        let builder = Arc::new(builder);
+        accept_loop(listener, shutdown, move |stream, peer, stop| {
+            serve_tls_connection(
+                stream,
+                peer,
+                acceptor.clone(),
+                Arc::clone(&builder),
+                Arc::clone(&shared),
+                stop,
+            )
+        })
+        .await;
+        Ok(())
+    }
 }
 
 /// What every connection of one listener shares.
@@ -139,6 +258,7 @@ struct Shared {
     proxy: Proxy,
     challenges: Option<Arc<dyn Http01Challenges>>,
     tls: bool,
+    limits: ServerLimits,
 }
 
 impl Shared {
@@ -157,31 +277,6 @@ impl Shared {
         let downstream = Downstream { peer, local: None, tls: true };
         self.proxy.handle_from(request, downstream).await
     }
-}
-
-async fn serve_plain(
-    listener: TcpListener,
-    routes: SharedRoutes,
-    challenges: Option<Arc<dyn Http01Challenges>>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> io::Result<()> {
-    let shared = Arc::new(Shared { proxy: Proxy::new(routes), challenges, tls: false });
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let http = Arc::new(http);
-    accept_loop(listener, shutdown, move |stream, peer, stop| {
-        let shared = Arc::clone(&shared);
-        let http = Arc::clone(&http);
-        async move {
-            let service = service(shared, peer);
-            // Upgrades are on so that a WebSocket handshake the proxy passes through can
-            // take the connection over once its 101 response is written.
-            let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
-            drive(connection, stop, peer, |connection| connection.graceful_shutdown()).await;
-        }
-    })
-    .await;
-    Ok(())
 }
 
 async fn serve_tls_connection(
@@ -215,44 +310,72 @@ async fn serve_tls_connection(
         let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, close).await;
         return;
     }
-    let service = service(shared, peer);
+    let activity = Activity::new();
+    let idle_timeout = shared.limits.idle_timeout;
+    let service = service(shared, peer, Arc::clone(&activity));
+    let stream = Watched::new(stream, Arc::clone(&activity));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    drive(connection, stop, peer, |connection| connection.graceful_shutdown()).await;
+    let watch = Watch { stop, activity, idle_timeout };
+    drive(connection, watch, peer, |connection| connection.graceful_shutdown()).await;
 }
 
 fn service(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<ServedBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+    Future = impl Future<Output = Result<Response<ServedBody>, Infallible>> + Send + 'static,
 > + Clone
 + Send
 + 'static {
     service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(shared.handle(request, peer).await) }
+        // Counted from the moment the head is in until the response body is done, so that
+        // a slow app or a long download never looks like an idle connection.
+        let busy = activity.busy();
+        async move {
+            let response = shared.handle(request, peer).await;
+            Ok::<_, Infallible>(response.map(|body| ServedBody::new(body, busy)))
+        }
     })
 }
 
-/// Runs one connection to its end; when `stop` turns true, asks it to finish what it is
-/// doing and close (hyper's graceful shutdown: idle HTTP/1.1 connections close at once,
-/// HTTP/2 ones send GOAWAY), and keeps driving it until it has.
+/// What ends a connection early: the server stopping, or the connection going idle.
+struct Watch {
+    stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+}
+
+/// Runs one connection to its end; when `stop` turns true or the connection has been idle
+/// too long, asks it to finish what it is doing and close (hyper's graceful shutdown: idle
+/// HTTP/1.1 connections close at once, HTTP/2 ones send GOAWAY), and keeps driving it until
+/// it has.
 async fn drive<C, E>(
     connection: C,
-    mut stop: watch::Receiver<bool>,
+    watch: Watch,
     peer: SocketAddr,
     begin_shutdown: impl FnOnce(Pin<&mut C>),
 ) where
     C: Future<Output = Result<(), E>>,
     E: Display,
 {
+    let Watch { mut stop, activity, idle_timeout } = watch;
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = until_stopped(&mut stop) => {
+        result = connection.as_mut() => Some(result),
+        () = until_stopped(&mut stop) => None,
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+            None
+        }
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
             begin_shutdown(connection.as_mut());
             connection.await
         }
@@ -380,6 +503,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
     use tokio::time::timeout;
@@ -858,5 +982,121 @@ mod tests {
 
         stop.send(()).unwrap();
         timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
+    }
+
+    fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    #[tokio::test]
+    async fn https_only_apps_redirect_plain_http_except_acme_and_get_hsts_over_tls() {
+        let upstream = echo_upstream("web.1").await;
+        let mut table = crate::RouteTable::new();
+        let secure = crate::Backend::new("secure", vec![upstream]).with_https_only(true);
+        table.insert("secure.example.com", Arc::new(secure));
+        table.insert("plain.example.com", Arc::new(crate::Backend::new("plain", vec![upstream])));
+        let routes = shared_routes();
+        routes.store(Arc::new(table));
+        let plain = start_proxy(Arc::clone(&routes)).await;
+
+        let reply = send(plain.addr, get("Secure.Example.com:8080", "/a/b?x=1&y=%20")).await;
+        assert_eq!(reply.status, 301, "{}", reply.head);
+        let location = header_of(&reply.head, "location");
+        assert_eq!(location, Some("https://secure.example.com/a/b?x=1&y=%20"));
+        assert!(reply.body.is_empty());
+        // Other methods keep their method and body through the redirect.
+        let post = "POST /form HTTP/1.1\r\nHost: secure.example.com\r\nContent-Length: 2\r\n\
+                    Connection: close\r\n\r\nok";
+        let reply = send(plain.addr, post.into()).await;
+        assert_eq!(reply.status, 308, "{}", reply.head);
+        assert_eq!(header_of(&reply.head, "location"), Some("https://secure.example.com/form"));
+        // Certificates are validated over plain HTTP, so that path still reaches the app.
+        let reply =
+            send(plain.addr, get("secure.example.com", "/.well-known/acme-challenge/t")).await;
+        assert_eq!(reply.status, 200, "{}", reply.head);
+        assert!(reply.body.starts_with("web.1\nGET /.well-known/acme-challenge/t "));
+        assert_eq!(header_of(&reply.head, "strict-transport-security"), None);
+        // Other apps are untouched.
+        assert_eq!(send(plain.addr, get("plain.example.com", "/")).await.status, 200);
+
+        let (tls_config, root) = self_signed_tls("secure.example.com", &[b"h2", b"http/1.1"]);
+        let tls = start_tls_proxy(routes, tls_config).await;
+        for (host, hsts) in
+            [("secure.example.com", Some("max-age=31536000")), ("plain.example.com", None)]
+        {
+            let mut stream =
+                tls_connect(tls.addr, "secure.example.com", &root, &[b"http/1.1"]).await;
+            stream.write_all(get(host, "/a").as_bytes()).await.unwrap();
+            let reply = read_until_closed(&mut stream).await;
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+            let head = reply.split("\r\n\r\n").next().unwrap();
+            assert_eq!(header_of(head, "strict-transport-security"), hsts, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_app_port_sends_every_host_to_its_app() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server =
+            tokio::spawn(serve_app_port(listener, Arc::clone(&routes), "myapp".into(), async {
+                let _ = stopped.await;
+            }));
+
+        for host in ["myapp.example.com", "nobody.example.org", "10.1.2.3:8080"] {
+            let request = format!(
+                "GET /x HTTP/1.1\r\nHost: {host}\r\nX-App: other\r\nConnection: close\r\n\r\n"
+            );
+            let reply = send(addr, request).await;
+            assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+            assert!(reply.body.starts_with("web.1\nGET /x HTTP/1.1\r\n"), "{}", reply.body);
+            assert_eq!(header_of(&reply.body, "host"), Some(host));
+        }
+        // Even without a Host header (HTTP/1.0), the request is the app's.
+        let reply = send(addr, "GET /old HTTP/1.0\r\n\r\n".into()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(header_of(&reply.body, "host"), Some(addr.to_string().as_str()));
+
+        // While the app is not in the table, the page names it.
+        routes.store(Arc::new(table_with(&[("other.example.com", "other", vec![upstream])])));
+        let reply = send(addr, get("myapp.example.com", "/")).await;
+        assert_eq!(reply.status, 502);
+        assert!(reply.body.contains("no app named myapp is served here"), "{}", reply.body);
+
+        stop.send(()).unwrap();
+        timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_sent_away() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let (tls_config, root) = self_signed_tls("myapp.example.com", &[b"h2"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits =
+            ServerLimits { idle_timeout: Duration::from_millis(200), ..ServerLimits::default() };
+        let server = Server::new(routes).with_limits(limits);
+        tokio::spawn(server.serve_tls(listener, tls_config, std::future::pending()));
+
+        let stream = tls_connect(addr, "myapp.example.com", &root, &[b"h2"]).await;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let request =
+            Request::get("https://myapp.example.com/").body(Empty::<Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        // Nothing more is asked: the server ends the connection (GOAWAY, then close).
+        timeout(DEADLINE, connection).await.expect("the idle connection ended").unwrap().unwrap();
     }
 }

@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
+use crate::cache::{BackendCache, CacheConfig};
+use crate::limits::Limits;
 use crate::static_files::{StaticMount, longest_prefix_first};
 
 /// DNS limits a name to 253 characters; anything longer cannot be a host we serve.
@@ -51,6 +54,10 @@ pub struct Backend {
     in_flight: Vec<Arc<AtomicUsize>>,
     /// Whether `/APP/...` on any host reaches this app; see [`Backend::with_path_routing`].
     path_routing: bool,
+    limits: Limits,
+    access_log: Option<AccessLog>,
+    https_only: bool,
+    cache: Option<BackendCache>,
 }
 
 /// Requests under way to each instance address, across route tables: the daemon asks it
@@ -98,6 +105,10 @@ impl Backend {
             catch_all: None,
             in_flight,
             path_routing: false,
+            limits: Limits::default(),
+            access_log: None,
+            https_only: false,
+            cache: None,
         }
     }
 
@@ -152,6 +163,57 @@ impl Backend {
     /// The file served for paths nothing else answers, if any.
     pub fn catch_all(&self) -> Option<&Path> {
         self.catch_all.as_deref()
+    }
+
+    /// The same backend held to `limits` (request body size, time to answer) instead of
+    /// the defaults.
+    pub fn with_limits(self, limits: Limits) -> Backend {
+        Backend { limits, ..self }
+    }
+
+    /// The limits the app's requests are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The same backend writing a line per request to `log` (see [`AccessLog`]), made when
+    /// the response head is ready; the router's own pages for the app are logged too.
+    pub fn with_access_log(self, log: AccessLog) -> Backend {
+        Backend { access_log: Some(log), ..self }
+    }
+
+    /// The app's access log, if it has one.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
+    /// The same backend, reached over plain HTTP only by a redirect to
+    /// `https://HOST/path?query` (301 for GET and HEAD, 308 for other methods, which must
+    /// keep their body), except for `/.well-known/acme-challenge/...`, which certificates
+    /// are validated through. Its responses over TLS carry
+    /// `Strict-Transport-Security: max-age=31536000` unless the app sets its own.
+    ///
+    /// The redirect names no port: HTTPS is taken to be on 443.
+    pub fn with_https_only(self, enabled: bool) -> Backend {
+        Backend { https_only: enabled, ..self }
+    }
+
+    /// Whether plain-HTTP visitors are redirected to HTTPS.
+    pub fn https_only(&self) -> bool {
+        self.https_only
+    }
+
+    /// The same backend with a response cache for the URL prefixes in `config` (see
+    /// [`CacheConfig`]). The cache belongs to the app's name, not to this backend: every
+    /// backend made for the app shares it, so a new route table keeps what was cached,
+    /// until [`crate::CacheRegistry::clear`]. An empty prefix list caches nothing.
+    pub fn with_cache(self, config: CacheConfig) -> Backend {
+        let cache = BackendCache::new(&self.app, config);
+        Backend { cache: Some(cache), ..self }
+    }
+
+    pub(crate) fn cache(&self) -> Option<&BackendCache> {
+        self.cache.as_ref()
     }
 
     /// A number that grows by one with each request, for turn-taking among instances that

@@ -4,9 +4,13 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -17,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::proxy::{Downstream, Proxy};
-use crate::server::serve;
+use crate::server::{Server, serve};
 use crate::table::{Backend, RouteTable, SharedRoutes, shared_routes};
 
 /// Every wait in these tests is bounded by this, so a bug fails a test instead of
@@ -37,6 +41,17 @@ pub(crate) async fn start_proxy(routes: SharedRoutes) -> TestProxy {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, routes, async move {
+        let _ = stopped.await;
+    }));
+    TestProxy { addr, stop, server }
+}
+
+/// Starts a configured [`Server`] on a fresh port, as [`start_proxy`] does.
+pub(crate) async fn start_server(server: Server) -> TestProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
     }));
     TestProxy { addr, stop, server }
@@ -202,4 +217,107 @@ pub(crate) async fn send(proxy: SocketAddr, request: String) -> Reply {
 
 pub(crate) fn get(host: &str, target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+}
+
+/// One request as an upstream saw it, parsed by hyper as an app's server would.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    /// `METHOD TARGET VERSION`, e.g. `GET /a?b HTTP/1.1`.
+    pub(crate) line: String,
+    pub(crate) headers: HeaderMap,
+    /// The whole body, or why it could not be read (or that it is still being read).
+    pub(crate) body: Result<Bytes, String>,
+    /// Whether the body has been read to its end or its error.
+    pub(crate) finished: bool,
+}
+
+/// How a [`RecordingUpstream`] answers: the request and how many came before it.
+pub(crate) type Responder = Arc<dyn Fn(&Seen, usize) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// An app instance, on hyper like most apps' servers, that records every request it
+/// parses (the head as soon as it is in, then the body once read).
+pub(crate) struct RecordingUpstream {
+    pub(crate) addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl RecordingUpstream {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// A [`RecordingUpstream`] answering `200 ok` to everything.
+pub(crate) async fn recording_upstream() -> RecordingUpstream {
+    recording_upstream_with(Arc::new(|_, _| Response::new(Full::new(Bytes::from_static(b"ok")))))
+        .await
+}
+
+pub(crate) async fn recording_upstream_with(respond: Responder) -> RecordingUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            let respond = Arc::clone(&respond);
+            let service = service_fn(move |request: Request<Incoming>| {
+                let record = Arc::clone(&record);
+                let respond = Arc::clone(&respond);
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
+                    let index = {
+                        let mut seen = record.lock().unwrap_or_else(PoisonError::into_inner);
+                        let pending = Err("the body is being read".to_string());
+                        let headers = parts.headers;
+                        seen.push(Seen { line, headers, body: pending, finished: false });
+                        seen.len() - 1
+                    };
+                    let body = body.collect().await.map(|body| body.to_bytes());
+                    let seen = {
+                        let mut seen = record.lock().unwrap_or_else(PoisonError::into_inner);
+                        seen[index].body = body.map_err(|error| error.to_string());
+                        seen[index].finished = true;
+                        seen[index].clone()
+                    };
+                    Ok::<_, Infallible>(respond(&seen, index))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    RecordingUpstream { addr, seen }
+}
+
+/// Sends raw bytes on a fresh connection and reads whatever comes back until the proxy
+/// closes the connection (or resets it), within the deadline.
+pub(crate) async fn exchange_raw(proxy: SocketAddr, request: &[u8]) -> String {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        // The proxy may close before taking everything (that is the point of some tests).
+        let _ = stream.write_all(request).await;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    timeout(DEADLINE, exchange).await.expect("the proxy answered or closed in time")
+}
+
+/// Polls `done` until it holds, failing the test after the deadline.
+pub(crate) async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
