@@ -148,3 +148,59 @@ fn https_with_http2_a_self_signed_default_and_a_certificate_users_bring() {
     assert_eq!(output.status.code(), Some(1));
     assert!(output_text(&output).to_lowercase().contains("key"), "{}", output_text(&output));
 }
+
+#[test]
+fn nginx_knobs_https_only_cache_body_limit_path_routing_and_access_log() {
+    let world = World::start("knobs");
+    let env = "NGINX_HTTPS_ONLY=true\nNGINX_CACHE_PREFIXES=/env\nBERTH_MAX_BODY_SIZE=1K\nBERTH_PATH_ROUTING=true\n";
+    let repo = world.app_repo("knobby", "k1", "web: python3 app.py\n", env);
+    world.push_ok(&repo, "knobby");
+
+    // HTTP redirects to HTTPS; HTTPS answers with HSTS.
+    let page = world.get("knobby", "/env/BERTH_APP?x=1");
+    assert_eq!(page.status, 301, "{}", page.body);
+    assert_eq!(page.header("location"), Some("https://knobby.berth.test/env/BERTH_APP?x=1"));
+    let output = curl_https(&world, "knobby.berth.test", &["-k", "-D", "-"]);
+    let text = String::from_utf8_lossy(&output.stdout).to_lowercase();
+    assert!(text.contains("strict-transport-security: max-age=31536000"), "{text}");
+
+    // The cache answers the second request for a cached prefix itself.
+    let get = |path: &str| {
+        let addr = world.daemon.https_addr.unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-D", "-", "--resolve"])
+            .arg(format!("knobby.berth.test:{}:127.0.0.1", addr.port()))
+            .arg(format!("https://knobby.berth.test:{}{path}", addr.port()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    assert!(get("/env/BERTH_APP").contains("x-cache: miss"));
+    let second = get("/env/BERTH_APP");
+    assert!(second.contains("x-cache: hit") && second.ends_with("knobby"), "{second}");
+
+    // A body over the limit is refused before the app sees it.
+    let addr = world.daemon.https_addr.unwrap();
+    let big = "x".repeat(4096);
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--data", &big, "--resolve"])
+        .arg(format!("knobby.berth.test:{}:127.0.0.1", addr.port()))
+        .arg(format!("https://knobby.berth.test:{}/", addr.port()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+
+    // Path routing: /knobby/... on a name no app has, prefix stripped.
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--resolve"])
+        .arg(format!("elsewhere.test:{}:127.0.0.1", addr.port()))
+        .arg(format!("https://elsewhere.test:{}/knobby/headers", addr.port()))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout);
+    assert!(headers.contains("x-forwarded-prefix: /knobby"), "{headers}");
+
+    // Every request is in the app's access log.
+    let log = world.ssh_ok(&["logs", "knobby", "router"]);
+    assert!(log.contains("\"GET /env/BERTH_APP HTTP/2.0\" 200"), "{log}");
+}

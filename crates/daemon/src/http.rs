@@ -451,8 +451,12 @@ fn log_names(dir: &std::path::Path, process: Option<&str>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(process) = process {
-        names.retain(|name| name.rsplit_once('.').map(|(t, _)| t) == Some(process));
+    match process {
+        Some(process) => names.retain(|name| {
+            name == process || name.rsplit_once('.').map(|(t, _)| t) == Some(process)
+        }),
+        // The router's access log has a format of its own: shown when asked for by name.
+        None => names.retain(|name| name != "router"),
     }
     names.sort();
     names

@@ -40,6 +40,7 @@ pub(crate) struct Desired {
     pub exclusive: std::collections::HashSet<String>,
     /// The name checks ask for.
     pub host: String,
+    pub route: crate::state::RouteOptions,
 }
 
 impl Desired {
@@ -166,7 +167,8 @@ impl Daemon {
             }
         }
         let host = format!("{app}.{}", self.settings.domain);
-        Ok(Desired { specs, hosts, statics, catch_all, crons, checks, exclusive, host })
+        let route = crate::state::RouteOptions::from_env(&env)?;
+        Ok(Desired { specs, hosts, statics, catch_all, crons, checks, exclusive, host, route })
     }
 
     /// A cron line as a job: a command with the app's environment, or a web-cron request.
@@ -304,6 +306,7 @@ impl Daemon {
             runtime.hosts = desired.hosts.clone();
             runtime.statics = desired.statics.clone();
             runtime.catch_all = desired.catch_all.clone();
+            runtime.route = desired.route.clone();
             runtime.release = release;
             self.publish_routes(&runtimes);
             let runtime = runtimes.get_mut(app).expect("inserted above");
@@ -314,6 +317,8 @@ impl Daemon {
             self.publish_routes(&runtimes);
             (old_make, old_break, crons)
         };
+        // Responses the old release cached must not outlive it.
+        berth_router::CacheRegistry::clear(app);
         for handle in old_crons {
             handle.stop();
         }
@@ -391,6 +396,7 @@ impl Daemon {
             statics: desired.statics,
             catch_all: desired.catch_all,
             crons,
+            route: desired.route,
         };
         {
             let mut runtimes = self.runtimes();
@@ -456,6 +462,8 @@ impl Daemon {
                 runtime.hosts = desired.hosts.clone();
                 runtime.statics = desired.statics.clone();
                 runtime.catch_all = desired.catch_all.clone();
+                runtime.route = desired.route.clone();
+                runtime.route = desired.route.clone();
             }
             self.publish_routes(&runtimes);
         }

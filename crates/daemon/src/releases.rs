@@ -275,6 +275,7 @@ impl Daemon {
             statics: desired.statics,
             catch_all: desired.catch_all,
             crons: Vec::new(),
+            route: desired.route,
         })
     }
 }

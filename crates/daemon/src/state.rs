@@ -49,6 +49,88 @@ pub struct AppRuntime {
     pub catch_all: Option<std::path::PathBuf>,
     /// The schedules of the release's cron lines.
     pub crons: Vec<berth_supervise::cron::CronHandle>,
+    /// How the router treats the app (its knobs).
+    pub route: RouteOptions,
+}
+
+/// The router settings an app's knobs give (piku's NGINX_* and Berth's own).
+#[derive(Debug, Clone, Default)]
+pub struct RouteOptions {
+    pub https_only: bool,
+    pub path_routing: bool,
+    pub limits: berth_router::Limits,
+    pub cache: Option<berth_router::CacheConfig>,
+}
+
+impl RouteOptions {
+    /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, BERTH_MAX_BODY_SIZE,
+    /// BERTH_RESPONSE_TIMEOUT and NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE.
+    pub fn from_env(env: &[(String, String)]) -> Result<RouteOptions, String> {
+        let knob = |key: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let flag = |key: &str| {
+            knob(key).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            })
+        };
+        let mut limits = berth_router::Limits::default();
+        if let Some(size) =
+            knob("BERTH_MAX_BODY_SIZE").or_else(|| knob("NGINX_CLIENT_MAX_BODY_SIZE"))
+        {
+            limits.max_body_bytes = berth_supervise::logs::parse_size(&size).ok_or_else(|| {
+                format!("BERTH_MAX_BODY_SIZE={size:?} is not a size (for example 20M)")
+            })?;
+        }
+        if let Some(seconds) = knob("BERTH_RESPONSE_TIMEOUT") {
+            let seconds: u64 = seconds.parse().map_err(|_| {
+                format!("BERTH_RESPONSE_TIMEOUT={seconds:?} is not a number of seconds")
+            })?;
+            limits.response_timeout = std::time::Duration::from_secs(seconds.max(1));
+        }
+        let cache = match knob("NGINX_CACHE_PREFIXES") {
+            None => None,
+            Some(prefixes) => {
+                let mut config = berth_router::CacheConfig {
+                    prefixes: prefixes
+                        .split([',', ' '])
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    ..berth_router::CacheConfig::default()
+                };
+                if let Some(time) = knob("NGINX_CACHE_TIME") {
+                    let seconds: u64 = time.parse().map_err(|_| {
+                        format!("NGINX_CACHE_TIME={time:?} is not a number of seconds")
+                    })?;
+                    config.default_ttl = std::time::Duration::from_secs(seconds);
+                }
+                if let Some(size) = knob("NGINX_CACHE_SIZE") {
+                    // piku counts this in gigabytes; a size with a unit is taken as written.
+                    let bytes = match size.parse::<u64>() {
+                        Ok(gigabytes) => gigabytes << 30,
+                        Err(_) => berth_supervise::logs::parse_size(&size).ok_or_else(|| {
+                            format!(
+                                "NGINX_CACHE_SIZE={size:?} is not a size (for example 1 or 256M)"
+                            )
+                        })?,
+                    };
+                    config.max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+                }
+                Some(config)
+            }
+        };
+        Ok(RouteOptions {
+            https_only: flag("NGINX_HTTPS_ONLY"),
+            path_routing: flag("BERTH_PATH_ROUTING"),
+            limits,
+            cache,
+        })
+    }
 }
 
 impl AppRuntime {
@@ -90,6 +172,8 @@ pub struct Daemon {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The Unix user of each app, once known.
     app_users: Mutex<HashMap<String, RunAs>>,
+    /// Each app's router access log, kept across route tables.
+    access_logs: Mutex<HashMap<String, berth_router::AccessLog>>,
     /// The certificates the router serves.
     certs: std::sync::OnceLock<Arc<berth_tls::CertStore>>,
     /// The ACME manager, when certificates come from a CA.
@@ -123,6 +207,7 @@ impl Daemon {
             app_locks: Mutex::new(HashMap::new()),
             app_users: Mutex::new(HashMap::new()),
             certs: std::sync::OnceLock::new(),
+            access_logs: Mutex::new(HashMap::new()),
             acme: std::sync::OnceLock::new(),
         }
     }
@@ -546,6 +631,25 @@ impl Daemon {
     }
 
     /// Builds a new route table from the running instances and swaps it in.
+    /// The app's access log (`logs/APP/router.log`), opened on first use.
+    fn access_log(&self, app: &str) -> Option<berth_router::AccessLog> {
+        let mut logs = self.access_logs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = logs.get(app) {
+            return Some(log.clone());
+        }
+        let path = self.settings.layout.logs(app).join("router.log");
+        match berth_router::AccessLog::open(&path) {
+            Ok(log) => {
+                logs.insert(app.to_owned(), log.clone());
+                Some(log)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot open {}", path.display());
+                None
+            }
+        }
+    }
+
     pub(crate) fn previews(&self) -> MutexGuard<'_, HashMap<(String, i64), AppRuntime>> {
         self.previews.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -565,11 +669,20 @@ impl Daemon {
                 .filter_map(|i| i.spec().port)
                 .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
                 .collect();
-            let backend = Arc::new(
-                Backend::new(app.clone(), addrs)
-                    .with_in_flight(&self.in_flight)
-                    .with_static(runtime.statics.clone(), runtime.catch_all.clone()),
-            );
+            let owner = app.split_once('.').map_or(app.as_str(), |(_, owner)| owner);
+            let mut backend = Backend::new(app.clone(), addrs)
+                .with_in_flight(&self.in_flight)
+                .with_static(runtime.statics.clone(), runtime.catch_all.clone())
+                .with_https_only(runtime.route.https_only)
+                .with_path_routing(runtime.route.path_routing)
+                .with_limits(runtime.route.limits.clone());
+            if let Some(log) = self.access_log(owner) {
+                backend = backend.with_access_log(log);
+            }
+            if let Some(cache) = &runtime.route.cache {
+                backend = backend.with_cache(cache.clone());
+            }
+            let backend = Arc::new(backend);
             for host in &runtime.hosts {
                 table.insert(host, backend.clone());
             }

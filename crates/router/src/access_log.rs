@@ -150,7 +150,11 @@ pub(crate) fn format_entry(entry: &AccessEntry, out: &mut String) {
     let _ = write!(out, "{client} - - [{}] \"", format_time(entry.time));
     push_escaped(out, entry.method.as_str().as_bytes());
     out.push(' ');
-    push_escaped(out, entry.uri.to_string().as_bytes());
+    // The request target as the visitor's HTTP/1.1 request line has it: an HTTP/2 request's
+    // URI is absolute (scheme and authority), which log tools do not expect there.
+    let target =
+        entry.uri.path_and_query().map_or_else(|| entry.uri.to_string(), |p| p.to_string());
+    push_escaped(out, target.as_bytes());
     let _ = write!(out, " {:?}\" {} ", entry.version, entry.status);
     match entry.bytes {
         Some(bytes) => {
