@@ -675,7 +675,7 @@ impl Daemon {
                 .with_static(runtime.statics.clone(), runtime.catch_all.clone())
                 .with_https_only(runtime.route.https_only)
                 .with_path_routing(runtime.route.path_routing)
-                .with_limits(runtime.route.limits.clone());
+                .with_limits(runtime.route.limits);
             if let Some(log) = self.access_log(owner) {
                 backend = backend.with_access_log(log);
             }
