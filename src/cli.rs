@@ -161,6 +161,14 @@ pub enum ServerCommand {
         /// The private key (left out with `-`).
         key: Option<String>,
     },
+    /// List the public ports an app answers on by itself.
+    Ports { app: String },
+    /// Give an app a public port of its own: every request there reaches it.
+    #[command(name = "ports:add", after_help = "Example: berth ports:add myapp 8081")]
+    PortsAdd { app: String, port: String },
+    /// Take a port away from an app.
+    #[command(name = "ports:remove")]
+    PortsRemove { app: String, port: String },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -496,6 +504,25 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
             };
             let done: Done =
                 client.send(Method::POST, &app_path(&app, "/certs")?, &request).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::Ports { app } => {
+            let ports: Vec<u16> = client.get(&app_path(&app, "/ports")?).await?;
+            if ports.is_empty() {
+                writeln!(stdout, "{app} has no port of its own (`ports:add {app} PORT`)")?;
+            }
+            for port in ports {
+                writeln!(stdout, "{port}")?;
+            }
+        }
+        ServerCommand::PortsAdd { app, port } => {
+            let path = app_path(&app, &format!("/ports/{}", encode_query(&port)))?;
+            let done: Done = client.send(Method::PUT, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::PortsRemove { app, port } => {
+            let path = app_path(&app, &format!("/ports/{}", encode_query(&port)))?;
+            let done: Done = client.send(Method::DELETE, &path, &()).await?;
             writeln!(stdout, "{}", done.message)?;
         }
         ServerCommand::ReleasesKeep { app, count } => {

@@ -204,3 +204,28 @@ fn nginx_knobs_https_only_cache_body_limit_path_routing_and_access_log() {
     let log = world.ssh_ok(&["logs", "knobby", "router"]);
     assert!(log.contains("\"GET /env/BERTH_APP HTTP/2.0\" 200"), "{log}");
 }
+
+#[test]
+fn an_app_port_reaches_the_app_whatever_the_host() {
+    let world = World::start("ports");
+    let repo = world.app_repo("porty", "p1", "web: python3 app.py\n", "");
+    world.push_ok(&repo, "porty");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = world.ssh_ok(&["ports:add", "porty", &port.to_string()]);
+    assert!(out.contains(&format!("porty answers on port {port} too")), "{out}");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(berth_testkit::http_get(addr, "anything.test", "/").unwrap().body, "? p1");
+    assert_eq!(world.ssh_ok(&["ports", "porty"]), format!("{port}\n"));
+    let other = world.app_repo("other-port", "o1", "web: python3 app.py\n", "");
+    world.push_ok(&other, "other-port");
+    let output = world.ssh(&["ports:add", "other-port", &port.to_string()]);
+    assert!(
+        output_text(&output).contains(&format!("port {port} belongs to porty")),
+        "{}",
+        output_text(&output)
+    );
+    world.ssh_ok(&["ports:remove", "porty", &port.to_string()]);
+    berth_testkit::poll("the port closed", std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_err().then_some(())
+    });
+}

@@ -46,6 +46,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/apps/{app}/domains", get(list_domains).post(add_domain))
         .route("/apps/{app}/domains/{name}", axum::routing::delete(remove_domain))
         .route("/apps/{app}/certs", get(list_certs).post(add_cert))
+        .route("/apps/{app}/ports", get(list_ports))
+        .route("/apps/{app}/ports/{port}", axum::routing::put(add_port).delete(remove_port))
         .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/releases/{release}/preview", post(start_preview).delete(stop_preview))
         .route("/apps/{app}/releases/{release}/promote", post(promote))
@@ -133,6 +135,10 @@ async fn destroy_app(
     let lock = daemon.app_lock(&app);
     let _guard = lock.lock().await;
     daemon.remove_app(&app).await;
+    let ports = daemon.store().ports()?;
+    for (port, _) in ports.into_iter().filter(|(_, owner)| *owner == app) {
+        daemon.close_app_port(port);
+    }
     daemon.store().delete_app(&app)?;
     let layout = &daemon.settings.layout;
     let dirs = [
@@ -796,4 +802,58 @@ async fn live_config(
     // Later layers win: keep the last value of each key, sorted.
     let map: BTreeMap<String, String> = env.drain(..).collect();
     Ok(Json(map.into_iter().collect()))
+}
+
+async fn list_ports(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<u16>> {
+    let app = app_name(&app)?;
+    daemon.store().app(&app)?;
+    let ports =
+        daemon.store().ports()?.into_iter().filter(|(_, a)| *a == app).map(|(p, _)| p).collect();
+    Ok(Json(ports))
+}
+
+fn port_number(raw: &str) -> Result<u16, ApiError> {
+    raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("{raw:?} is not a port; give a number from 1 to 65535"))
+    })
+}
+
+async fn add_port(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, port)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let port = port_number(&port)?;
+    let router_ports = [Some(daemon.settings.http_addr.port()), daemon.https_port()];
+    if router_ports.contains(&Some(port)) {
+        return Err(ApiError::conflict(format!("port {port} is the router's own; pick another")));
+    }
+    if let Some(other) = daemon.store().add_port(&app, port)? {
+        return Err(ApiError::conflict(format!(
+            "port {port} belongs to {other} (ports:remove {other} {port})"
+        )));
+    }
+    if let Err(err) = daemon.open_app_port(&app, port).await {
+        daemon.store().remove_port(&app, port)?;
+        return Err(ApiError::conflict(err));
+    }
+    Ok(Json(Done { message: format!("{app} answers on port {port} too, whatever the host name") }))
+}
+
+async fn remove_port(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, port)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let port = port_number(&port)?;
+    if !daemon.store().remove_port(&app, port)? {
+        return Err(ApiError::not_found(format!(
+            "{app} has no port {port} (`ports {app}` lists them)"
+        )));
+    }
+    daemon.close_app_port(port);
+    Ok(Json(Done { message: format!("{app} no longer answers on port {port}") }))
 }

@@ -114,6 +114,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 
     let routes = berth_router::shared_routes();
     let settings = Settings {
+        https_addr,
         layout: layout.clone(),
         domain: options.domain,
         http_addr,
@@ -134,6 +135,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // Apps first, router second: until the route table holds the adopted instances, a request
     // would find no app (404). Visitors wait in the socket's backlog meanwhile, but not for
     // longer than an app that is slow to start would make them.
+    daemon.open_stored_ports().await;
     let mut restore = tokio::spawn(restore_apps(daemon.clone()));
     if tokio::time::timeout(RESTORE_WAIT, &mut restore).await.is_err() {
         tracing::warn!("apps are still starting; serving the others now");

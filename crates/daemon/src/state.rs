@@ -25,6 +25,8 @@ pub struct Settings {
     pub domain: String,
     /// The router's bound address (known once it listens).
     pub http_addr: SocketAddr,
+    /// The router's HTTPS address, when it serves HTTPS.
+    pub https_addr: Option<SocketAddr>,
     /// The user that owns the git repos and may use the API socket (the `berth` user of a
     /// root install), when it is not the daemon's own user.
     pub git_owner: Option<RunAs>,
@@ -172,6 +174,8 @@ pub struct Daemon {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The Unix user of each app, once known.
     app_users: Mutex<HashMap<String, RunAs>>,
+    /// The listeners of app ports (`ports:add`): port → (app, stop signal, task).
+    port_servers: Mutex<HashMap<u16, (String, tokio::sync::watch::Sender<bool>)>>,
     /// Each app's router access log, kept across route tables.
     access_logs: Mutex<HashMap<String, berth_router::AccessLog>>,
     /// The certificates the router serves.
@@ -208,8 +212,13 @@ impl Daemon {
             app_users: Mutex::new(HashMap::new()),
             certs: std::sync::OnceLock::new(),
             access_logs: Mutex::new(HashMap::new()),
+            port_servers: Mutex::new(HashMap::new()),
             acme: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn https_port(&self) -> Option<u16> {
+        self.settings.https_addr.map(|a| a.port())
     }
 
     pub fn set_certs(&self, certs: Arc<berth_tls::CertStore>) {
@@ -631,6 +640,48 @@ impl Daemon {
     }
 
     /// Builds a new route table from the running instances and swaps it in.
+    /// Serves every request on `port` to `app` (procserver's routing by port).
+    pub async fn open_app_port(&self, app: &str, port: u16) -> Result<(), String> {
+        let ip = self.settings.http_addr.ip();
+        let listener = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .map_err(|e| format!("cannot listen on {ip}:{port}: {e}; pick another port"))?;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tokio::spawn(berth_router::serve_app_port(
+            listener,
+            self.routes.clone(),
+            app.to_owned(),
+            shutdown,
+        ));
+        self.port_servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port, (app.to_owned(), stop));
+        Ok(())
+    }
+
+    /// Stops serving `port`.
+    pub fn close_app_port(&self, port: u16) {
+        if let Some((_, stop)) =
+            self.port_servers.lock().unwrap_or_else(|e| e.into_inner()).remove(&port)
+        {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Serves the app ports the store has (at daemon start).
+    pub async fn open_stored_ports(&self) {
+        let ports = self.store().ports().unwrap_or_default();
+        for (port, app) in ports {
+            if let Err(err) = self.open_app_port(&app, port).await {
+                tracing::warn!(app, "{err}");
+            }
+        }
+    }
+
     /// The app's access log (`logs/APP/router.log`), opened on first use.
     fn access_log(&self, app: &str) -> Option<berth_router::AccessLog> {
         let mut logs = self.access_logs.lock().unwrap_or_else(|e| e.into_inner());

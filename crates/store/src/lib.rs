@@ -144,6 +144,10 @@ CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY,
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS ports (
+    port INTEGER PRIMARY KEY,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE
+);
 CREATE TABLE IF NOT EXISTS scale (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     process_type TEXT NOT NULL,
@@ -366,6 +370,35 @@ impl Store {
             .conn
             .query_row("SELECT app FROM domains WHERE name = ?1", [name], |row| row.get(0))
             .optional()?)
+    }
+
+    /// Gives a public port to an app; a port belongs to one app at most. Returns the app that
+    /// has it when it is taken.
+    pub fn add_port(&self, app: &str, port: u16) -> Result<Option<String>> {
+        self.app(app)?;
+        let owner: Option<String> = self
+            .conn
+            .query_row("SELECT app FROM ports WHERE port = ?1", [port], |row| row.get(0))
+            .optional()?;
+        if owner.is_none() {
+            self.conn
+                .execute("INSERT INTO ports (port, app) VALUES (?1, ?2)", params![port, app])?;
+        }
+        Ok(owner.filter(|owner| owner != app))
+    }
+
+    pub fn remove_port(&self, app: &str, port: u16) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM ports WHERE app = ?1 AND port = ?2", params![app, port])?
+            > 0)
+    }
+
+    /// Every app port: (port, app).
+    pub fn ports(&self) -> Result<Vec<(u16, String)>> {
+        let mut stmt = self.conn.prepare("SELECT port, app FROM ports ORDER BY port")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records a new release in the `building` state and returns its number (one more than the
