@@ -9,7 +9,7 @@ use anyhow::Context;
 use berth_api::{
     AddCertificate, AppDetail, AppSummary, Certificate, Client, ConfigUpdate, ConfigVars,
     DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest,
-    RunRequest, Scale,
+    RunRequest, Scale, TokenInfo, TokenRequest,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -179,6 +179,14 @@ pub enum ServerCommand {
     /// Allow pushes again.
     #[command(name = "apps:unlock")]
     AppsUnlock { app: String },
+    /// List the API tokens.
+    Tokens,
+    /// Create an API token for scripts and CI (shown once; admin keys only over ssh).
+    #[command(name = "tokens:create", after_help = "Example: berth tokens:create ci")]
+    TokensCreate { name: String },
+    /// Revoke an API token.
+    #[command(name = "tokens:revoke")]
+    TokensRevoke { name: String },
     /// List the keys that may push and run commands (name, fingerprint, admin).
     Keys,
     /// Authorise another key (admin keys only): `keys:add NAME < key.pub`.
@@ -522,6 +530,30 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
         }
         ServerCommand::PortsRemove { app, port } => {
             let path = app_path(&app, &format!("/ports/{}", encode_query(&port)))?;
+            let done: Done = client.send(Method::DELETE, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::Tokens => {
+            let tokens: Vec<TokenInfo> = client.get("/tokens").await?;
+            if tokens.is_empty() {
+                writeln!(stdout, "no API tokens (`tokens:create NAME` makes one)")?;
+            }
+            for token in tokens {
+                writeln!(stdout, "{}", token.name)?;
+            }
+        }
+        ServerCommand::TokensCreate { name } => {
+            let token: TokenInfo =
+                client.send(Method::POST, "/tokens", &TokenRequest { name }).await?;
+            writeln!(
+                stdout,
+                "{}\n(the token {}: keep it now, it is not shown again; send it as `Authorization: Bearer TOKEN`)",
+                token.token.unwrap_or_default(),
+                token.name
+            )?;
+        }
+        ServerCommand::TokensRevoke { name } => {
+            let path = format!("/tokens/{}", encode_query(&name));
             let done: Done = client.send(Method::DELETE, &path, &()).await?;
             writeln!(stdout, "{}", done.message)?;
         }

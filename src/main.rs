@@ -65,6 +65,9 @@ enum TopCommand {
         /// Never ask an ACME CA for certificates.
         #[arg(long)]
         no_acme: bool,
+        /// Serve the API on TCP too (every request needs a token from tokens:create).
+        #[arg(long, value_name = "ADDR:PORT")]
+        api: Option<std::net::SocketAddr>,
         /// Base domain: apps are served at APP.<domain>.
         #[arg(long, default_value = "localhost")]
         domain: String,
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
             acme_email,
             acme_ca_file,
             no_acme,
+            api,
         } => {
             let root_user = nix::unistd::geteuid().is_root();
             let https = match (https, no_https) {
@@ -225,7 +229,7 @@ fn main() -> ExitCode {
                     ca_file: acme_ca_file,
                 }
             });
-            run_daemon(root, http, https, acme, domain)
+            run_daemon(root, http, https, acme, api, domain)
         }
         TopCommand::Ssh { key, name, admin, keys_file } => {
             let identity = ssh::Identity { fingerprint: key, name, admin, keys_file };
@@ -298,6 +302,7 @@ fn run_daemon(
     http: Option<std::net::SocketAddr>,
     https: Option<std::net::SocketAddr>,
     acme: Option<berth_daemon::AcmeOptions>,
+    api: Option<std::net::SocketAddr>,
     domain: String,
 ) -> anyhow::Result<u8> {
     tracing_subscriber::fmt()
@@ -317,7 +322,7 @@ fn run_daemon(
     });
     let exe = std::env::current_exe()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let options = berth_daemon::DaemonOptions { root, http, https, domain, acme, exe };
+    let options = berth_daemon::DaemonOptions { root, http, https, domain, acme, api, exe };
     runtime.block_on(berth_daemon::run(options))?;
     Ok(0)
 }

@@ -62,6 +62,12 @@ pub fn run(root: &Path, root_explicit: bool, identity: &Identity) -> anyhow::Res
             let root = root_explicit.then_some(root);
             crate::keys::keys_command(&args, &path, root, identity.admin, &mut std::io::stdin())
         }
+        SshCommand::Cli { args }
+            if !identity.admin && args.first().is_some_and(|a| a.starts_with("tokens")) =>
+        {
+            eprintln!("berth: only admin keys (those setup:ssh added) may manage API tokens");
+            Ok(crate::EXIT_USAGE)
+        }
         SshCommand::Cli { args } => cli::run_ssh_args(root, &args, Some(key.to_owned())),
     }
 }

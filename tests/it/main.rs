@@ -1,6 +1,7 @@
 //! Integration tests: a real sshd on loopback, a real daemon on its own root, pushes with real
 //! git, app processes, and HTTP requests through Berth's router.
 
+mod api;
 mod cli;
 mod client;
 mod push;

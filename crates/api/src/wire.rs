@@ -233,6 +233,47 @@ pub struct AddCertificate {
     pub key_pem: String,
 }
 
+/// `POST /apps`: create an app, and deploy it from a git repository when one is given (the
+/// procserver model: pull, not push).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateApp {
+    pub name: String,
+    #[serde(default)]
+    pub repo: Option<RepoSource>,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub scale: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoSource {
+    pub url: String,
+    #[serde(default = "main_branch")]
+    pub branch: String,
+}
+
+fn main_branch() -> String {
+    "main".to_owned()
+}
+
+/// `POST /tokens`: a new API token; the answer is the only time it is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created_at: i64,
+    /// Only in the answer to `POST /tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
 /// A plain acknowledgement with a message for the user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Done {

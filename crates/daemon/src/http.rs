@@ -10,9 +10,10 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AddCertificate, AppDetail, AppSummary, Certificate, ConfigUpdate, ConfigVars, DeployRequest,
-    DomainRequest, Domains, Done, JobEvent, KeepRequest, LockRequest, LogEntry, Logs, ReleaseInfo,
-    RepoInfo, RepoRequest, RollbackRequest, RunRequest, Scale,
+    AddCertificate, AppDetail, AppSummary, Certificate, ConfigUpdate, ConfigVars, CreateApp,
+    DeployRequest, DomainRequest, Domains, Done, JobEvent, KeepRequest, LockRequest, LogEntry,
+    Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest, Scale, TokenInfo,
+    TokenRequest,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -31,8 +32,12 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
-        .route("/apps", get(list_apps))
-        .route("/apps/{app}", get(show_app).delete(destroy_app))
+        .route("/apps", get(list_apps).post(create_app))
+        .route("/apps/{app}/redeploy", post(redeploy))
+        .route("/apps/{app}/logs/{kind}", get(logs_by_kind))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/apps/{app}", get(show_app).put(update_app).delete(destroy_app))
         .route("/apps/{app}/repo", post(prepare_repo))
         .route("/apps/{app}/deploys", post(start_deploy))
         .route("/apps/{app}/config", get(get_config).patch(update_config))
@@ -358,7 +363,7 @@ async fn restart_app(
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+pub(crate) struct LogsQuery {
     process: Option<String>,
     lines: Option<usize>,
     #[serde(default)]
@@ -856,4 +861,199 @@ async fn remove_port(
     }
     daemon.close_app_port(port);
     Ok(Json(Done { message: format!("{app} no longer answers on port {port}") }))
+}
+
+/// Starts a deploy job of `commit` (already in the app's repository) and streams it.
+fn stream_deploy(daemon: Arc<Daemon>, app: String, commit: String, who: String) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = Arc::new(JobOutput::new(tx));
+    let request = DeployRequest {
+        commit,
+        git_ref: "refs/heads/main".to_owned(),
+        git_env: Vec::new(),
+        pushed_by: who,
+        old_commit: None,
+    };
+    tokio::spawn(deploy(daemon, app, request, out));
+    ndjson(rx)
+}
+
+/// Applies the config, scale and domains of a create or update request.
+fn apply_settings(daemon: &Daemon, app: &str, request: &CreateApp) -> Result<(), ApiError> {
+    for key in request.config.keys() {
+        check_config_key(key)?;
+    }
+    let set: Vec<(String, String)> = request.config.clone().into_iter().collect();
+    daemon.store().update_config(app, &set, &[])?;
+    let scale: Vec<(String, u32)> = request.scale.clone().into_iter().collect();
+    if scale.iter().any(|(_, n)| *n > MAX_INSTANCES) {
+        return Err(ApiError::bad_request(format!("at most {MAX_INSTANCES} instances of a type")));
+    }
+    daemon.store().set_scale(app, &scale)?;
+    for name in &request.domains {
+        let name = berth_router::normalize_host_pattern(name)
+            .ok_or_else(|| ApiError::bad_request(format!("{name:?} is not a host name")))?;
+        daemon.store().add_domain(app, &name).map_err(|e| match e {
+            berth_store::Error::DomainTaken { .. } => ApiError::conflict(e.to_string()),
+            other => other.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Fetches the app's repository source, answering with the deploy's stream.
+async fn pull_and_deploy(
+    daemon: Arc<Daemon>,
+    app: String,
+    url: String,
+    branch: String,
+    who: String,
+) -> Result<Body, ApiError> {
+    let repo = daemon.settings.layout.repo(&app);
+    let (fetch_url, fetch_branch) = (url.clone(), branch.clone());
+    let commit =
+        tokio::task::spawn_blocking(move || crate::pull::fetch(&repo, &fetch_url, &fetch_branch))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::unprocessable)?;
+    daemon.store().set_repo_source(&app, &url, &branch)?;
+    if let Some(owner) = daemon.settings.git_owner {
+        let _ = crate::ownership::chown_tree(&daemon.settings.layout.repo(&app), owner);
+    }
+    Ok(stream_deploy(daemon, app, commit, who))
+}
+
+async fn create_app(
+    State(daemon): State<Arc<Daemon>>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<CreateApp>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let app = app_name(&request.name)?;
+    daemon.store().create_app(&app, now())?;
+    ensure_repo(&daemon.settings, &app).map_err(ApiError::internal)?;
+    apply_settings(&daemon, &app, &request)?;
+    match request.repo {
+        Some(source) => {
+            let body =
+                pull_and_deploy(daemon, app, source.url, source.branch, who(&headers)).await?;
+            Ok((axum::http::StatusCode::CREATED, body).into_response())
+        }
+        None => Ok((
+            axum::http::StatusCode::CREATED,
+            Json(Done { message: format!("{app} was created; push to it to deploy") }),
+        )
+            .into_response()),
+    }
+}
+
+async fn update_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<CreateApp>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let app = app_name(&app)?;
+    daemon.store().app(&app)?;
+    apply_settings(&daemon, &app, &request)?;
+    let source = match request.repo {
+        Some(source) => Some((source.url, source.branch)),
+        None => daemon.store().repo_source(&app)?,
+    };
+    match source {
+        Some((url, branch)) => {
+            Ok(pull_and_deploy(daemon, app, url, branch, who(&headers)).await?.into_response())
+        }
+        None => {
+            daemon.refresh_hosts(&app).map_err(ApiError::unprocessable)?;
+            Ok(Json(Done { message: format!("{app} was updated") }).into_response())
+        }
+    }
+}
+
+/// Pulls again and deploys (a pull-deployed app), or builds the current commit again.
+async fn redeploy(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Body, ApiError> {
+    let app = app_name(&app)?;
+    let record = daemon.store().app(&app)?;
+    let source = daemon.store().repo_source(&app)?;
+    if let Some((url, branch)) = source {
+        return pull_and_deploy(daemon, app, url, branch, who(&headers)).await;
+    }
+    let commit = record
+        .current_release
+        .and_then(|n| daemon.store().release(&app, n).ok().flatten())
+        .map(|r| r.commit)
+        .ok_or_else(|| {
+            ApiError::conflict(format!("{app} has nothing to redeploy: push to it first"))
+        })?;
+    Ok(stream_deploy(daemon, app, commit, who(&headers)))
+}
+
+/// procserver's `GET /apps/{app}/logs/{stdout,stderr,build}`.
+async fn logs_by_kind(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, kind)): Path<(String, String)>,
+    Query(mut query): Query<LogsQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    match kind.as_str() {
+        // Instances write stdout and stderr to one log, in the order they came.
+        "stdout" | "stderr" => {}
+        "build" => query.process = Some("build".to_owned()),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no log named {other:?}: ask for stdout, stderr or build"
+            )));
+        }
+    }
+    get_logs(State(daemon), Path(app), Query(query)).await
+}
+
+async fn list_tokens(State(daemon): State<Arc<Daemon>>) -> ApiResult<Vec<TokenInfo>> {
+    let tokens = daemon.store().tokens()?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|(name, created_at)| TokenInfo { name, created_at, token: None })
+            .collect(),
+    ))
+}
+
+async fn create_token(
+    State(daemon): State<Arc<Daemon>>,
+    Json(request): Json<TokenRequest>,
+) -> ApiResult<TokenInfo> {
+    let name = request.name.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid token name {name:?}: letters, digits, '.', '_' and '-' (for example ci-deploy)"
+        )));
+    }
+    let token = crate::auth::new_token().map_err(|e| ApiError::internal(e.to_string()))?;
+    let created_at = now();
+    if !daemon.store().add_token(name, &crate::auth::hash(&token), created_at)? {
+        return Err(ApiError::conflict(format!(
+            "there is a token named {name} already; revoke it first"
+        )));
+    }
+    Ok(Json(TokenInfo { name: name.to_owned(), created_at, token: Some(token) }))
+}
+
+async fn revoke_token(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Done> {
+    if !daemon.store().remove_token(&name)? {
+        return Err(ApiError::not_found(format!(
+            "there is no token named {name} (`tokens` lists them)"
+        )));
+    }
+    Ok(Json(Done { message: format!("token {name} is revoked") }))
 }

@@ -7,6 +7,7 @@
 //! |         | router's socket (held by the keeper) queues visitors until it is back         |
 //! | SIGINT  | stops every app, tells the keeper to close the router's socket, and exits     |
 
+mod auth;
 mod deploy;
 mod error;
 mod health;
@@ -15,6 +16,7 @@ mod keeper;
 mod layout;
 mod ownership;
 mod processes;
+mod pull;
 mod releases;
 mod repo;
 mod state;
@@ -49,6 +51,8 @@ pub struct DaemonOptions {
     pub domain: String,
     /// Certificates from an ACME CA for every app's names, when set.
     pub acme: Option<AcmeOptions>,
+    /// Where the API is served on TCP (bearer tokens required), if anywhere.
+    pub api: Option<SocketAddr>,
     /// The berth binary that git hooks run.
     pub exe: PathBuf,
 }
@@ -172,6 +176,18 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         daemon.set_acme(manager);
     }
     daemon.set_certs(certs.clone());
+    if let Some(addr) = options.api {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot serve the API on {addr}; choose another address with --api")
+        })?;
+        std::fs::write(layout.run_dir().join("api.addr"), format!("{}\n", listener.local_addr()?))?;
+        let guarded = http::router(daemon.clone())
+            .layer(axum::middleware::from_fn_with_state(daemon.clone(), auth::require_token));
+        let stop = shutdown();
+        tokio::spawn(
+            async move { axum::serve(listener, guarded).with_graceful_shutdown(stop).await },
+        );
+    }
     let api = http::router(daemon.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api).with_graceful_shutdown(shutdown()).await

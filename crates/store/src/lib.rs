@@ -148,6 +148,11 @@ CREATE TABLE IF NOT EXISTS ports (
     port INTEGER PRIMARY KEY,
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scale (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     process_type TEXT NOT NULL,
@@ -165,6 +170,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("releases", "pruned", "INTEGER NOT NULL DEFAULT 0"),
     ("apps", "keep_releases", "INTEGER NOT NULL DEFAULT 5"),
     ("apps", "lock_reason", "TEXT"),
+    ("apps", "repo_url", "TEXT"),
+    ("apps", "repo_branch", "TEXT"),
 ];
 
 /// Adds the columns a database created by an older Berth lacks.
@@ -399,6 +406,53 @@ impl Store {
         let mut stmt = self.conn.prepare("SELECT port, app FROM ports ORDER BY port")?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps an API token (only its hash). Fails when the name is taken.
+    pub fn add_token(&self, name: &str, hash: &str, now: i64) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![name, hash, now],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The name of the token with this hash, if any.
+    pub fn token_name(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM tokens WHERE hash = ?1", [hash], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Every token: (name, created_at).
+    pub fn tokens(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare("SELECT name, created_at FROM tokens ORDER BY name")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn remove_token(&self, name: &str) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM tokens WHERE name = ?1", [name])? > 0)
+    }
+
+    /// Where a pull-deployed app's code comes from (`POST /apps` with a repo).
+    pub fn set_repo_source(&self, app: &str, url: &str, branch: &str) -> Result<()> {
+        self.app(app)?;
+        self.conn.execute(
+            "UPDATE apps SET repo_url = ?2, repo_branch = ?3 WHERE name = ?1",
+            params![app, url, branch],
+        )?;
+        Ok(())
+    }
+
+    pub fn repo_source(&self, app: &str) -> Result<Option<(String, String)>> {
+        self.app(app)?;
+        Ok(self.conn.query_row(
+            "SELECT repo_url, repo_branch FROM apps WHERE name = ?1",
+            [app],
+            |row| Ok(row.get::<_, Option<String>>(0)?.zip(row.get::<_, Option<String>>(1)?)),
+        )?)
     }
 
     /// Records a new release in the `building` state and returns its number (one more than the

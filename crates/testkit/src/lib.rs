@@ -85,6 +85,8 @@ pub struct TestDaemon {
     pub http_addr: SocketAddr,
     /// Where the router serves HTTPS.
     pub https_addr: Option<SocketAddr>,
+    /// Where the API is served on TCP (tokens required).
+    pub api_addr: Option<SocketAddr>,
     pub domain: String,
     child: Child,
 }
@@ -109,7 +111,16 @@ impl TestDaemon {
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
-            .args(["daemon", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--domain", domain])
+            .args([
+                "daemon",
+                "--http",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+            ])
+            .args(["--domain", domain])
             .env("BERTH_LOG", "debug,hyper=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -121,6 +132,7 @@ impl TestDaemon {
             root: root.to_owned(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             https_addr: None,
+            api_addr: None,
             domain: domain.to_owned(),
             child,
         };
@@ -136,9 +148,13 @@ impl TestDaemon {
                 && std::os::unix::net::UnixStream::connect(&socket).is_ok()
             {
                 daemon.http_addr = addr;
-                daemon.https_addr = std::fs::read_to_string(root.join("run/https.addr"))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                let read_addr = |name: &str| {
+                    std::fs::read_to_string(root.join("run").join(name))
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                };
+                daemon.https_addr = read_addr("https.addr");
+                daemon.api_addr = read_addr("api.addr");
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
@@ -216,6 +232,28 @@ impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+}
+
+/// A minimal HTTP/1.1 request with a body over a plain socket (`Connection: close`).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: berth\r\n{extra}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
 }
 
 /// A minimal HTTP/1.1 GET over a plain socket (`Connection: close`, read to the end).
