@@ -133,6 +133,8 @@ enum TopCommand {
     },
     /// Print the manual page (roff): `berth man | man -l -`.
     Man,
+    /// Print the API's OpenAPI document (the daemon serves it at GET /openapi.json too).
+    Openapi,
     #[command(flatten)]
     Server(cli::ServerCommand),
 }
@@ -262,6 +264,13 @@ fn main() -> ExitCode {
         TopCommand::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Args::command(), "berth", &mut std::io::stdout());
+            Ok(0)
+        }
+        TopCommand::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&berth_daemon::openapi_document()).unwrap_or_default()
+            );
             Ok(0)
         }
         TopCommand::Man => {

@@ -68,6 +68,25 @@ fn tokens_guard_the_api_and_pull_deploys_work() {
     assert_eq!(answer.status, 400);
     assert!(answer.body.contains("invalid app name"), "{}", answer.body);
 
+    // The OpenAPI document is made from the same table as the routes.
+    let doc: serde_json::Value =
+        serde_json::from_str(&http_request(api, "GET", "/openapi.json", &bearer, "").unwrap().body)
+            .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/apps", "post"),
+        ("/apps/{app}/rollback", "post"),
+        ("/apps/{app}/logs/{kind}", "get"),
+        ("/tokens/{name}", "delete"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{path} {method} missing");
+    }
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+    }
+
     world.ssh_ok(&["tokens:revoke", "ci"]);
     assert_eq!(http_request(api, "GET", "/apps", &bearer, "").unwrap().status, 401);
     let listed = world.ssh(&["tokens"]);

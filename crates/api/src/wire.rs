@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The body of every error response: a message for a person, naming the problem and the fix.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// One line of `GET /apps`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct AppSummary {
     pub name: String,
     /// "running" or "stopped": what the user asked for.
@@ -23,7 +23,7 @@ pub struct AppSummary {
 }
 
 /// `GET /apps/{app}`: the app and every instance of its processes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct AppDetail {
     pub name: String,
     pub state: String,
@@ -37,7 +37,7 @@ pub struct AppDetail {
     pub crons: Vec<CronInfo>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct CronInfo {
     pub name: String,
     pub schedule: String,
@@ -45,7 +45,7 @@ pub struct CronInfo {
     pub command: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct InstanceInfo {
     pub process_type: String,
     pub index: u32,
@@ -62,13 +62,13 @@ pub struct InstanceInfo {
 }
 
 /// `GET/PATCH /apps/{app}/scale`: instances per process type.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Scale {
     pub counts: BTreeMap<String, u32>,
 }
 
 /// `PATCH /apps/{app}/config`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ConfigUpdate {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -84,7 +84,7 @@ fn yes() -> bool {
 }
 
 /// `GET /apps/{app}/config` and the answer to a config update.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ConfigVars {
     pub vars: BTreeMap<String, String>,
     /// Whether the app's processes were restarted to pick the change up.
@@ -95,12 +95,12 @@ pub struct ConfigVars {
 /// `GET /apps/{app}/logs?process=TYPE&lines=N`: the newest lines of the app's instances,
 /// interleaved by time. With `follow=1` the answer is a stream of [`JobEvent::Line`]s instead,
 /// each a [`LogEntry`] as [`LogEntry::display`] writes it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Logs {
     pub lines: Vec<LogEntry>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LogEntry {
     /// Which log: `web.1`, `build/3`.
     pub source: String,
@@ -119,7 +119,7 @@ impl LogEntry {
 }
 
 /// `POST /apps/{app}/deploys`: deploy a commit that is in the app's repository.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct DeployRequest {
     pub commit: String,
     /// The ref that was pushed, e.g. `refs/heads/main`.
@@ -137,27 +137,27 @@ pub struct DeployRequest {
 }
 
 /// `POST /apps/{app}/repo`: make sure the app and its repository exist before a push.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct RepoRequest {
     /// Create the app when it does not exist (a push), or fail (a fetch).
     pub create: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct RepoInfo {
     pub path: String,
     pub created: bool,
 }
 
 /// `POST /apps/{app}/run`: a one-off command in the app's directory and environment.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct RunRequest {
     /// Run by `/bin/sh -c`.
     pub command: String,
 }
 
 /// One line of `GET /apps/{app}/releases`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ReleaseInfo {
     pub number: i64,
     pub commit: String,
@@ -176,7 +176,7 @@ pub struct ReleaseInfo {
 }
 
 /// `POST /apps/{app}/rollback`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct RollbackRequest {
     /// The release to make current; the one before the current when absent.
     #[serde(default)]
@@ -184,20 +184,20 @@ pub struct RollbackRequest {
 }
 
 /// `PUT /apps/{app}/keep`: how many release trees to keep.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct KeepRequest {
     pub keep: i64,
 }
 
 /// `PUT /apps/{app}/lock`: refuse deploys until unlocked.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LockRequest {
     #[serde(default)]
     pub reason: Option<String>,
 }
 
 /// `GET /apps/{app}/domains`: the names an app answers at, by where they come from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Domains {
     /// `APP.<base domain>`.
     pub default: String,
@@ -208,13 +208,13 @@ pub struct Domains {
 }
 
 /// `POST /apps/{app}/domains`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct DomainRequest {
     pub name: String,
 }
 
 /// One certificate of `GET /apps/{app}/certs`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Certificate {
     pub names: Vec<String>,
     pub issuer: String,
@@ -225,7 +225,7 @@ pub struct Certificate {
 }
 
 /// `POST /apps/{app}/certs`: a certificate the user brings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct AddCertificate {
     /// The chain, leaf first (PEM).
     pub cert_pem: String,
@@ -235,7 +235,7 @@ pub struct AddCertificate {
 
 /// `POST /apps`: create an app, and deploy it from a git repository when one is given (the
 /// procserver model: pull, not push).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct CreateApp {
     pub name: String,
     #[serde(default)]
@@ -248,7 +248,7 @@ pub struct CreateApp {
     pub domains: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct RepoSource {
     pub url: String,
     #[serde(default = "main_branch")]
@@ -260,12 +260,12 @@ fn main_branch() -> String {
 }
 
 /// `POST /tokens`: a new API token; the answer is the only time it is shown.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TokenRequest {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TokenInfo {
     pub name: String,
     pub created_at: i64,
@@ -275,13 +275,13 @@ pub struct TokenInfo {
 }
 
 /// A plain acknowledgement with a message for the user.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Done {
     pub message: String,
 }
 
 /// One line of a streamed job (NDJSON): output lines, then exactly one `End`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
     Line {

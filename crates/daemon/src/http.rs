@@ -31,39 +31,374 @@ use berth_supervise::logs;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    Router::new()
-        .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}/redeploy", post(redeploy))
-        .route("/apps/{app}/logs/{kind}", get(logs_by_kind))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{name}", axum::routing::delete(revoke_token))
-        .route("/apps/{app}", get(show_app).put(update_app).delete(destroy_app))
-        .route("/apps/{app}/repo", post(prepare_repo))
-        .route("/apps/{app}/deploys", post(start_deploy))
-        .route("/apps/{app}/config", get(get_config).patch(update_config))
-        .route("/apps/{app}/config/live", get(live_config))
-        .route("/apps/{app}/start", post(start_app))
-        .route("/apps/{app}/stop", post(stop_app))
-        .route("/apps/{app}/restart", post(restart_app))
-        .route("/apps/{app}/logs", get(get_logs))
-        .route("/apps/{app}/scale", get(get_scale).patch(update_scale))
-        .route("/apps/{app}/run", post(run_command))
-        .route("/apps/{app}/domains", get(list_domains).post(add_domain))
-        .route("/apps/{app}/domains/{name}", axum::routing::delete(remove_domain))
-        .route("/apps/{app}/certs", get(list_certs).post(add_cert))
-        .route("/apps/{app}/ports", get(list_ports))
-        .route("/apps/{app}/ports/{port}", axum::routing::put(add_port).delete(remove_port))
-        .route("/apps/{app}/releases", get(list_releases))
-        .route("/apps/{app}/releases/{release}/preview", post(start_preview).delete(stop_preview))
-        .route("/apps/{app}/releases/{release}/promote", post(promote))
-        .route("/apps/{app}/rollback", post(rollback))
-        .route("/apps/{app}/keep", axum::routing::put(set_keep))
-        .route("/apps/{app}/lock", axum::routing::put(lock_app).delete(unlock_app))
-        .fallback(|| async {
-            ApiError::not_found("no such API endpoint; see `berth help` for what the API offers")
-        })
-        .with_state(daemon)
+    let fallback = axum::routing::any(|| async {
+        ApiError::not_found("no such API endpoint; GET /openapi.json lists them")
+    });
+    crate::openapi::build(ENDPOINTS, fallback).with_state(daemon)
 }
+
+/// The OpenAPI document of the API (also served at `GET /openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    crate::openapi::document(ENDPOINTS)
+}
+
+use crate::openapi::{Answer, Endpoint};
+use axum::routing::{delete, patch, put};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+fn s<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// Every endpoint: the router and the OpenAPI document are both built from this table.
+static ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "GET",
+        path: "/apps",
+        summary: "List apps",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<AppSummary>>),
+        handler: || get(list_apps),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps",
+        summary: "Create an app, and deploy it from a git repository when one is given",
+        query: &[],
+        body: Some(s::<CreateApp>),
+        answer: Answer::Stream,
+        handler: || post(create_app),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}",
+        summary: "An app and its processes",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<AppDetail>),
+        handler: || get(show_app),
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/apps/{app}",
+        summary: "Change an app's config, scale, domains or repository, and redeploy a pulled app",
+        query: &[],
+        body: Some(s::<CreateApp>),
+        answer: Answer::Stream,
+        handler: || put(update_app),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}",
+        summary: "Destroy an app (data/APP is kept)",
+        query: &[("confirm", "the app's name again")],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(destroy_app),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/repo",
+        summary: "Make sure the app and its repository exist (before a push)",
+        query: &[],
+        body: Some(s::<RepoRequest>),
+        answer: Answer::Json(s::<RepoInfo>),
+        handler: || post(prepare_repo),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/deploys",
+        summary: "Deploy a commit of the app's repository",
+        query: &[],
+        body: Some(s::<DeployRequest>),
+        answer: Answer::Stream,
+        handler: || post(start_deploy),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/redeploy",
+        summary: "Pull again and deploy, or rebuild the current commit",
+        query: &[],
+        body: None,
+        answer: Answer::Stream,
+        handler: || post(redeploy),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/config",
+        summary: "The app's config vars",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<ConfigVars>),
+        handler: || get(get_config),
+    },
+    Endpoint {
+        method: "PATCH",
+        path: "/apps/{app}/config",
+        summary: "Set and unset config vars (a new release)",
+        query: &[],
+        body: Some(s::<ConfigUpdate>),
+        answer: Answer::Json(s::<ConfigVars>),
+        handler: || patch(update_config),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/config/live",
+        summary: "The environment a process really gets",
+        query: &[("process", "the process type, web by default")],
+        body: None,
+        answer: Answer::Json(s::<Vec<(String, String)>>),
+        handler: || get(live_config),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/start",
+        summary: "Start a stopped app",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || post(start_app),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/stop",
+        summary: "Stop an app's processes",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || post(stop_app),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/restart",
+        summary: "Restart an app, one instance after another",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || post(restart_app),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/logs",
+        summary: "The newest log lines, interleaved by time",
+        query: &[
+            ("process", "a process type, router or build"),
+            ("lines", "how many"),
+            ("follow", "1 to stream new lines"),
+        ],
+        body: None,
+        answer: Answer::Json(s::<Logs>),
+        handler: || get(get_logs),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/logs/{kind}",
+        summary: "procserver's logs: stdout, stderr or build",
+        query: &[("lines", "how many"), ("follow", "1 to stream new lines")],
+        body: None,
+        answer: Answer::Json(s::<Logs>),
+        handler: || get(logs_by_kind),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/scale",
+        summary: "Instances per process type",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Scale>),
+        handler: || get(get_scale),
+    },
+    Endpoint {
+        method: "PATCH",
+        path: "/apps/{app}/scale",
+        summary: "Scale process types",
+        query: &[],
+        body: Some(s::<Scale>),
+        answer: Answer::Json(s::<Scale>),
+        handler: || patch(update_scale),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/run",
+        summary: "Run a one-off command; its output and exit status stream back",
+        query: &[],
+        body: Some(s::<RunRequest>),
+        answer: Answer::Stream,
+        handler: || post(run_command),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/domains",
+        summary: "The names an app answers at",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Domains>),
+        handler: || get(list_domains),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/domains",
+        summary: "Add a name",
+        query: &[],
+        body: Some(s::<DomainRequest>),
+        answer: Answer::Json(s::<Done>),
+        handler: || post(add_domain),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}/domains/{name}",
+        summary: "Remove a name",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(remove_domain),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/certs",
+        summary: "The certificates served for an app",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<Certificate>>),
+        handler: || get(list_certs),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/certs",
+        summary: "Serve a certificate you bring",
+        query: &[],
+        body: Some(s::<AddCertificate>),
+        answer: Answer::Json(s::<Done>),
+        handler: || post(add_cert),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/ports",
+        summary: "An app's own public ports",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<u16>>),
+        handler: || get(list_ports),
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/apps/{app}/ports/{port}",
+        summary: "Give an app a port",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || put(add_port),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}/ports/{port}",
+        summary: "Take a port away",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(remove_port),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/apps/{app}/releases",
+        summary: "Release history, newest first",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<ReleaseInfo>>),
+        handler: || get(list_releases),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/releases/{release}/preview",
+        summary: "Run a release beside the current one at vN.APP.<domain>",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || post(start_preview),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}/releases/{release}/preview",
+        summary: "Stop a preview",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(stop_preview),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/releases/{release}/promote",
+        summary: "Make a release current",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || post(promote),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/rollback",
+        summary: "Make an earlier release current again, code and config",
+        query: &[],
+        body: Some(s::<RollbackRequest>),
+        answer: Answer::Json(s::<Done>),
+        handler: || post(rollback),
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/apps/{app}/keep",
+        summary: "How many release trees to keep",
+        query: &[],
+        body: Some(s::<KeepRequest>),
+        answer: Answer::Json(s::<Done>),
+        handler: || put(set_keep),
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/apps/{app}/lock",
+        summary: "Refuse deploys until unlocked",
+        query: &[],
+        body: Some(s::<LockRequest>),
+        answer: Answer::Json(s::<Done>),
+        handler: || put(lock_app),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}/lock",
+        summary: "Allow deploys again",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(unlock_app),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/tokens",
+        summary: "API tokens",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<TokenInfo>>),
+        handler: || get(list_tokens),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/tokens",
+        summary: "Create an API token (shown once)",
+        query: &[],
+        body: Some(s::<TokenRequest>),
+        answer: Answer::Json(s::<TokenInfo>),
+        handler: || post(create_token),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/tokens/{name}",
+        summary: "Revoke an API token",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(revoke_token),
+    },
+];
 
 fn app_name(raw: &str) -> Result<String, ApiError> {
     Ok(validate_app_name(raw)?)

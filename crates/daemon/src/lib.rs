@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod keeper;
 mod layout;
+mod openapi;
 mod ownership;
 mod processes;
 mod pull;
@@ -35,6 +36,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+pub use http::openapi_document;
 pub use layout::Layout;
 pub use repo::shell_quote;
 use state::{Daemon, Settings};
