@@ -416,7 +416,7 @@ fn the_daemon_killed_and_restarted_loses_no_request_and_duplicates_no_process() 
     assert_eq!(world.daemon.http_addr, addr, "the router's socket was kept");
     restarted_tx.send(()).unwrap();
     let (sent, failures) = load.join().unwrap();
-    assert!(sent > 200, "only {sent} requests were sent");
+    assert!(sent >= 200, "only {sent} requests were sent");
     assert!(
         failures.is_empty(),
         "{} requests failed: {:?}",

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Proxy figures (issue 5): requests/s and p50/p99 latency with wrk at 1 and 64 connections
+# against a fast backend directly, through nginx (Debian's, upstream keep-alive) and through
+# Berth's router, in one run, with Berth/nginx ratios and each proxy's cost over direct.
+# Berth here is the router alone (bench/proxy: berth_router::serve with one route), not a
+# whole `berth daemon`. Loopback only; every wrk run has a fixed duration: ROUNDS rounds of
+# (WARMUP + DURATION) s per target and connection count, 2.2 minutes with the defaults.
+#
+#   bench/proxy.sh            ROUNDS=3 WARMUP=2 DURATION=5 can be set in the environment
+#   PERF=1 bench/proxy.sh     then also records the router under 64 connections with perf
+#   PER_CORE=1 bench/proxy.sh adds `berth-pc`: the router on one single-threaded runtime per
+#                             core (bench-proxy --per-core), an experiment, not how Berth runs
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+duration=${DURATION:-5}
+warmup=${WARMUP:-2}
+rounds=${ROUNDS:-3}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ "${PERF:-0}" = 1 ]; then command -v perf >/dev/null || need+=(linux-perf); fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "proxy: missing ${need[*]} (apt-get install -y ${need[*]})" >&2
+  exit 1
+fi
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+
+profile=release
+[ "${PERF:-0}" = 1 ] && profile=profiling
+cargo build --quiet --profile "$profile" --manifest-path bench/proxy/Cargo.toml --target-dir target
+bench_proxy=$PWD/target/$profile/bench-proxy
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-proxy.XXXXXX")
+pids=()
+cleanup() {
+  local pid
+  for pid in ${perf_pid:-} "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${perf_pid:-} "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+# Polls until `url` answers "hello", for at most 10 s; fails if the process `pid` has exited.
+wait_ready() {
+  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + 10))
+  until [ "$(curl -sf --max-time 1 "$url" 2>/dev/null)" = hello ]; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "proxy: $name exited" >&2
+      cat "$work/$name.err" "$work/$name/error.log" 2>/dev/null >&2
+      exit 1
+    fi
+    [ $SECONDS -lt $deadline ] || { echo "proxy: $name did not answer $url in 10 s" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+# Runs nginx in the foreground of a background job, with everything (temp paths, pid, logs)
+# under its own prefix; Debian's build would otherwise use /var/lib/nginx and /var/log/nginx.
+start_nginx() {
+  local name=$1 conf=$2 dir=$work/$1
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+$conf
+EOF
+  "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' &
+  pids+=($!)
+}
+
+temp_paths() {
+  local dir=$work/$1
+  echo "client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;"
+  echo "fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;"
+}
+
+load_before=$(cut -d' ' -f1 /proc/loadavg)
+
+# 1. The backend: nginx answering from memory, one worker. keepalive_requests is raised so
+# that neither wrk nor the proxies' pools are made to reconnect every 1000 requests.
+backend_port=$(free_port)
+start_nginx backend "worker_processes 1;
+events { worker_connections 4096; }
+http {
+  $(temp_paths backend)
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$backend_port;
+    location / { default_type text/plain; return 200 \"hello\n\"; }
+  }
+}"
+wait_ready backend "${pids[-1]}" "http://127.0.0.1:$backend_port/"
+
+# 2. nginx as the reverse proxy, with keep-alive connections to the backend.
+nginx_port=$(free_port)
+start_nginx nginx "worker_processes auto;
+events { worker_connections 4096; }
+http {
+  $(temp_paths nginx)
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:$backend_port;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }
+}"
+wait_ready nginx "${pids[-1]}" "http://127.0.0.1:$nginx_port/"
+
+# 3. Berth's router, which prints its port once it listens.
+targets=(direct nginx berth)
+declare -A port=([direct]=$backend_port [nginx]=$nginx_port)
+start_bench_proxy() {
+  local name=$1 deadline=$((SECONDS + 10))
+  shift
+  "$bench_proxy" "$@" "127.0.0.1:$backend_port" >"$work/$name.port" 2>"$work/$name.err" &
+  pids+=($!)
+  until [ -s "$work/$name.port" ]; do
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.err" >&2; exit 1; }
+    [ $SECONDS -lt $deadline ] || { echo "proxy: bench-proxy printed no port" >&2; exit 1; }
+    sleep 0.1
+  done
+  port[$name]=$(head -n1 "$work/$name.port")
+  wait_ready "$name" "${pids[-1]}" "http://127.0.0.1:${port[$name]}/"
+}
+start_bench_proxy berth
+berth_pid=${pids[-1]} berth_port=${port[berth]}
+if [ "${PER_CORE:-0}" = 1 ]; then
+  start_bench_proxy berth-pc --per-core
+  targets+=(berth-pc)
+fi
+
+# CPU time (user + system, in clock ticks) used so far by the processes `pids` (all threads).
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+ticks_per_s=$(getconf CLK_TCK)
+# Whose CPU time each target's figure counts: the backend's worker for direct, the proxy's
+# workers (not the backend's) for the proxies.
+declare -A cpu_pids
+cpu_pids[direct]=$(pgrep -P "${pids[0]}" | xargs)
+cpu_pids[nginx]=$(pgrep -P "${pids[1]}" | xargs)
+cpu_pids[berth]=$berth_pid
+if [ "${PER_CORE:-0}" = 1 ]; then cpu_pids[berth-pc]=${pids[-1]}; fi
+
+# wrk's summary as "req/s p50_us p99_us errors requests", latencies in microseconds.
+parse_wrk() {
+  awk '
+    function us(v) {
+      if (v ~ /us$/) return v + 0
+      if (v ~ /ms$/) return v * 1000
+      if (v ~ /s$/) return v * 1000000
+      return v * 60000000
+    }
+    $1 == "50%" { p50 = us($2) }
+    $1 == "99%" { p99 = us($2) }
+    $1 == "Requests/sec:" { rps = $2 }
+    /Socket errors:/ { gsub(/[^0-9 ]/, " "); errors += $1 + $2 + $3 + $4 }
+    /Non-2xx or 3xx responses:/ { errors += $NF }
+    / requests in / { requests = $1 }
+    END { printf "%.0f %.1f %.1f %d %d\n", rps, p50, p99, errors, requests }
+  ' "$1"
+}
+
+# Rounds interleave the targets, so that load from anything else on the machine spreads over
+# all three rather than falling on one; each figure is the median over the rounds.
+declare -A rps p50 p99 errors spread cpu
+for round in $(seq "$rounds"); do
+  for conns in 1 64; do
+    threads=$((conns == 1 ? 1 : 2))
+    for target in "${targets[@]}"; do
+      url="http://127.0.0.1:${port[$target]}/"
+      echo "==> round $round/$rounds: $target, $conns connection(s)" >&2
+      wrk -t"$threads" -c"$conns" -d"${warmup}s" "$url" >/dev/null
+      # shellcheck disable=SC2086 # a list of pids
+      before=$(cpu_ticks ${cpu_pids[$target]})
+      wrk -t"$threads" -c"$conns" -d"${duration}s" --latency "$url" >"$work/wrk.txt"
+      # shellcheck disable=SC2086
+      after=$(cpu_ticks ${cpu_pids[$target]})
+      read -r run_rps run_p50 run_p99 run_errors run_requests < <(parse_wrk "$work/wrk.txt")
+      cpu_us=$(awk -v t=$((after - before)) -v hz="$ticks_per_s" -v n="$run_requests" \
+        'BEGIN { if (n) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
+      echo "$run_rps $run_p50 $run_p99 $run_errors $cpu_us" >>"$work/runs-$target-$conns"
+    done
+  done
+done
+
+# The profile comes from a run of its own, so that perf's overhead is in no figure above.
+if [ "${PERF:-0}" = 1 ]; then
+  echo "==> perf: Berth, 64 connections, ${duration} s" >&2
+  # Software clock samples: virtual CPUs often have no hardware counters.
+  perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$berth_pid" \
+    -o "$work/perf.data" -- sleep "$duration" 2>/dev/null &
+  perf_pid=$!
+  wrk -t2 -c64 -d"${duration}s" "http://127.0.0.1:$berth_port/" >/dev/null
+  wait "$perf_pid" || true
+  unset perf_pid
+  mkdir -p target/bench-proxy
+  mv "$work/perf.data" target/bench-proxy/perf.data
+  perf report -i target/bench-proxy/perf.data --no-children -g none --sort dso,symbol --stdio \
+    2>/dev/null | grep -v '^$' >target/bench-proxy/perf-self.txt || true
+  perf report -i target/bench-proxy/perf.data --children --sort symbol --stdio -g none \
+    2>/dev/null | grep -v '^$' >target/bench-proxy/perf-children.txt || true
+  echo "==> perf profile of Berth: target/bench-proxy/perf.data, perf-{self,children}.txt" >&2
+fi
+
+# The median of a column of a runs file (the upper one for an even count).
+median() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int(NR / 2) + 1] }'; }
+for conns in 1 64; do
+  for target in "${targets[@]}"; do
+    key=$target,$conns runs=$work/runs-$target-$conns
+    rps[$key]=$(median "$runs" 1)
+    p50[$key]=$(median "$runs" 2)
+    p99[$key]=$(median "$runs" 3)
+    cpu[$key]=$(median "$runs" 5)
+    errors[$key]=$(awk '{ n += $4 } END { print n }' "$runs")
+    spread[$key]=$(sort -n "$runs" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }')
+  done
+done
+
+# (awk's `>` inside print or printf is a redirection, hence the `if`s.)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0) printf "%.2f", a / b; else print "-" }'; }
+percent() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0) printf "%.0f%%", 100 * a / b; else print "-" }'; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > b + 0) print a; else print b }'; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", a - b }'; }
+
+echo
+echo "median of $rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
+  "$(nproc) cores shared by wrk, proxy and backend; load average before: $load_before"
+echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
+printf '%-6s %-8s %8s %15s %8s %8s %6s %11s %8s %11s\n' \
+  conns target req/s "(min-max)" p50_us p99_us errors "% of direct" "+p50_us" "cpu_us/req"
+for conns in 1 64; do
+  for target in "${targets[@]}"; do
+    key=$target,$conns
+    printf '%-6s %-8s %8s %15s %8s %8s %6s %11s %8s %11s\n' "$conns" "$target" "${rps[$key]}" \
+      "(${spread[$key]})" "${p50[$key]}" "${p99[$key]}" "${errors[$key]}" \
+      "$(percent "${rps[$key]}" "${rps[direct,$conns]}")" \
+      "$(added "${p50[$key]}" "${p50[direct,$conns]}")" "${cpu[$key]}"
+  done
+done
+echo
+printf '%-6s %18s %16s %20s %18s\n' conns "berth/nginx req/s" "berth/nginx p99" \
+  "berth/nginx cpu/req" "direct/best proxy"
+for conns in 1 64; do
+  printf '%-6s %18s %16s %20s %18s\n' "$conns" \
+    "$(ratio "${rps[berth,$conns]}" "${rps[nginx,$conns]}")" \
+    "$(ratio "${p99[berth,$conns]}" "${p99[nginx,$conns]}")" \
+    "$(ratio "${cpu[berth,$conns]}" "${cpu[nginx,$conns]}")" \
+    "$(ratio "${rps[direct,$conns]}" "$(max "${rps[nginx,$conns]}" "${rps[berth,$conns]}")")"
+done
+echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
+  "alone"
+# With one connection every request waits for the one before, so throughput is latency; the
+# backend can only be a bottleneck under the 64-connection load.
+best=$(max "${rps[nginx,64]}" "${rps[berth,64]}")
+if awk -v d="${rps[direct,64]}" -v b="$best" 'BEGIN { exit !(d < 1.5 * b) }'; then
+  echo "warning: the backend alone is less than 1.5x faster than the best proxy at 64" \
+    "connections; it may be the bottleneck" >&2
+fi
+for key in "${!errors[@]}"; do
+  if [ "${errors[$key]}" != 0 ]; then
+    echo "warning: ${errors[$key]} socket errors or non-2xx responses for $key" >&2
+  fi
+done
