@@ -44,6 +44,7 @@ pub use cache::{CacheConfig, CacheRegistry, CacheStats};
 pub use limits::{Limits, ServerLimits};
 pub use server::{
     Http01Challenges, Server, serve, serve_app_port, serve_tls, serve_with_challenges,
+    spawn_per_core,
 };
 pub use static_files::{StaticMount, parse_static_paths};
 pub use table::{
