@@ -63,6 +63,22 @@ fn tokens_guard_the_api_and_pull_deploys_work() {
     assert!(answer.body.contains("https://***@127.0.0.1:9/nothing.git"), "{}", answer.body);
     assert!(!answer.body.contains("hunter2") && !world.daemon.log().contains("hunter2"));
 
+    // Malformed JSON, unknown fields, wrong types: 4xx with a message, never 500.
+    for (body, status) in
+        [("{not json", 400), (r#"{"name": "x", "colour": "blue"}"#, 422), (r#"{"name": 7}"#, 422)]
+    {
+        let answer = http_request(api, "POST", "/apps", &bearer, body).unwrap();
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+        let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("GET /openapi.json describes the body"),
+            "{}",
+            answer.body
+        );
+    }
+    let answer = http_request(api, "GET", "/apps/pulled/logs?lines=many", &bearer, "").unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+
     // Bad input gets the same messages as the CLI.
     let answer = http_request(api, "POST", "/apps", &bearer, r#"{"name": "Bad Name"}"#).unwrap();
     assert_eq!(answer.status, 400);

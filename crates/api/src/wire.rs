@@ -69,6 +69,7 @@ pub struct Scale {
 
 /// `PATCH /apps/{app}/config`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigUpdate {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -120,6 +121,7 @@ impl LogEntry {
 
 /// `POST /apps/{app}/deploys`: deploy a commit that is in the app's repository.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub commit: String,
     /// The ref that was pushed, e.g. `refs/heads/main`.
@@ -138,6 +140,7 @@ pub struct DeployRequest {
 
 /// `POST /apps/{app}/repo`: make sure the app and its repository exist before a push.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RepoRequest {
     /// Create the app when it does not exist (a push), or fail (a fetch).
     pub create: bool,
@@ -151,6 +154,7 @@ pub struct RepoInfo {
 
 /// `POST /apps/{app}/run`: a one-off command in the app's directory and environment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Run by `/bin/sh -c`.
     pub command: String,
@@ -177,6 +181,7 @@ pub struct ReleaseInfo {
 
 /// `POST /apps/{app}/rollback`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The release to make current; the one before the current when absent.
     #[serde(default)]
@@ -185,12 +190,14 @@ pub struct RollbackRequest {
 
 /// `PUT /apps/{app}/keep`: how many release trees to keep.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KeepRequest {
     pub keep: i64,
 }
 
 /// `PUT /apps/{app}/lock`: refuse deploys until unlocked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LockRequest {
     #[serde(default)]
     pub reason: Option<String>,
@@ -209,6 +216,7 @@ pub struct Domains {
 
 /// `POST /apps/{app}/domains`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DomainRequest {
     pub name: String,
 }
@@ -226,6 +234,7 @@ pub struct Certificate {
 
 /// `POST /apps/{app}/certs`: a certificate the user brings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddCertificate {
     /// The chain, leaf first (PEM).
     pub cert_pem: String,
@@ -236,6 +245,7 @@ pub struct AddCertificate {
 /// `POST /apps`: create an app, and deploy it from a git repository when one is given (the
 /// procserver model: pull, not push).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateApp {
     pub name: String,
     #[serde(default)]
@@ -249,6 +259,7 @@ pub struct CreateApp {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RepoSource {
     pub url: String,
     #[serde(default = "main_branch")]
@@ -261,6 +272,7 @@ fn main_branch() -> String {
 
 /// `POST /tokens`: a new API token; the answer is the only time it is shown.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
 }

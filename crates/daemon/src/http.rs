@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::deploy::{JobOutput, deploy};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::processes::MAX_INSTANCES;
 use crate::repo::ensure_repo;
 use crate::state::{Daemon, now};
@@ -463,7 +463,7 @@ struct DestroyQuery {
 async fn destroy_app(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Query(query): Query<DestroyQuery>,
+    ApiQuery(query): ApiQuery<DestroyQuery>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
@@ -509,7 +509,7 @@ async fn destroy_app(
 async fn prepare_repo(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<RepoRequest>,
+    ApiJson(request): ApiJson<RepoRequest>,
 ) -> ApiResult<RepoInfo> {
     let app = app_name(&app)?;
     let exists = daemon.store().app(&app).is_ok();
@@ -531,7 +531,7 @@ async fn prepare_repo(
 async fn start_deploy(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<DeployRequest>,
+    ApiJson(request): ApiJson<DeployRequest>,
 ) -> Result<Body, ApiError> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
@@ -574,7 +574,7 @@ async fn update_config(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     headers: axum::http::HeaderMap,
-    Json(update): Json<ConfigUpdate>,
+    ApiJson(update): ApiJson<ConfigUpdate>,
 ) -> ApiResult<ConfigVars> {
     let app = app_name(&app)?;
     for key in update.set.keys().chain(&update.unset) {
@@ -608,7 +608,7 @@ async fn list_releases(
 async fn rollback(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<RollbackRequest>,
+    ApiJson(request): ApiJson<RollbackRequest>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     let started = std::time::Instant::now();
@@ -627,7 +627,7 @@ async fn rollback(
 async fn set_keep(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<KeepRequest>,
+    ApiJson(request): ApiJson<KeepRequest>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     if !(1..=1000).contains(&request.keep) {
@@ -646,7 +646,7 @@ async fn set_keep(
 async fn lock_app(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<LockRequest>,
+    ApiJson(request): ApiJson<LockRequest>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     let reason = request
@@ -711,7 +711,7 @@ const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20
 async fn get_logs(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let app = app_name(&app)?;
@@ -838,7 +838,7 @@ async fn get_scale(State(daemon): State<Arc<Daemon>>, Path(app): Path<String>) -
 async fn update_scale(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(update): Json<Scale>,
+    ApiJson(update): ApiJson<Scale>,
 ) -> ApiResult<Scale> {
     let app = app_name(&app)?;
     let (release, current) = current_scale(&daemon, &app)?;
@@ -881,7 +881,7 @@ fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>) -> Body {
 async fn run_command(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<RunRequest>,
+    ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Body, ApiError> {
     let app = app_name(&app)?;
     let record = daemon.store().app(&app)?;
@@ -999,7 +999,7 @@ async fn list_domains(
 async fn add_domain(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<DomainRequest>,
+    ApiJson(request): ApiJson<DomainRequest>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     let name = berth_router::normalize_host_pattern(&request.name).ok_or_else(|| {
@@ -1072,7 +1072,7 @@ async fn list_certs(
 async fn add_cert(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Json(request): Json<AddCertificate>,
+    ApiJson(request): ApiJson<AddCertificate>,
 ) -> ApiResult<Done> {
     let app = app_name(&app)?;
     let hosts = app_hosts(&daemon, &app)?;
@@ -1113,7 +1113,7 @@ struct LiveQuery {
 async fn live_config(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
-    Query(query): Query<LiveQuery>,
+    ApiQuery(query): ApiQuery<LiveQuery>,
 ) -> ApiResult<Vec<(String, String)>> {
     let app = app_name(&app)?;
     let process = query.process.unwrap_or_else(|| "web".to_owned());
@@ -1261,7 +1261,7 @@ async fn pull_and_deploy(
 async fn create_app(
     State(daemon): State<Arc<Daemon>>,
     headers: axum::http::HeaderMap,
-    Json(request): Json<CreateApp>,
+    ApiJson(request): ApiJson<CreateApp>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let app = app_name(&request.name)?;
@@ -1286,7 +1286,7 @@ async fn update_app(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     headers: axum::http::HeaderMap,
-    Json(request): Json<CreateApp>,
+    ApiJson(request): ApiJson<CreateApp>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let app = app_name(&app)?;
@@ -1333,7 +1333,7 @@ async fn redeploy(
 async fn logs_by_kind(
     State(daemon): State<Arc<Daemon>>,
     Path((app, kind)): Path<(String, String)>,
-    Query(mut query): Query<LogsQuery>,
+    ApiQuery(mut query): ApiQuery<LogsQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     match kind.as_str() {
         // Instances write stdout and stderr to one log, in the order they came.
@@ -1345,7 +1345,7 @@ async fn logs_by_kind(
             )));
         }
     }
-    get_logs(State(daemon), Path(app), Query(query)).await
+    get_logs(State(daemon), Path(app), ApiQuery(query)).await
 }
 
 async fn list_tokens(State(daemon): State<Arc<Daemon>>) -> ApiResult<Vec<TokenInfo>> {
@@ -1360,7 +1360,7 @@ async fn list_tokens(State(daemon): State<Arc<Daemon>>) -> ApiResult<Vec<TokenIn
 
 async fn create_token(
     State(daemon): State<Arc<Daemon>>,
-    Json(request): Json<TokenRequest>,
+    ApiJson(request): ApiJson<TokenRequest>,
 ) -> ApiResult<TokenInfo> {
     let name = request.name.trim();
     if name.is_empty()
