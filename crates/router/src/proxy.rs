@@ -255,7 +255,8 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit });
         }
 
-        let cache_key = format!("{host}{path_and_query}");
+        // Built only for an app with a cache: most requests need no key.
+        let cache_key = backend.cache().map(|_| format!("{host}{path_and_query}"));
         let (prefix, app_path_and_query, uri) = if kind == RouteKind::Path {
             let prefix = format!("/{}", backend.app);
             let stripped = strip_path_prefix(&path_and_query, &prefix)?;
@@ -276,12 +277,14 @@ impl Proxy {
         }
         let cache = match backend.cache() {
             None => CacheUse::Off,
-            Some(cache) => match cache.lookup(method, headers, uri.path(), cache_key) {
-                Lookup::Hit(response) => return Ok(response),
-                Lookup::Miss(miss) => CacheUse::Miss(miss),
-                Lookup::Bypass => CacheUse::Bypass,
-                Lookup::NotCached => CacheUse::Off,
-            },
+            Some(cache) => {
+                match cache.lookup(method, headers, uri.path(), cache_key.unwrap_or_default()) {
+                    Lookup::Hit(response) => return Ok(response),
+                    Lookup::Miss(miss) => CacheUse::Miss(miss),
+                    Lookup::Bypass => CacheUse::Bypass,
+                    Lookup::NotCached => CacheUse::Off,
+                }
+            }
         };
         if !backend.addrs.is_empty() {
             let target = Target {
