@@ -46,6 +46,9 @@ impl From<berth_store::Error> for ApiError {
             berth_store::Error::AppExists(app) => {
                 ApiError::conflict(format!("an app named {app} already exists"))
             }
+            berth_store::Error::DomainTaken { name, app } => ApiError::conflict(format!(
+                "{name} is already a domain of {app}; remove it there first (domains:remove {app} {name})"
+            )),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -1013,10 +1013,7 @@ async fn add_domain(
             "{name} is already served by {other}; remove it there first (domains:remove {other} {name})"
         )));
     }
-    daemon.store().add_domain(&app, &name).map_err(|e| match e {
-        berth_store::Error::DomainTaken { .. } => ApiError::conflict(e.to_string()),
-        other => other.into(),
-    })?;
+    daemon.store().add_domain(&app, &name)?;
     daemon.refresh_hosts(&app).map_err(ApiError::unprocessable)?;
     Ok(Json(Done { message: format!("{app} answers at {name} too") }))
 }
@@ -1228,10 +1225,7 @@ fn apply_settings(daemon: &Daemon, app: &str, request: &CreateApp) -> Result<(),
     for name in &request.domains {
         let name = berth_router::normalize_host_pattern(name)
             .ok_or_else(|| ApiError::bad_request(format!("{name:?} is not a host name")))?;
-        daemon.store().add_domain(app, &name).map_err(|e| match e {
-            berth_store::Error::DomainTaken { .. } => ApiError::conflict(e.to_string()),
-            other => other.into(),
-        })?;
+        daemon.store().add_domain(app, &name)?;
     }
     Ok(())
 }

@@ -446,11 +446,12 @@ impl Daemon {
         release: i64,
         out: &(dyn Fn(String) + Sync),
     ) -> Result<(), String> {
-        let mut desired = self.desired(app, release, out)?;
-        let specs = std::mem::take(&mut desired.specs);
+        // Nothing runs yet: a plain switch-over, without working out the release twice.
         if !self.runtimes().contains_key(app) {
             return self.activate(app, release, out).await;
         }
+        let mut desired = self.desired(app, release, out)?;
+        let specs = std::mem::take(&mut desired.specs);
         let crons = start_crons(std::mem::take(&mut desired.crons))?;
         {
             let mut runtimes = self.runtimes();
@@ -482,11 +483,11 @@ impl Daemon {
     /// Brings the running instances to the app's scale: starts the missing ones and stops the
     /// extra ones, leaving the others alone.
     pub async fn apply_scale(&self, app: &str, release: i64) -> Result<(), String> {
-        let mut desired = self.desired(app, release, &|_| {})?;
-        let specs = std::mem::take(&mut desired.specs);
         if !self.runtimes().contains_key(app) {
             return self.activate(app, release, &|_| {}).await;
         }
+        let mut desired = self.desired(app, release, &|_| {})?;
+        let specs = std::mem::take(&mut desired.specs);
         let running: Vec<(String, u32)> = {
             let runtimes = self.runtimes();
             runtimes

@@ -68,13 +68,7 @@ impl RouteOptions {
     /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, BERTH_MAX_BODY_SIZE,
     /// BERTH_RESPONSE_TIMEOUT and NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE.
     pub fn from_env(env: &[(String, String)]) -> Result<RouteOptions, String> {
-        let knob = |key: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let knob = |key: &str| env_value(env, key);
         let flag = |key: &str| {
             knob(key).is_some_and(|v| {
                 matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
@@ -193,6 +187,16 @@ fn pm_metadata(app: &str, release: i64) -> String {
         "workspace": { "name": "default" },
     })
     .to_string()
+}
+
+/// The value a key has in a layered environment (the last one wins), trimmed; `None` when
+/// absent or empty.
+pub(crate) fn env_value(env: &[(String, String)], key: &str) -> Option<String> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 pub fn now() -> i64 {
@@ -382,7 +386,7 @@ impl Daemon {
         let mut base = self.base_env(app, release);
         base.extend(build.process_env.iter().cloned());
         if !build.path_prefix.is_empty() {
-            let path = base.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+            let path = env_value(&base, "PATH");
             let mut parts = build.path_prefix.clone();
             parts.extend(path);
             base.push(("PATH".to_owned(), parts.join(":")));
@@ -458,13 +462,7 @@ impl Daemon {
         env: &[(String, String)],
     ) -> Result<(Vec<StaticMount>, Option<std::path::PathBuf>), String> {
         let dir = self.tree(app, release);
-        let knob = |key: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let knob = |key: &str| env_value(env, key);
         let mut mounts: Vec<StaticMount> = files
             .procfile
             .entries
@@ -484,7 +482,7 @@ impl Daemon {
     /// The names NGINX_SERVER_NAME gives the app (piku's knob), normalised; bad ones are an
     /// error naming them.
     pub(crate) fn env_hosts(env: &[(String, String)]) -> Result<Vec<String>, String> {
-        let Some((_, names)) = env.iter().rev().find(|(k, _)| k == "NGINX_SERVER_NAME") else {
+        let Some(names) = env_value(env, "NGINX_SERVER_NAME") else {
             return Ok(Vec::new());
         };
         names

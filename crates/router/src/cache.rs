@@ -476,17 +476,7 @@ impl AppCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::test_support::header_map as headers;
 
     fn entry(body: &str, ttl: Duration, now: Instant) -> Entry {
         Entry {

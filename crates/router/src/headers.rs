@@ -210,17 +210,7 @@ fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::test_support::header_map as headers;
 
     fn names(map: &HeaderMap) -> Vec<&str> {
         let mut names: Vec<&str> = map.keys().map(|name| name.as_str()).collect();

@@ -915,13 +915,13 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::oneshot;
-    use tokio::time::{Instant, timeout};
+    use tokio::time::timeout;
 
     use crate::table::{RouteTable, shared_routes};
     use crate::test_support::{
-        DEADLINE, Reply, dead_addr, echo_upstream, get, read_exactly, read_message, routes_with,
-        send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
+        DEADLINE, Reply, dead_addr, echo_upstream, get, held_upstream, read_exactly, read_message,
+        routes_with, send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
+        wait_for,
     };
     use crate::{InFlight, SharedRoutes};
 
@@ -942,32 +942,6 @@ mod tests {
         let routes = shared_routes();
         routes.store(Arc::new(table));
         routes
-    }
-
-    /// An instance that takes one connection, reports when its request has arrived, and
-    /// answers `slow` only once released.
-    async fn held_upstream() -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (arrived, request_arrived) = oneshot::channel();
-        let (release, released) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            read_message(&mut stream).await.unwrap();
-            arrived.send(()).unwrap();
-            let _ = released.await;
-            let response = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
-            stream.write_all(response.as_bytes()).await.unwrap();
-        });
-        (addr, request_arrived, release)
-    }
-
-    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            tokio::task::yield_now().await;
-        }
     }
 
     #[tokio::test]
@@ -1100,7 +1074,7 @@ mod tests {
         // Plain round-robin would send every other one of these to the busy instance, which
         // takes no second connection, so they would hang.
         for _ in 0..6 {
-            wait_until("the fast instance is idle", || in_flight.count(fast) == 0).await;
+            wait_for("the fast instance is idle", || in_flight.count(fast) == 0).await;
             let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
             assert_eq!(reply.status, 200, "{}", reply.body);
             assert_eq!(answered_by(&reply), "fast");
@@ -1267,7 +1241,7 @@ mod tests {
         assert!(header(&sent, "x-forwarded-for").is_some(), "{sent}");
 
         // The handshake is over, so the open tunnel does not hold a drain up.
-        wait_until("the handshake is no longer counted", || in_flight.count(upstream) == 0).await;
+        wait_for("the handshake is no longer counted", || in_flight.count(upstream) == 0).await;
         let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         for message in [&b"hello"[..], b"\x81\x05world", &large] {
             stream.write_all(message).await.unwrap();

@@ -525,8 +525,8 @@ mod tests {
     use super::*;
     use crate::table::shared_routes;
     use crate::test_support::{
-        DEADLINE, TestProxy, dead_addr, echo_upstream, get, read_message, routes_with, send,
-        start_proxy, table_with, upgrade_echo_upstream,
+        DEADLINE, TestProxy, dead_addr, echo_upstream, get, held_upstream, read_message,
+        routes_with, send, start_proxy, table_with, upgrade_echo_upstream,
     };
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
@@ -726,20 +726,9 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_lets_a_request_in_flight_finish_then_returns() {
-        // An instance that reports when a request has reached it and answers only when told,
-        // so the shutdown is known to start while the request is in flight.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = listener.local_addr().unwrap();
-        let (arrived, request_arrived) = oneshot::channel();
-        let (release, released) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            read_message(&mut stream).await.unwrap();
-            arrived.send(()).unwrap();
-            released.await.unwrap();
-            let response = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
-            stream.write_all(response.as_bytes()).await.unwrap();
-        });
+        // The instance answers only when told, so the shutdown is known to start while the
+        // request is in flight.
+        let (upstream, request_arrived, release) = held_upstream().await;
         let fast = echo_upstream("fast.1").await;
         let routes = routes_with(&[
             ("slow.example.com", "slow", vec![upstream]),

@@ -313,6 +313,36 @@ pub(crate) async fn exchange_raw(proxy: SocketAddr, request: &[u8]) -> String {
     timeout(DEADLINE, exchange).await.expect("the proxy answered or closed in time")
 }
 
+/// A header map of `(name, value)` pairs, in order, for tests of header logic.
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+/// An instance that takes one connection, reports when its request has arrived, and
+/// answers `slow` only once released, so a test knows a request is in flight.
+pub(crate) async fn held_upstream() -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, request_arrived) = oneshot::channel();
+    let (release, released) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_message(&mut stream).await.unwrap();
+        arrived.send(()).unwrap();
+        let _ = released.await;
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
+        stream.write_all(response.as_bytes()).await.unwrap();
+    });
+    (addr, request_arrived, release)
+}
+
 /// Polls `done` until it holds, failing the test after the deadline.
 pub(crate) async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
