@@ -38,6 +38,7 @@ mod static_files;
 mod table;
 #[cfg(test)]
 mod test_support;
+mod upstream;
 
 pub use access_log::AccessLog;
 pub use cache::{CacheConfig, CacheRegistry, CacheStats};

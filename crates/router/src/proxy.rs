@@ -16,13 +16,11 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION, REFERER, STRICT_TRANSPORT_SECURITY,
     UPGRADE, USER_AGENT,
 };
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::access_log::AccessEntry;
 use crate::balance::{PassiveHealth, UNHEALTHY_FOR, attempt_order};
@@ -37,14 +35,7 @@ use crate::limits::{BodyTooLarge, ClientBodyError, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
 use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
-
-/// How long to wait for an instance to accept a connection before trying the next one. An
-/// instance on the same machine answers in microseconds or refuses at once; waiting longer
-/// only means a wedged process is holding the visitor.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long an idle keep-alive connection to an app is kept for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::upstream::Upstreams;
 
 /// What HTTPS-only apps tell browsers: use HTTPS for a year (the usual value, and the
 /// minimum for preload lists).
@@ -93,7 +84,7 @@ fn host_port(host: &HeaderValue) -> Option<u16> {
 /// and which instances recently refused connections.
 pub(crate) struct Proxy {
     routes: SharedRoutes,
-    client: Client<HttpConnector, LentBody>,
+    upstreams: Upstreams<LentBody>,
     health: PassiveHealth,
     /// Set when the listener serves one app whatever the host; see [`Proxy::for_app`].
     fixed_app: Option<FixedApp>,
@@ -146,14 +137,12 @@ impl Proxy {
     /// A proxy that tries an instance which refused a connection only after the others for
     /// `unhealthy_for`; tests shorten or lengthen the window so that they need not wait on it.
     pub(crate) fn with_unhealthy_for(routes: SharedRoutes, unhealthy_for: Duration) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        Proxy { routes, client, health: PassiveHealth::new(unhealthy_for), fixed_app: None }
+        Proxy {
+            routes,
+            upstreams: Upstreams::default(),
+            health: PassiveHealth::new(unhealthy_for),
+            fixed_app: None,
+        }
     }
 
     /// The same proxy sending every request to the app named `app`, as if it carried
@@ -397,23 +386,15 @@ impl Proxy {
         for (attempt, index) in order.into_iter().enumerate() {
             let addr = backend.addrs[index];
             let guard = InFlightGuard::new(backend.in_flight(index));
-            let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(addr.to_string())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|error| ProxyError::Internal {
-                    cause: format!("cannot build the uri for instance {addr}: {error}"),
-                })?;
             let is_last = attempt + 1 == n_attempts;
             let mut upstream = Request::new(body.lend());
             *upstream.method_mut() = method.clone();
-            *upstream.uri_mut() = uri;
+            *upstream.uri_mut() = Uri::from(path_and_query.clone());
             *upstream.headers_mut() =
                 if is_last { std::mem::take(&mut headers) } else { headers.clone() };
 
             let answered = within_response_timeout(
-                self.client.request(upstream),
+                self.upstreams.send(addr, upstream),
                 &body,
                 limits.response_timeout,
             )
@@ -911,15 +892,15 @@ mod tests {
     // Proxying itself is tested through real sockets below and in `server.rs`, because an
     // `Incoming` body only comes from a connection.
 
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
     use tokio::time::timeout;
 
     use crate::table::{RouteTable, shared_routes};
     use crate::test_support::{
-        DEADLINE, Reply, dead_addr, echo_upstream, get, held_upstream, read_exactly, read_message,
+        DEADLINE, Reply, counting_upstream, dead_addr, echo_upstream, get, held_upstream, read_exactly, read_message,
         routes_with, send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
         wait_for,
     };
@@ -1084,26 +1065,6 @@ mod tests {
         assert_eq!((reply.status, reply.body.as_str()), (200, "slow"));
     }
 
-    /// A listener at `addr` that counts the connections it accepts and answers each request
-    /// as the echo upstream `revived` would.
-    async fn counting_upstream(addr: SocketAddr) -> Arc<AtomicUsize> {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    while read_message(&mut stream).await.is_some() {
-                        let response = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nrevived\n";
-                        stream.write_all(response.as_bytes()).await.unwrap();
-                    }
-                });
-            }
-        });
-        accepted
-    }
-
     #[tokio::test]
     async fn a_refusing_instance_gets_no_connection_attempts_while_marked() {
         let dead = dead_addr().await;
@@ -1118,7 +1079,7 @@ mod tests {
 
         // The instance comes back, but is still marked: it gets nothing, even on the turns
         // the round-robin would give it.
-        let accepted = counting_upstream(dead).await;
+        let accepted = counting_upstream(dead, false).await;
         for _ in 0..8 {
             let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
             assert_eq!((reply.status, answered_by(&reply)), (200, "live"), "{}", reply.body);
@@ -1136,7 +1097,7 @@ mod tests {
         let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
         assert_eq!(reply.status, 502);
         // Both are marked now; they are tried anyway, and the one that came back answers.
-        let accepted = counting_upstream(second).await;
+        let accepted = counting_upstream(second, false).await;
         let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
         assert_eq!((reply.status, answered_by(&reply)), (200, "revived"), "{}", reply.body);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -1148,7 +1109,7 @@ mod tests {
             start_proxy_with(Proxy::with_unhealthy_for(routes, Duration::from_millis(50))).await;
         let reply = send(proxy.addr, get("myapp.example.com", "/")).await;
         assert_eq!((reply.status, answered_by(&reply)), (200, "live"), "{}", reply.body);
-        let accepted = counting_upstream(dead).await;
+        let accepted = counting_upstream(dead, false).await;
         let deadline = Instant::now() + DEADLINE;
         loop {
             let reply = send(proxy.addr, get("myapp.example.com", "/")).await;

@@ -234,6 +234,8 @@ pub struct RouteTable {
     /// `*.example.com` is kept as `example.com`.
     wildcards: HashMap<String, Arc<Backend>>,
     apps: HashMap<String, Arc<Backend>>,
+    /// Whether any app is path-routed: when none is, a request's path needs no lookup.
+    any_path_routing: bool,
 }
 
 /// How [`RouteTable::route`] found a request's backend.
@@ -277,6 +279,7 @@ impl RouteTable {
             return;
         };
         self.apps.insert(backend.app.clone(), Arc::clone(&backend));
+        self.any_path_routing = self.apps.values().any(|backend| backend.path_routing);
         match pattern.strip_prefix("*.") {
             Some(suffix) => self.wildcards.insert(suffix.to_string(), backend),
             None => self.routes.insert(pattern, backend),
@@ -326,7 +329,8 @@ impl RouteTable {
             return Some((backend, RouteKind::Header));
         }
         let by_host = self.lookup_normalized(host);
-        let by_path = first_segment(path)
+        let by_path = (self.any_path_routing.then(|| first_segment(path)))
+            .flatten()
             .and_then(|segment| self.apps.get(segment))
             .filter(|backend| backend.path_routing);
         match (by_path, by_host) {

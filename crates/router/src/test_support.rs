@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -106,6 +107,33 @@ pub(crate) fn table_with(entries: &[(&str, &str, Vec<SocketAddr>)]) -> RouteTabl
 /// An address where nothing listens: a port the kernel just handed out and took back.
 pub(crate) async fn dead_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+/// A listener at `addr` that counts the connections it accepts and answers each request
+/// with `revived`; with `close`, it says `Connection: close` and closes after each answer.
+pub(crate) async fn counting_upstream(addr: SocketAddr, close: bool) -> Arc<AtomicUsize> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let response: &'static str = if close {
+        "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrevived\n"
+    } else {
+        "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nrevived\n"
+    };
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while read_message(&mut stream).await.is_some() {
+                    stream.write_all(response.as_bytes()).await.unwrap();
+                    if close {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    accepted
 }
 
 /// Reads one HTTP/1.1 message framed by `Content-Length` (or without a body), returning
