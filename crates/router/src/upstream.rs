@@ -122,10 +122,10 @@ where
         let mut pools = self.lock();
         let pool = pools.get_mut(&addr)?;
         let now = Instant::now();
-        pool.retain(|pooled| {
-            !pooled.sender.is_closed()
-                && !(pooled.sender.is_ready() && now.duration_since(pooled.since) > IDLE_TIMEOUT)
-        });
+        let is_stale = |pooled: &Pooled<B>| {
+            pooled.sender.is_ready() && now.duration_since(pooled.since) > IDLE_TIMEOUT
+        };
+        pool.retain(|pooled| !pooled.sender.is_closed() && !is_stale(pooled));
         let ready = pool.iter().position(|pooled| pooled.sender.is_ready());
         let taken = ready.map(|index| pool.swap_remove(index).sender);
         if pool.is_empty() {
