@@ -284,7 +284,9 @@ impl Proxy {
                 request_id,
                 cache,
             };
-            return self.forward_to_instances(request, downstream, target).await;
+            // Boxed: this future is most of a request's state, and every future it would sit
+            // inside (down to hyper's) is copied whole at least once as it starts.
+            return Box::pin(self.forward_to_instances(request, downstream, target)).await;
         }
         if let Some(catch_all) = backend.catch_all() {
             return static_files::serve_catch_all(&backend, catch_all, method, headers).await;
@@ -393,12 +395,10 @@ impl Proxy {
             *upstream.headers_mut() =
                 if is_last { std::mem::take(&mut headers) } else { headers.clone() };
 
-            let answered = within_response_timeout(
-                self.upstreams.send(addr, upstream),
-                &body,
-                limits.response_timeout,
-            )
-            .await;
+            // Pinned here rather than moved into the timeout's future, which would then hold
+            // it twice: every byte of a request's future is copied as it is moved around.
+            let send = std::pin::pin!(self.upstreams.send(addr, upstream));
+            let answered = within_response_timeout(send, &body, limits.response_timeout).await;
             let Some(result) = answered else {
                 tracing::debug!(app = %backend.app, %addr, request_id = request_id_text, body_sent = body.is_finished(), "no answer in time");
                 return Err(ProxyError::AppTimedOut {
@@ -499,12 +499,11 @@ fn relay(
 /// Waits for the app's response head, for at most `timeout` after the request (and its
 /// body, while it is still being sent) last made progress; `None` when time ran out.
 async fn within_response_timeout<F: Future>(
-    response: F,
+    mut response: Pin<&mut F>,
     body: &BodySlot,
     timeout: Duration,
 ) -> Option<F::Output> {
     body.restart_clock();
-    let mut response = std::pin::pin!(response);
     loop {
         let deadline = body.last_progress() + timeout;
         tokio::select! {

@@ -110,7 +110,9 @@ where
                 },
             }
         }
-        let mut sender = connect(addr).await?;
+        // Boxed: connecting is rare next to reusing, and its future is large; inline, it
+        // would make every request's future larger, and so slower to move.
+        let mut sender = Box::pin(connect(addr)).await?;
         let response = sender.send_request(request).await.map_err(UpstreamError::Http)?;
         self.put_back(addr, sender);
         Ok(response)
