@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use berth_testkit::http_get_with;
+
 use crate::World;
 
 /// uv, installed by `scripts/test` where the tests can put it on a daemon's PATH or leave it off.
@@ -240,24 +242,72 @@ fn ruby_with_a_gemfile_that_needs_no_downloads() {
 #[test]
 fn static_sites_and_static_paths_are_served_by_the_router() {
     let world = World::start("static");
-    let repo = world.repo_with(
-        "static-site",
+    let repo = world.repo("static-site");
+    // A precompressed copy made the way a front-end build makes one, committed next to it.
+    let script_path = repo.dir.join("public/js/app.js");
+    std::fs::create_dir_all(script_path.parent().unwrap()).unwrap();
+    std::fs::write(&script_path, "console.log('a script long enough to be worth compressing');\n")
+        .unwrap();
+    let gzip = std::process::Command::new("gzip").args(["-k", "-n"]).arg(&script_path).status();
+    assert!(gzip.unwrap().success(), "gzip public/js/app.js");
+    let gzipped = std::fs::read(repo.dir.join("public/js/app.js.gz")).unwrap();
+    // `git archive` leaves any .git out of a release, so the release command makes one, as a
+    // build that clones something into the served directory would.
+    let procfile = "static: public\n\
+                    release: mkdir -p public/.git && echo 'ref: refs/heads/main' > public/.git/HEAD\n";
+    repo.commit(
         &[
-            ("Procfile", "static: public\n"),
+            ("Procfile", procfile),
             ("ENV", "NGINX_CATCH_ALL=public/index.html\n"),
             ("public/index.html", "<h1>static site</h1>\n"),
             ("public/css/site.css", "body { color: red }\n"),
         ],
-    );
+        "first",
+    )
+    .unwrap();
     let out = world.push_ok(&repo, "static-site");
     assert!(out.contains("-----> Generic app: the Procfile runs as it is"), "{out}");
     let index = world.get("static-site", "/");
     assert_eq!((index.status, index.body.as_str()), (200, "<h1>static site</h1>\n"));
     let css = world.get("static-site", "/css/site.css");
     assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(css.header("accept-ranges"), Some("bytes"));
     assert_eq!(css.body, "body { color: red }\n");
     // Client-side routing: unknown paths get the catch-all page.
     assert_eq!(world.get("static-site", "/account/42").body, "<h1>static site</h1>\n");
+    assert_eq!(world.get("static-site", "/../ENV").status / 100, 4);
+
+    // A byte range, as a resumed download asks for it.
+    let host = world.daemon.app_host("static-site");
+    let get_with = |path: &str, headers: &[(&str, &str)]| {
+        http_get_with(world.daemon.http_addr, &host, path, headers).expect("GET through the router")
+    };
+    let part = get_with("/css/site.css", &[("Range", "bytes=7-11")]);
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert_eq!(part.header("content-range"), Some("bytes 7-11/20"));
+    assert_eq!(part.body, "color");
+    assert_eq!(get_with("/css/site.css", &[("Range", "bytes=20-")]).status, 416);
+
+    // The .gz goes to clients that take gzip, typed as the script.
+    let zipped = get_with("/js/app.js", &[("Accept-Encoding", "gzip, deflate")]);
+    assert_eq!(zipped.status, 200, "{:?}", zipped.headers);
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(zipped.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(zipped.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(zipped.header("content-length"), Some(gzipped.len().to_string().as_str()));
+    assert_eq!(zipped.body, String::from_utf8_lossy(&gzipped));
+    let plain = get_with("/js/app.js", &[("Accept-Encoding", "gzip;q=0")]);
+    assert_eq!(plain.body, "console.log('a script long enough to be worth compressing');\n");
+    assert_eq!(plain.header("content-encoding"), None);
+
+    // .git is never served, however it is spelled, unless the app allows it.
+    for path in ["/.git/HEAD", "/%2egit/HEAD"] {
+        let refused = world.get("static-site", path);
+        assert_eq!(refused.status, 404, "{path}");
+        assert!(!refused.body.contains("refs/heads"), "{path}: {}", refused.body);
+    }
+    world.ssh_ok(&["config:set", "static-site", "NGINX_ALLOW_GIT_FOLDERS=true"]);
+    assert_eq!(world.get("static-site", "/.git/HEAD").body, "ref: refs/heads/main\n");
     assert_eq!(world.get("static-site", "/../ENV").status / 100, 4);
 
     // A web app with NGINX_STATIC_PATHS: the prefix from disk, the rest from the app.

@@ -60,12 +60,14 @@ pub struct AppRuntime {
 pub struct RouteOptions {
     pub https_only: bool,
     pub path_routing: bool,
+    /// Paths through `.git` are served from the static mounts (NGINX_ALLOW_GIT_FOLDERS).
+    pub git_folders: bool,
     pub limits: berth_router::Limits,
     pub cache: Option<berth_router::CacheConfig>,
 }
 
 impl RouteOptions {
-    /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, BERTH_MAX_BODY_SIZE,
+    /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, NGINX_ALLOW_GIT_FOLDERS, BERTH_MAX_BODY_SIZE,
     /// BERTH_RESPONSE_TIMEOUT and NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE.
     pub fn from_env(env: &[(String, String)]) -> Result<RouteOptions, String> {
         let knob = |key: &str| env_value(env, key);
@@ -123,6 +125,7 @@ impl RouteOptions {
         Ok(RouteOptions {
             https_only: flag("NGINX_HTTPS_ONLY"),
             path_routing: flag("BERTH_PATH_ROUTING"),
+            git_folders: flag("NGINX_ALLOW_GIT_FOLDERS"),
             limits,
             cache,
         })
@@ -724,6 +727,7 @@ impl Daemon {
                 .with_static(runtime.statics.clone(), runtime.catch_all.clone())
                 .with_https_only(runtime.route.https_only)
                 .with_path_routing(runtime.route.path_routing)
+                .with_git_folders(runtime.route.git_folders)
                 .with_limits(runtime.route.limits);
             if let Some(log) = self.access_log(owner) {
                 backend = backend.with_access_log(log);

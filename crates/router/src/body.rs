@@ -47,7 +47,7 @@ pub(crate) enum ResponseBody {
     Page(Full<Bytes>),
     /// A file read from disk in chunks as the client takes them, so a large download
     /// holds only one chunk in memory. The `Take` caps it at the length announced in
-    /// `Content-Length` even if the file grows meanwhile, and is what a byte range will use.
+    /// `Content-Length` even if the file grows meanwhile; a byte range is a `Take` after a seek.
     File(ReaderStream<Take<File>>),
 }
 

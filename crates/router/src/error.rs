@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 
@@ -48,6 +48,8 @@ pub(crate) enum ProxyError {
     NotFound { app: String },
     /// A method other than GET or HEAD for a file the router serves itself.
     MethodNotAllowed,
+    /// A `Range` header none of whose ranges overlaps the file, which has `len` bytes.
+    RangeNotSatisfiable { len: u64 },
     /// The request body is (or grew) larger than the app's limit.
     BodyTooLarge { limit: u64 },
     /// The request body could not be read: bad chunked framing, or the client went away.
@@ -75,6 +77,7 @@ impl ProxyError {
             | ProxyError::PathNotAllowed
             | ProxyError::NotFound { .. }
             | ProxyError::MethodNotAllowed
+            | ProxyError::RangeNotSatisfiable { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody => Source::Downstream,
             ProxyError::AppNotRunning { .. }
@@ -96,6 +99,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed | ProxyError::MethodNotAllowed => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
+            ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::AppNotRunning { .. }
             | ProxyError::AppDidNotAnswer { .. }
@@ -121,6 +125,10 @@ impl ProxyError {
                 (format!("the app {app} has nothing at this address"), None)
             }
             ProxyError::MethodNotAllowed => ("this address only answers GET and HEAD".into(), None),
+            ProxyError::RangeNotSatisfiable { len } => (
+                format!("the requested range lies outside the file, which has {len} bytes"),
+                Some("ask for bytes that start before the end of the file, or for the whole file without a Range header".into()),
+            ),
             ProxyError::BodyTooLarge { limit } => {
                 (format!("the request body is larger than the {limit} bytes allowed"), None)
             }
@@ -204,6 +212,12 @@ impl ProxyError {
         if let ProxyError::MethodNotAllowed = self {
             headers.insert(ALLOW, static_files::allow_header());
         }
+        // RFC 9110 section 15.5.17: a 416 says how long the file is.
+        if let ProxyError::RangeNotSatisfiable { len } = self
+            && let Ok(value) = HeaderValue::try_from(format!("bytes */{len}"))
+        {
+            headers.insert(CONTENT_RANGE, value);
+        }
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
@@ -267,6 +281,12 @@ mod tests {
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[ALLOW], "GET, HEAD");
 
+        let response = ProxyError::RangeNotSatisfiable { len: 20 }.to_response();
+        assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(response.headers()[CONTENT_RANGE], "bytes */20");
+        let (_, body) = page(ProxyError::RangeNotSatisfiable { len: 20 }).await;
+        assert!(body.contains("outside the file, which has 20 bytes"), "{body}");
+
         let (status, body) = page(ProxyError::NotFound { app: "site".into() }).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("the app site has nothing at this address"), "{body}");
@@ -301,6 +321,7 @@ mod tests {
             ProxyError::PathNotAllowed,
             ProxyError::NotFound { app: "a".into() },
             ProxyError::MethodNotAllowed,
+            ProxyError::RangeNotSatisfiable { len: 10 },
             ProxyError::BodyTooLarge { limit: 1 },
             ProxyError::BadRequestBody,
             ProxyError::AppNotRunning { app: "a".into() },

@@ -4,23 +4,32 @@
 //!
 //! A request path is percent-decoded, split into segments and matched segment-wise against
 //! the backend's mounts, longest prefix first. Under a mount the path is refused outright if
-//! any segment could climb or confuse a file system (`.`, `..`, a backslash, NUL) or starts
-//! with `.git`; what is left is looked up on a blocking thread, where both the mount
-//! directory and the file are canonicalised and the file must stay inside the directory, so
-//! a symlink cannot lead out of it either.
+//! any segment could climb or confuse a file system (`.`, `..`, a backslash, NUL), and with
+//! a 404 if a segment starts with `.git` (unless the app sets `NGINX_ALLOW_GIT_FOLDERS`);
+//! what is left is looked up on a blocking thread, where both the mount directory and the
+//! file are canonicalised and the file must stay inside the directory, so a symlink cannot
+//! lead out of it either.
+//!
+//! The look-up also chooses the representation, as nginx's `gzip_static` does: when
+//! `FILE.gz` lies next to `FILE` (a regular file, inside the mount by the same rules) and the
+//! client's `Accept-Encoding` takes gzip, its bytes are sent with `Content-Encoding: gzip`
+//! and the type of `FILE`; either way the answer then carries `Vary: Accept-Encoding`.
 //!
 //! [`send_file`] turns one opened file into a response and is the single place that knows
-//! the HTTP side of serving files; byte ranges and precompressed `.gz` siblings belong there
-//! (and in [`find_file`] for choosing the sibling) when they come.
+//! the HTTP side of serving files: validators and conditional requests (304), and byte
+//! ranges (206, 416, `If-Range`), which apply to the bytes sent, so to the `.gz` file when
+//! that is what is sent, with that file's own validators.
 
 use std::cmp::Reverse;
 use std::fs;
+use std::io::{Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, LOCATION,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED,
+    LOCATION, RANGE, VARY,
 };
 use http::{Method, Response, StatusCode, Uri};
 use tokio::io::AsyncReadExt;
@@ -104,7 +113,8 @@ pub(crate) enum Refusal {
     /// A segment that could climb out of the directory or mean something else to a file
     /// system: `.`, `..`, a backslash or NUL. A 400: no browser sends these.
     BadPath,
-    /// A segment starting with `.git`: the repository's internals are never served.
+    /// A segment starting with `.git`: the repository's internals are not served unless the
+    /// app allows it (`NGINX_ALLOW_GIT_FOLDERS`). A 404, as piku's nginx answers.
     Hidden,
 }
 
@@ -120,10 +130,12 @@ pub(crate) struct Candidate {
 /// nothing is refused either: the path is for the app.
 ///
 /// Matching is by whole segments, so `/static` covers `/static` and `/static/x` but not
-/// `/staticfoo`. Empty segments (`//`) are skipped, as nginx merges slashes.
+/// `/staticfoo`. Empty segments (`//`) are skipped, as nginx merges slashes. Segments
+/// starting with `.git` are refused unless `git_folders` allows them.
 pub(crate) fn candidates(
     mounts: &[StaticMount],
     raw_path: &str,
+    git_folders: bool,
 ) -> Result<Vec<Candidate>, Refusal> {
     let decoded = percent_decode(raw_path);
     let segments: Vec<&str> = decoded.split('/').filter(|segment| !segment.is_empty()).collect();
@@ -143,7 +155,7 @@ pub(crate) fn candidates(
         if segments.iter().any(|segment| is_bad_segment(segment)) {
             return Err(Refusal::BadPath);
         }
-        if segments.iter().any(|segment| segment.starts_with(".git")) {
+        if !git_folders && segments.iter().any(|segment| is_git_segment(segment)) {
             return Err(Refusal::Hidden);
         }
     }
@@ -152,6 +164,11 @@ pub(crate) fn candidates(
 
 fn is_bad_segment(segment: &str) -> bool {
     segment == "." || segment == ".." || segment.contains(['\\', '\0'])
+}
+
+/// `.git` and its relatives (`.gitignore`, `.github`), as piku's `location ~ /\.git`.
+fn is_git_segment(segment: &str) -> bool {
+    segment.starts_with(".git")
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is. Bytes that
@@ -192,14 +209,26 @@ pub(crate) struct OpenFile {
     file: fs::File,
     len: u64,
     modified: Option<SystemTime>,
-    /// The canonical path; its extension decides the content type.
-    path: PathBuf,
+}
+
+/// The representation of a file the look-up chose for a request: the file itself, or its
+/// precompressed `.gz` sibling.
+#[derive(Debug)]
+pub(crate) struct Chosen {
+    /// The bytes to send.
+    file: OpenFile,
+    /// The type of the file asked for (never that of the `.gz`).
+    content_type: &'static str,
+    /// Whether `file` is the `.gz` sibling, sent with `Content-Encoding: gzip`.
+    gzip: bool,
+    /// Whether a `.gz` sibling exists, so that the answer depends on `Accept-Encoding`.
+    has_gzip: bool,
 }
 
 /// What the disk has for a request path.
 #[derive(Debug)]
 pub(crate) enum Found {
-    File(OpenFile),
+    File(Chosen),
     /// A directory asked for without the trailing `/`: relative links in its index would
     /// resolve against the parent, so the client is sent to the URL with the slash.
     DirectoryWithoutSlash,
@@ -210,9 +239,18 @@ pub(crate) enum Found {
     Refused,
 }
 
+/// How a look-up goes for one request: what the app allows and what the client accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lookup {
+    /// Paths through `.git` may be served (`NGINX_ALLOW_GIT_FOLDERS`).
+    pub(crate) git_folders: bool,
+    /// The client takes gzip, so a `.gz` sibling is sent in place of the file.
+    pub(crate) accepts_gzip: bool,
+}
+
 /// Looks `candidates` up on disk: the first whose mount directory exists decides. Blocking;
 /// run it on a blocking thread.
-pub(crate) fn find_file(candidates: &[Candidate], trailing_slash: bool) -> Found {
+pub(crate) fn find_file(candidates: &[Candidate], trailing_slash: bool, lookup: Lookup) -> Found {
     for candidate in candidates {
         // A mount directory that does not exist (yet) does not match at all.
         let root = match fs::canonicalize(&candidate.dir) {
@@ -221,37 +259,39 @@ pub(crate) fn find_file(candidates: &[Candidate], trailing_slash: bool) -> Found
         };
         let mut path = root.clone();
         path.extend(&candidate.segments);
-        return find_in(&root, &path, trailing_slash);
+        return find_in(&root, &path, trailing_slash, lookup);
     }
     Found::Missing
 }
 
-fn find_in(root: &Path, path: &Path, trailing_slash: bool) -> Found {
-    let path = match confine(root, path) {
-        Ok(Some(path)) => path,
+fn find_in(root: &Path, path: &Path, trailing_slash: bool, lookup: Lookup) -> Found {
+    let canonical = match confine(root, path, lookup.git_folders) {
+        Ok(Some(canonical)) => canonical,
         Ok(None) => return Found::Missing,
         Err(()) => return Found::Refused,
     };
-    let Ok(metadata) = fs::metadata(&path) else {
+    let Ok(metadata) = fs::metadata(&canonical) else {
         return Found::Missing;
     };
     if metadata.is_dir() {
         if !trailing_slash {
             return Found::DirectoryWithoutSlash;
         }
-        return match confine(root, &path.join(INDEX_FILE)) {
-            Ok(Some(index)) => open_regular(&index),
+        let index = canonical.join(INDEX_FILE);
+        return match confine(root, &index, lookup.git_folders) {
+            Ok(Some(canonical_index)) => choose(root, &index, &canonical_index, lookup),
             Ok(None) => Found::Missing,
             Err(()) => Found::Refused,
         };
     }
     // `/style.css/` names a directory that is not there, as nginx also decides.
-    if trailing_slash { Found::Missing } else { open_regular(&path) }
+    if trailing_slash { Found::Missing } else { choose(root, path, &canonical, lookup) }
 }
 
 /// The canonical form of `path` if it exists and stays inside `root` (already canonical)
-/// without passing through `.git`; `Ok(None)` if it does not exist; `Err` if it escapes.
-fn confine(root: &Path, path: &Path) -> Result<Option<PathBuf>, ()> {
+/// without passing through `.git` (unless `git_folders`); `Ok(None)` if it does not exist;
+/// `Err` if it escapes.
+fn confine(root: &Path, path: &Path, git_folders: bool) -> Result<Option<PathBuf>, ()> {
     let canonical = match fs::canonicalize(path) {
         Ok(canonical) => canonical,
         // Not found, or a file used as a directory on the way (`a.txt/b`).
@@ -263,20 +303,61 @@ fn confine(root: &Path, path: &Path) -> Result<Option<PathBuf>, ()> {
     };
     // The request's own segments were checked already; this catches a symlink inside the
     // mount that points into a `.git` directory that is also inside it.
-    let is_hidden = inside.components().any(|component| match component {
-        Component::Normal(name) => name.as_encoded_bytes().starts_with(b".git"),
-        _ => false,
-    });
+    let is_hidden = !git_folders
+        && inside.components().any(|component| match component {
+            Component::Normal(name) => name.to_str().is_some_and(is_git_segment),
+            _ => false,
+        });
     if is_hidden { Err(()) } else { Ok(Some(canonical)) }
 }
 
-/// Opens `path` if it is a regular file. Sockets and FIFOs are left alone (opening a FIFO
-/// would wait for a writer); a file that exists but cannot be opened is refused and logged,
-/// because the operator will want to know about the permissions.
-pub(crate) fn open_regular(path: &Path) -> Found {
-    match fs::metadata(path) {
+/// The representation of the file at `requested` (its canonical form is `canonical`) that
+/// the client gets: `requested` + `.gz` when that is a regular file inside `root` by the
+/// rules of [`confine`] and the client takes gzip, else the file itself.
+///
+/// The sibling is looked for next to the name asked for, not next to where a symlink
+/// leads, as nginx's `gzip_static` does.
+fn choose(root: &Path, requested: &Path, canonical: &Path, lookup: Lookup) -> Found {
+    match fs::metadata(canonical) {
         Ok(metadata) if metadata.is_file() => {}
         _ => return Found::Missing,
+    }
+    let gzip_path = match confine(root, &with_gz_suffix(requested), lookup.git_folders) {
+        Ok(Some(path)) if fs::metadata(&path).is_ok_and(|metadata| metadata.is_file()) => {
+            Some(path)
+        }
+        _ => None,
+    };
+    let content_type = content_type(canonical);
+    let has_gzip = gzip_path.is_some();
+    if lookup.accepts_gzip
+        && let Some(gzip_path) = gzip_path
+    {
+        // Should the sibling vanish or refuse to open in between, the file itself will do.
+        if let Ok(file) = open_regular(&gzip_path) {
+            return Found::File(Chosen { file, content_type, gzip: true, has_gzip });
+        }
+    }
+    match open_regular(canonical) {
+        Ok(file) => Found::File(Chosen { file, content_type, gzip: false, has_gzip }),
+        Err(found) => found,
+    }
+}
+
+/// `path` with `.gz` appended to its file name (`app.css` → `app.css.gz`).
+fn with_gz_suffix(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".gz");
+    PathBuf::from(name)
+}
+
+/// Opens `path` if it is a regular file, else says why not. Sockets and FIFOs are left
+/// alone (opening a FIFO would wait for a writer); a file that exists but cannot be opened
+/// is refused and logged, because the operator will want to know about the permissions.
+fn open_regular(path: &Path) -> Result<OpenFile, Found> {
+    match fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        _ => return Err(Found::Missing),
     }
     let opened = fs::File::open(path).and_then(|file| {
         let metadata = file.metadata()?;
@@ -284,13 +365,12 @@ pub(crate) fn open_regular(path: &Path) -> Found {
     });
     match opened {
         Ok((file, metadata)) if metadata.is_file() => {
-            let (len, modified) = (metadata.len(), metadata.modified().ok());
-            Found::File(OpenFile { file, len, modified, path: path.to_path_buf() })
+            Ok(OpenFile { file, len: metadata.len(), modified: metadata.modified().ok() })
         }
-        Ok(_) => Found::Missing,
+        Ok(_) => Err(Found::Missing),
         Err(error) => {
             tracing::warn!(path = %path.display(), "cannot open a static file: {error}");
-            Found::Refused
+            Err(Found::Refused)
         }
     }
 }
@@ -314,26 +394,29 @@ pub(crate) async fn serve_from_mounts(
         return Ok(None);
     }
     let raw_path = uri.path();
-    let candidates = match candidates(backend.static_mounts(), raw_path) {
+    let git_folders = backend.git_folders();
+    let candidates = match candidates(backend.static_mounts(), raw_path, git_folders) {
         Ok(candidates) if candidates.is_empty() => return Ok(None),
         Ok(candidates) => candidates,
         Err(Refusal::BadPath) => return Err(ProxyError::PathNotAllowed),
         Err(Refusal::Hidden) => return Err(ProxyError::NotFound { app: backend.app.clone() }),
     };
     let trailing_slash = percent_decode(raw_path).ends_with('/');
-    let found = blocking(move || find_file(&candidates, trailing_slash)).await?;
+    let lookup = Lookup { git_folders, accepts_gzip: accepts_gzip(request_headers) };
+    let found = blocking(move || find_file(&candidates, trailing_slash, lookup)).await?;
     let response = match found {
         Found::Missing => return Ok(None),
         Found::Refused => return Err(ProxyError::NotFound { app: backend.app.clone() }),
         _ if !is_get_or_head(method) => return Err(ProxyError::MethodNotAllowed),
         Found::DirectoryWithoutSlash => redirect_to_slash(uri),
-        Found::File(file) => send_file(method, request_headers, file),
+        Found::File(chosen) => send_file(method, request_headers, chosen)?,
     };
     tracing::debug!(app = %backend.app, path = raw_path, status = response.status().as_u16(), "served from disk");
     Ok(Some(response))
 }
 
-/// Answers with the backend's catch-all file, which must be set.
+/// Answers with the backend's catch-all file, which must be set. A `.gz` next to it is
+/// served as for any file, if it stays in the catch-all's own directory.
 pub(crate) async fn serve_catch_all(
     backend: &Backend,
     catch_all: &Path,
@@ -344,8 +427,18 @@ pub(crate) async fn serve_catch_all(
         return Err(ProxyError::MethodNotAllowed);
     }
     let path = catch_all.to_path_buf();
-    match blocking(move || open_regular(&path)).await? {
-        Found::File(file) => Ok(send_file(method, request_headers, file)),
+    let lookup =
+        Lookup { git_folders: backend.git_folders(), accepts_gzip: accepts_gzip(request_headers) };
+    let found = blocking(move || {
+        let (Ok(canonical), Some(Ok(dir))) =
+            (fs::canonicalize(&path), path.parent().map(fs::canonicalize))
+        else {
+            return Found::Missing;
+        };
+        choose(&dir, &path, &canonical, lookup)
+    });
+    match found.await? {
+        Found::File(chosen) => send_file(method, request_headers, chosen),
         _ => {
             tracing::warn!(app = %backend.app, path = %catch_all.display(), "the catch-all file is missing");
             Err(ProxyError::NotFound { app: backend.app.clone() })
@@ -379,19 +472,21 @@ fn redirect_to_slash(uri: &Uri) -> Response<ResponseBody> {
     response
 }
 
-/// The response for one opened file: 304 when the client's copy is current, else the file
-/// with its type, length and validators, streamed (no body for HEAD).
+/// The response for the representation the look-up chose: 304 when the client's copy is
+/// current; else the file with its type, encoding and validators, whole (200, with
+/// `Accept-Ranges: bytes`) or the one byte range asked for (206), streamed (no body for
+/// HEAD, which is answered the same way otherwise); or a 416 for a range outside the file.
 ///
-/// This is where a later `Range` header would be answered (a 206 reading a `take` of the
-/// file after a seek, with the same validators checked against `If-Range`), and where a
-/// precompressed sibling chosen by the look-up would add `Content-Encoding` and `Vary`.
+/// The preconditions go in RFC 9110's order (section 13.2.2): `If-None-Match` or
+/// `If-Modified-Since` first, then `If-Range`, which only decides whether `Range` counts.
 pub(crate) fn send_file(
     method: &Method,
     request_headers: &HeaderMap,
-    file: OpenFile,
-) -> Response<ResponseBody> {
-    let (len, modified) = (file.len, file.modified);
-    let etag = weak_etag(len, modified);
+    chosen: Chosen,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Chosen { file, content_type, gzip, has_gzip } = chosen;
+    let OpenFile { mut file, len, modified } = file;
+    let etag = etag(len, modified, gzip);
 
     let mut response = Response::new(ResponseBody::empty());
     let headers = response.headers_mut();
@@ -403,27 +498,64 @@ pub(crate) fn send_file(
     {
         headers.insert(LAST_MODIFIED, value);
     }
+    // A cache between us and the client must keep the two representations apart, and a
+    // 304 carries Vary like the 200 it stands for (RFC 9110 section 15.4.5).
+    if has_gzip {
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
     if is_not_modified(request_headers, &etag, modified) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        return response;
+        return Ok(response);
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&file.path)));
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if gzip {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    let range = match request_headers.get(RANGE).map(HeaderValue::to_str) {
+        Some(Ok(range)) if if_range_holds(request_headers, &etag, modified) => {
+            parse_range(range, len)
+        }
+        _ => RangeAnswer::Full,
+    };
+    let (start, n_bytes) = match range {
+        RangeAnswer::Full => {
+            headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            (0, len)
+        }
+        RangeAnswer::Part { start, end } => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let content_range = format!("bytes {start}-{end}/{len}");
+            if let Ok(value) = HeaderValue::try_from(content_range) {
+                response.headers_mut().insert(CONTENT_RANGE, value);
+            }
+            (start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => return Err(ProxyError::RangeNotSatisfiable { len }),
+    };
+    response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n_bytes));
     if method != Method::HEAD {
-        let file = tokio::fs::File::from_std(file.file).take(len);
+        // A seek only moves the file's offset: no I/O that could hold up the runtime.
+        file.seek(SeekFrom::Start(start)).map_err(|error| ProxyError::Internal {
+            cause: format!("cannot seek in a static file: {error}"),
+        })?;
+        let file = tokio::fs::File::from_std(file).take(n_bytes);
         *response.body_mut() = ResponseBody::File(ReaderStream::with_capacity(file, CHUNK_SIZE));
     }
-    response
+    Ok(response)
 }
 
-/// A weak validator from the size and modification time: cheap (no hashing of content) and
-/// changed by every deploy that changes the file. Weak, because two different contents
-/// written within one timestamp tick would share it.
-fn weak_etag(len: u64, modified: Option<SystemTime>) -> String {
+/// A strong validator from the size and modification time (in nanoseconds), as nginx makes
+/// its own (which counts whole seconds): cheap, no hashing of content, changed by every
+/// deploy that changes the file. Strong, because the bytes sent are exactly the file's, and
+/// `If-Range` only ever matches a strong tag. The `.gz` representation's tag comes from
+/// the `.gz` file and is marked, so that it differs from the plain file's even if the two
+/// had the same size and time.
+fn etag(len: u64, modified: Option<SystemTime>, gzip: bool) -> String {
     let nanos = modified
         .and_then(|modified| modified.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |since_epoch| since_epoch.as_nanos());
-    format!("W/\"{len:x}-{nanos:x}\"")
+    let marker = if gzip { "-gz" } else { "" };
+    format!("\"{len:x}-{nanos:x}{marker}\"")
 }
 
 /// RFC 9110 section 13.2.2: `If-None-Match`, when present, decides alone (with the weak
@@ -454,6 +586,169 @@ fn whole_seconds(time: SystemTime) -> SystemTime {
     match time.duration_since(UNIX_EPOCH) {
         Ok(since_epoch) => UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs()),
         Err(_) => time,
+    }
+}
+
+/// RFC 9110 section 13.1.5: whether a `Range` header counts. Without `If-Range` it does;
+/// with one, only if the client's copy is the representation we have: an entity tag that
+/// matches ours strongly (a weak tag never does), or a date equal to our Last-Modified.
+/// Anything else means the client's copy is stale, and it gets the whole file (200).
+fn if_range_holds(request_headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
+    let Some(value) = request_headers.get(IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str().map(str::trim) else {
+        return false;
+    };
+    if value.starts_with('"') || value.starts_with("W/") {
+        return !etag.starts_with("W/") && value == etag;
+    }
+    match (httpdate::parse_http_date(value), modified) {
+        (Ok(date), Some(modified)) => whole_seconds(modified) == date,
+        _ => false,
+    }
+}
+
+/// What a `Range` header asks of a representation of a given length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeAnswer {
+    /// Send everything (200): no usable range, a malformed header or a unit other than
+    /// bytes (which RFC 9110 section 14.2 says to ignore), or several ranges.
+    ///
+    /// Several ranges would be a `multipart/byteranges` 206 for nginx; a 200 with the whole
+    /// file is what RFC 9110 also allows (a server may ignore `Range`), and is what Berth
+    /// sends: clients that ask for several ranges (PDF viewers, download managers) handle
+    /// it, and the router keeps to one body shape.
+    Full,
+    /// Send bytes `start..=end` (206).
+    Part { start: u64, end: u64 },
+    /// No range overlaps the file (416).
+    Unsatisfiable,
+}
+
+/// One range of a `Range` header, before the length of the file is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeSpec {
+    /// `a-b`; `b` may lie beyond the end.
+    Closed(u64, u64),
+    /// `a-`: from `a` to the end.
+    From(u64),
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+/// RFC 9110 section 14.1.2: `bytes=a-b`, `bytes=a-` or `bytes=-n` (several, comma
+/// separated), against a representation of `len` bytes.
+pub(crate) fn parse_range(value: &str, len: u64) -> RangeAnswer {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return RangeAnswer::Full;
+    };
+    if !unit.trim_end().eq_ignore_ascii_case("bytes") {
+        return RangeAnswer::Full;
+    }
+    let mut specs = Vec::new();
+    // Empty list elements are allowed (RFC 9110 section 5.6.1), so `bytes=0-1,` is fine.
+    for item in set.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        match parse_range_spec(item) {
+            Some(spec) => specs.push(spec),
+            // One invalid range makes the whole header invalid, and so ignored.
+            None => return RangeAnswer::Full,
+        }
+    }
+    match specs.as_slice() {
+        [] => RangeAnswer::Full,
+        [spec] => match (spec, resolve_range(*spec, len)) {
+            (_, Some((start, end))) => RangeAnswer::Part { start, end },
+            // The last n bytes of an empty file: nothing to cut, and no way to write the
+            // range of zero bytes, so the whole (empty) file it is.
+            (RangeSpec::Suffix(n), None) if *n > 0 => RangeAnswer::Full,
+            (_, None) => RangeAnswer::Unsatisfiable,
+        },
+        several if several.iter().any(|spec| resolve_range(*spec, len).is_some()) => {
+            RangeAnswer::Full
+        }
+        _ => RangeAnswer::Unsatisfiable,
+    }
+}
+
+fn parse_range_spec(item: &str) -> Option<RangeSpec> {
+    let (first, last) = item.split_once('-')?;
+    match (parse_position(first)?, parse_position(last)?) {
+        (Some(first), Some(last)) if first <= last => Some(RangeSpec::Closed(first, last)),
+        (Some(first), None) => Some(RangeSpec::From(first)),
+        (None, Some(suffix)) => Some(RangeSpec::Suffix(suffix)),
+        // `b < a`, or `-` alone: invalid.
+        _ => None,
+    }
+}
+
+/// `Some(None)` for an absent position, `Some(Some(n))` for digits (a number too large for
+/// u64 is the largest, which lies beyond any file), `None` for anything else.
+fn parse_position(text: &str) -> Option<Option<u64>> {
+    if text.is_empty() {
+        return Some(None);
+    }
+    if !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(Some(text.parse().unwrap_or(u64::MAX)))
+}
+
+/// The bytes `start..=end` a range means for `len` bytes, or `None` if it lies outside.
+fn resolve_range(spec: RangeSpec, len: u64) -> Option<(u64, u64)> {
+    let last = len.checked_sub(1)?;
+    match spec {
+        RangeSpec::Closed(first, end) => (first <= last).then(|| (first, end.min(last))),
+        RangeSpec::From(first) => (first <= last).then_some((first, last)),
+        RangeSpec::Suffix(n) => (n > 0).then(|| (len - n.min(len), last)),
+    }
+}
+
+/// Whether the client takes gzip, by its `Accept-Encoding` (RFC 9110 section 12.5.3): the
+/// `q` of `gzip` (or `x-gzip`) if listed, else that of `*`; acceptable if above 0. No
+/// header, or gzip not listed, means no: the file itself is always acceptable.
+pub(crate) fn accepts_gzip(request_headers: &HeaderMap) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    let items = request_headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for item in items {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        // A `q` that is not a qvalue makes the coding unacceptable: the file itself is
+        // never wrong.
+        let mut quality = Some(1000);
+        for parameter in parts {
+            if let Some((name, value)) = parameter.split_once('=')
+                && name.trim().eq_ignore_ascii_case("q")
+            {
+                quality = parse_qvalue(value.trim());
+            }
+        }
+        let quality = quality.unwrap_or(0);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(quality.max(gzip.unwrap_or(0)));
+        } else if coding == "*" {
+            any = Some(quality);
+        }
+    }
+    gzip.or(any).is_some_and(|quality| quality > 0)
+}
+
+/// A qvalue (`0`, `0.5`, `1.000`) in thousandths; `None` if it is not one (RFC 9110
+/// section 12.4.2: at most three decimals, at most 1).
+fn parse_qvalue(text: &str) -> Option<u32> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u32>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
 }
 
@@ -489,7 +784,7 @@ mod tests {
     use berth_testkit::TempDir;
 
     use crate::table::{RouteTable, SharedRoutes, shared_routes};
-    use crate::test_support::{Reply, echo_upstream, get, send, start_proxy};
+    use crate::test_support::{Reply, echo_upstream, get, header_map, send, start_proxy};
 
     #[test]
     fn static_mount_new_normalises_the_prefix() {
@@ -564,7 +859,7 @@ mod tests {
             StaticMount::new("/static", "/static-dir"),
         ]);
         let dirs = |path: &str| -> Vec<(String, Vec<String>)> {
-            candidates(&mounts, path)
+            candidates(&mounts, path, false)
                 .unwrap()
                 .into_iter()
                 .map(|c| (c.dir.display().to_string(), c.segments))
@@ -586,11 +881,11 @@ mod tests {
         assert_eq!(dirs("//static//x"), dirs("/static/x"));
 
         let only_static = vec![StaticMount::new("/static", "/static-dir")];
-        assert!(candidates(&only_static, "/staticfoo/x").unwrap().is_empty());
-        assert!(candidates(&only_static, "/").unwrap().is_empty());
-        assert!(candidates(&only_static, "/other/static").unwrap().is_empty());
+        assert!(candidates(&only_static, "/staticfoo/x", false).unwrap().is_empty());
+        assert!(candidates(&only_static, "/", false).unwrap().is_empty());
+        assert!(candidates(&only_static, "/other/static", false).unwrap().is_empty());
         // Not under a mount, so not refused either: such paths are the app's business.
-        assert!(candidates(&only_static, "/x/../static").unwrap().is_empty());
+        assert!(candidates(&only_static, "/x/../static", false).unwrap().is_empty());
     }
 
     #[test]
@@ -610,10 +905,18 @@ mod tests {
             ("/static/sub/.git", Refusal::Hidden),
         ];
         for (path, expected) in cases {
-            assert_eq!(candidates(&mounts, path), Err(expected), "{path:?}");
+            assert_eq!(candidates(&mounts, path, false), Err(expected), "{path:?}");
+            // NGINX_ALLOW_GIT_FOLDERS lets .git through, never a path that climbs.
+            match expected {
+                Refusal::BadPath => {
+                    assert_eq!(candidates(&mounts, path, true), Err(expected), "{path:?}")
+                }
+                Refusal::Hidden => assert!(candidates(&mounts, path, true).is_ok(), "{path:?}"),
+            }
         }
-        assert!(candidates(&mounts, "/static/.well-known/a..b").is_ok());
-        assert!(candidates(&mounts, "/static/...").is_ok());
+        assert!(candidates(&mounts, "/static/.well-known/a..b", false).is_ok());
+        assert!(candidates(&mounts, "/static/...", false).is_ok());
+        assert!(candidates(&mounts, "/static/a.git/b", false).is_ok());
     }
 
     #[test]
@@ -649,22 +952,17 @@ mod tests {
     #[test]
     fn conditional_requests_follow_rfc_9110() {
         let modified = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
-        let etag = weak_etag(42, Some(modified));
-        assert!(etag.starts_with("W/\"2a-"), "{etag}");
-        let headers = |pairs: &[(&'static str, &str)]| {
-            let mut map = HeaderMap::new();
-            for (name, value) in pairs {
-                map.append(*name, HeaderValue::from_str(value).unwrap());
-            }
-            map
-        };
-        let strong = etag.trim_start_matches("W/");
+        let etag = etag(42, Some(modified), false);
+        assert!(etag.starts_with("\"2a-"), "{etag}");
+        let headers = header_map;
+        let weak = format!("W/{etag}");
         let on_time = httpdate::fmt_http_date(modified);
         let earlier = httpdate::fmt_http_date(modified - Duration::from_secs(1));
         let cases = [
             (headers(&[]), false),
             (headers(&[("if-none-match", &etag)]), true),
-            (headers(&[("if-none-match", strong)]), true),
+            // If-None-Match compares weakly.
+            (headers(&[("if-none-match", &weak)]), true),
             (headers(&[("if-none-match", &format!("\"x\", {etag}"))]), true),
             (headers(&[("if-none-match", "*")]), true),
             (headers(&[("if-none-match", "\"other\"")]), false),
@@ -683,6 +981,128 @@ mod tests {
         }
     }
 
+    #[test]
+    fn parse_range_table() {
+        use RangeAnswer::{Full, Part, Unsatisfiable};
+        let cases: &[(&str, u64, RangeAnswer)] = &[
+            ("bytes=0-4", 10, Part { start: 0, end: 4 }),
+            ("bytes=2-2", 10, Part { start: 2, end: 2 }),
+            ("bytes=5-", 10, Part { start: 5, end: 9 }),
+            ("bytes=-3", 10, Part { start: 7, end: 9 }),
+            ("bytes=0-", 10, Part { start: 0, end: 9 }),
+            // The end is cut to the file; a suffix longer than the file is all of it.
+            ("bytes=8-100", 10, Part { start: 8, end: 9 }),
+            ("bytes=-100", 10, Part { start: 0, end: 9 }),
+            ("bytes=0-99999999999999999999999", 10, Part { start: 0, end: 9 }),
+            // Case, spaces around the set and empty list elements are tolerated.
+            ("Bytes=1-2", 10, Part { start: 1, end: 2 }),
+            ("bytes= 1-2 ,", 10, Part { start: 1, end: 2 }),
+            // Nothing of the file: 416.
+            ("bytes=10-", 10, Unsatisfiable),
+            ("bytes=10-20", 10, Unsatisfiable),
+            ("bytes=99999999999999999999999-", 10, Unsatisfiable),
+            ("bytes=-0", 10, Unsatisfiable),
+            ("bytes=0-0", 0, Unsatisfiable),
+            ("bytes=10-, 20-30", 10, Unsatisfiable),
+            // The last bytes of an empty file: the whole (empty) file.
+            ("bytes=-5", 0, Full),
+            // Several ranges: the whole file (see RangeAnswer::Full).
+            ("bytes=0-1,5-6", 10, Full),
+            ("bytes=0-1, 50-60", 10, Full),
+            // Malformed, or another unit: ignored.
+            ("bytes=5-2", 10, Full),
+            ("bytes=-", 10, Full),
+            ("bytes=a-b", 10, Full),
+            ("bytes=1-2-3", 10, Full),
+            ("bytes=+1-2", 10, Full),
+            ("bytes=1 - 2", 10, Full),
+            ("bytes=0-1,x", 10, Full),
+            ("bytes=", 10, Full),
+            ("bytes 0-1", 10, Full),
+            ("items=0-1", 10, Full),
+            ("", 10, Full),
+        ];
+        for (value, len, expected) in cases {
+            assert_eq!(parse_range(value, *len), *expected, "{value:?} of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn accept_encoding_table() {
+        let cases = [
+            ("gzip", true),
+            ("gzip, deflate, br", true),
+            ("br;q=1.0, GZIP;q=0.5", true),
+            ("x-gzip", true),
+            ("gzip;q=0.001", true),
+            ("gzip ; Q = 1", true),
+            ("*", true),
+            ("br, *;q=0.1", true),
+            ("gzip;q=0", false),
+            ("gzip;q=0.0", false),
+            ("gzip;q=0.000", false),
+            ("gzip;q=0, *", false),
+            ("*;q=0", false),
+            ("*;q=0, gzip", true),
+            ("br, deflate", false),
+            ("identity", false),
+            ("", false),
+            ("gzipx", false),
+            // Not a qvalue: not acceptable, the file itself is never wrong.
+            ("gzip;q=2", false),
+            ("gzip;q=0.5000", false),
+            ("gzip;q=high", false),
+            ("gzip;q=", false),
+        ];
+        for (value, expected) in cases {
+            let headers = header_map(&[("accept-encoding", value)]);
+            assert_eq!(accepts_gzip(&headers), expected, "Accept-Encoding: {value}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()), "no Accept-Encoding");
+        let two_lines = header_map(&[("accept-encoding", "br"), ("accept-encoding", "gzip")]);
+        assert!(accepts_gzip(&two_lines), "{two_lines:?}");
+    }
+
+    #[test]
+    fn if_range_table() {
+        let modified = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        let ours = etag(42, Some(modified), false);
+        let on_time = httpdate::fmt_http_date(modified);
+        let earlier = httpdate::fmt_http_date(modified - Duration::from_secs(1));
+        let later = httpdate::fmt_http_date(modified + Duration::from_secs(1));
+        let cases = [
+            (None, true),
+            (Some(ours.clone()), true),
+            (Some(format!(" {ours} ")), true),
+            // A weak tag never matches strongly; nor does another representation's tag.
+            (Some(format!("W/{ours}")), false),
+            (Some(etag(42, Some(modified), true)), false),
+            (Some("\"other\"".to_string()), false),
+            (Some(on_time), true),
+            (Some(earlier), false),
+            (Some(later), false),
+            (Some("yesterday".to_string()), false),
+        ];
+        for (if_range, expected) in cases {
+            let headers = match &if_range {
+                Some(value) => header_map(&[("if-range", value)]),
+                None => HeaderMap::new(),
+            };
+            assert_eq!(if_range_holds(&headers, &ours, Some(modified)), expected, "{if_range:?}");
+        }
+        // No modification time: a date cannot match.
+        let headers = header_map(&[("if-range", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(!if_range_holds(&headers, &ours, None));
+    }
+
+    #[test]
+    fn the_gz_representation_has_its_own_etag() {
+        let modified = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_ne!(etag(20, modified, false), etag(20, modified, true));
+        assert_ne!(etag(20, modified, false), etag(21, modified, false));
+        assert!(etag(20, modified, true).ends_with("-gz\""));
+    }
+
     /// A site on disk: `site/` is mounted, `outside/` holds what must never be served.
     struct Site {
         _dir: TempDir,
@@ -691,6 +1111,7 @@ mod tests {
     }
 
     const SECRET: &str = "TOP SECRET outside the mount";
+    const GZIPPED_BUNDLE: &str = "GZ(console.log('plain');)";
 
     fn site() -> Site {
         let dir = TempDir::new("router-static");
@@ -708,6 +1129,14 @@ mod tests {
         write(site.join(".git/config"), "[core]\n\trepositoryformatversion = 0\n");
         write(site.join("index.html"), "<h1>client-side app</h1>");
         write(outside.join("secret.txt"), SECRET);
+        // Precompressed siblings. The router never decodes them, so any bytes will do, and
+        // text keeps the assertions readable.
+        write(site.join("bundle.js"), "console.log('plain');\n");
+        write(site.join("bundle.js.gz"), GZIPPED_BUNDLE);
+        write(site.join("escape.txt"), "inside");
+        std::os::unix::fs::symlink(outside.join("secret.txt"), site.join("escape.txt.gz")).unwrap();
+        write(site.join("odd.txt"), "odd");
+        write(site.join("odd.txt.gz/not-a-file"), "a directory named like a .gz");
         std::os::unix::fs::symlink(outside.join("secret.txt"), site.join("link.txt")).unwrap();
         std::os::unix::fs::symlink(&outside, site.join("linkdir")).unwrap();
         std::os::unix::fs::symlink(site.join("app.css"), site.join("inner-link.css")).unwrap();
@@ -762,7 +1191,11 @@ mod tests {
         assert_eq!(reply.body, "body { color: red }\n");
         assert_eq!(header(&reply, "content-type"), "text/css; charset=utf-8");
         assert_eq!(header(&reply, "content-length"), "20");
-        assert!(header(&reply, "etag").starts_with("W/\"14-"), "{}", reply.head);
+        assert!(header(&reply, "etag").starts_with("\"14-"), "{}", reply.head);
+        assert_eq!(header(&reply, "accept-ranges"), "bytes");
+        // No .gz next to it: the answer does not depend on Accept-Encoding.
+        assert!(!has_header(&reply, "vary"), "{}", reply.head);
+        assert!(!has_header(&reply, "content-encoding"), "{}", reply.head);
         assert!(header(&reply, "last-modified").ends_with(" GMT"), "{}", reply.head);
 
         let reply = send(proxy.addr, get("site.example.com", "/static/data.json")).await;
@@ -840,7 +1273,7 @@ mod tests {
 
         for conditional in [
             format!("If-None-Match: {etag}\r\n"),
-            format!("If-None-Match: \"nope\", {}\r\n", etag.trim_start_matches("W/")),
+            format!("If-None-Match: \"nope\", W/{etag}\r\n"),
             format!("If-Modified-Since: {last_modified}\r\n"),
         ] {
             let reply = send(proxy.addr, request("GET", "/static/app.css", &conditional)).await;
@@ -1032,5 +1465,234 @@ mod tests {
         let proxy = start_proxy(routes_for(backend)).await;
         let reply = send(proxy.addr, get("site.example.com", "/static/app.css")).await;
         assert_eq!(reply.status, 404);
+    }
+
+    #[tokio::test]
+    async fn byte_ranges_get_206_with_just_those_bytes() {
+        let site = site();
+        let proxy = start_proxy(static_only(&site, None)).await;
+        // "body { color: red }\n", 20 bytes.
+        let cases = [
+            ("bytes=0-3", "bytes 0-3/20", "body"),
+            ("bytes=7-11", "bytes 7-11/20", "color"),
+            ("bytes=5-", "bytes 5-19/20", "{ color: red }\n"),
+            ("bytes=-5", "bytes 15-19/20", "ed }\n"),
+            ("bytes=10-100", "bytes 10-19/20", "or: red }\n"),
+        ];
+        for (range, content_range, body) in cases {
+            let range_header = format!("Range: {range}\r\n");
+            let reply = send(proxy.addr, request("GET", "/static/app.css", &range_header)).await;
+            assert_eq!(reply.status, 206, "{range}: {}", reply.head);
+            assert_eq!(header(&reply, "content-range"), content_range, "{range}");
+            assert_eq!(header(&reply, "content-length"), body.len().to_string(), "{range}");
+            assert_eq!(header(&reply, "content-type"), "text/css; charset=utf-8");
+            assert!(has_header(&reply, "etag"), "{}", reply.head);
+            assert_eq!(reply.body, body, "{range}");
+
+            // HEAD answers the same, without the bytes.
+            let reply = send(proxy.addr, request("HEAD", "/static/app.css", &range_header)).await;
+            assert_eq!(reply.status, 206, "HEAD {range}: {}", reply.head);
+            assert_eq!(header(&reply, "content-range"), content_range, "HEAD {range}");
+            assert_eq!(header(&reply, "content-length"), body.len().to_string());
+            assert_eq!(reply.body, "", "HEAD {range}");
+        }
+
+        for method in ["GET", "HEAD"] {
+            for range in ["bytes=20-", "bytes=25-30", "bytes=-0"] {
+                let range_header = format!("Range: {range}\r\n");
+                let reply =
+                    send(proxy.addr, request(method, "/static/app.css", &range_header)).await;
+                assert_eq!(reply.status, 416, "{method} {range}: {}", reply.head);
+                assert_eq!(header(&reply, "content-range"), "bytes */20", "{range}");
+                assert!(!reply.body.contains("color"), "{}", reply.body);
+            }
+        }
+
+        // Several ranges, a malformed header, another unit: the whole file, as a 200.
+        for range in ["bytes=0-1,4-5", "bytes=5-2", "bytes=x-", "lines=1-2", "bytes 0-3"] {
+            let range_header = format!("Range: {range}\r\n");
+            let reply = send(proxy.addr, request("GET", "/static/app.css", &range_header)).await;
+            assert_eq!(reply.status, 200, "{range}: {}", reply.head);
+            assert_eq!(reply.body, "body { color: red }\n", "{range}");
+            assert_eq!(header(&reply, "accept-ranges"), "bytes");
+            assert!(!has_header(&reply, "content-range"), "{}", reply.head);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_across_chunks_is_streamed_from_its_offset() {
+        let site = site();
+        let big: String = (0..CHUNK_SIZE * 3).map(|n| char::from(b'a' + (n % 26) as u8)).collect();
+        fs::write(site.site.join("big.txt"), &big).unwrap();
+        let proxy = start_proxy(static_only(&site, None)).await;
+        let (start, end) = (CHUNK_SIZE - 10, 2 * CHUNK_SIZE + 10);
+        let range_header = format!("Range: bytes={start}-{end}\r\n");
+        let reply = send(proxy.addr, request("GET", "/static/big.txt", &range_header)).await;
+        assert_eq!(reply.status, 206, "{}", reply.head);
+        assert_eq!(header(&reply, "content-range"), format!("bytes {start}-{end}/{}", big.len()));
+        assert_eq!(header(&reply, "content-length"), (end - start + 1).to_string());
+        assert!(reply.body == big[start..=end], "the body differs from the slice");
+    }
+
+    #[tokio::test]
+    async fn if_range_gives_the_part_only_for_the_current_file() {
+        let site = site();
+        let proxy = start_proxy(static_only(&site, None)).await;
+        let first = send(proxy.addr, get("site.example.com", "/static/app.css")).await;
+        let etag = header(&first, "etag").to_string();
+        let last_modified = header(&first, "last-modified").to_string();
+
+        let cases = [
+            (etag.clone(), 206),
+            (last_modified, 206),
+            // A stale copy, or a weak tag, gets the whole file.
+            ("\"stale\"".to_string(), 200),
+            (format!("W/{etag}"), 200),
+            ("Sun, 06 Nov 1994 08:49:37 GMT".to_string(), 200),
+            ("not a validator".to_string(), 200),
+        ];
+        for (if_range, status) in cases {
+            let conditional = format!("Range: bytes=0-3\r\nIf-Range: {if_range}\r\n");
+            let reply = send(proxy.addr, request("GET", "/static/app.css", &conditional)).await;
+            assert_eq!(reply.status, status, "If-Range: {if_range}: {}", reply.head);
+            let body = if status == 206 { "body" } else { "body { color: red }\n" };
+            assert_eq!(reply.body, body, "If-Range: {if_range}");
+        }
+
+        // If-None-Match comes first: a current copy gets 304, whatever the range.
+        let conditional = format!("Range: bytes=0-3\r\nIf-None-Match: {etag}\r\n");
+        let reply = send(proxy.addr, request("GET", "/static/app.css", &conditional)).await;
+        assert_eq!(reply.status, 304, "{}", reply.head);
+    }
+
+    #[tokio::test]
+    async fn a_gz_sibling_is_sent_to_clients_that_take_gzip() {
+        let site = site();
+        let proxy = start_proxy(static_only(&site, None)).await;
+        let js = "text/javascript; charset=utf-8";
+
+        let plain = send(proxy.addr, get("site.example.com", "/static/bundle.js")).await;
+        assert_eq!(plain.status, 200, "{}", plain.head);
+        assert_eq!(plain.body, "console.log('plain');\n");
+        assert_eq!(header(&plain, "vary"), "Accept-Encoding");
+        assert!(!has_header(&plain, "content-encoding"), "{}", plain.head);
+
+        let gzip = "Accept-Encoding: br;q=1.0, gzip;q=0.8\r\n";
+        let zipped = send(proxy.addr, request("GET", "/static/bundle.js", gzip)).await;
+        assert_eq!(zipped.status, 200, "{}", zipped.head);
+        assert_eq!(zipped.body, GZIPPED_BUNDLE);
+        assert_eq!(header(&zipped, "content-encoding"), "gzip");
+        assert_eq!(header(&zipped, "content-type"), js);
+        assert_eq!(header(&zipped, "content-length"), GZIPPED_BUNDLE.len().to_string());
+        assert_eq!(header(&zipped, "vary"), "Accept-Encoding");
+        assert_ne!(header(&zipped, "etag"), header(&plain, "etag"));
+
+        let head = send(proxy.addr, request("HEAD", "/static/bundle.js", gzip)).await;
+        assert_eq!(header(&head, "content-encoding"), "gzip");
+        assert_eq!(header(&head, "content-length"), GZIPPED_BUNDLE.len().to_string());
+        assert_eq!(head.body, "");
+
+        for refusing in ["gzip;q=0", "br, deflate", "identity", "*;q=0"] {
+            let extra = format!("Accept-Encoding: {refusing}\r\n");
+            let reply = send(proxy.addr, request("GET", "/static/bundle.js", &extra)).await;
+            assert_eq!(reply.body, "console.log('plain');\n", "{refusing}");
+            assert!(!has_header(&reply, "content-encoding"), "{refusing}: {}", reply.head);
+            assert_eq!(header(&reply, "vary"), "Accept-Encoding", "{refusing}");
+        }
+
+        // Ranges apply to the bytes sent: the .gz ones, with the .gz's length.
+        let range = format!("{gzip}Range: bytes=0-2\r\n");
+        let reply = send(proxy.addr, request("GET", "/static/bundle.js", &range)).await;
+        assert_eq!(reply.status, 206, "{}", reply.head);
+        assert_eq!(reply.body, &GZIPPED_BUNDLE[..3]);
+        assert_eq!(header(&reply, "content-encoding"), "gzip");
+        let total = GZIPPED_BUNDLE.len();
+        assert_eq!(header(&reply, "content-range"), format!("bytes 0-2/{total}"));
+        // ... and If-Range names the .gz representation's tag.
+        let stale = format!("{range}If-Range: {}\r\n", header(&plain, "etag"));
+        let reply = send(proxy.addr, request("GET", "/static/bundle.js", &stale)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, GZIPPED_BUNDLE));
+
+        // Each representation is validated by its own tag, and the 304 keeps Vary.
+        let current = format!("{gzip}If-None-Match: {}\r\n", header(&zipped, "etag"));
+        let reply = send(proxy.addr, request("GET", "/static/bundle.js", &current)).await;
+        assert_eq!(reply.status, 304, "{}", reply.head);
+        assert_eq!(header(&reply, "vary"), "Accept-Encoding");
+        let other = format!("If-None-Match: {}\r\n", header(&zipped, "etag"));
+        let reply = send(proxy.addr, request("GET", "/static/bundle.js", &other)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "console.log('plain');\n"));
+    }
+
+    #[tokio::test]
+    async fn a_gz_sibling_keeps_to_the_mount_and_to_regular_files() {
+        let site = site();
+        fs::write(site.site.join("docs/index.html.gz"), "GZ(docs)").unwrap();
+        fs::write(site.site.join("index.html.gz"), "GZ(client-side app)").unwrap();
+        let proxy = start_proxy(static_only(&site, Some(site.site.join("index.html")))).await;
+        let gzip = "Accept-Encoding: gzip\r\n";
+
+        // A .gz that is a symlink out of the mount, or a directory, is not a sibling.
+        let reply = send(proxy.addr, request("GET", "/static/escape.txt", gzip)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "inside"));
+        assert!(!has_header(&reply, "vary") && !has_header(&reply, "content-encoding"));
+        let reply = send(proxy.addr, request("GET", "/static/odd.txt", gzip)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "odd"));
+        assert!(!has_header(&reply, "vary") && !has_header(&reply, "content-encoding"));
+
+        // A directory's index and the catch-all have theirs too, typed as the page.
+        for (target, body) in [("/static/docs/", "GZ(docs)"), ("/users/42", "GZ(client-side app)")]
+        {
+            let reply = send(proxy.addr, request("GET", target, gzip)).await;
+            assert_eq!(reply.status, 200, "{target}: {}", reply.head);
+            assert_eq!(reply.body, body, "{target}");
+            assert_eq!(header(&reply, "content-type"), "text/html; charset=utf-8", "{target}");
+            assert_eq!(header(&reply, "content-encoding"), "gzip", "{target}");
+        }
+    }
+
+    #[tokio::test]
+    async fn git_folders_are_served_only_when_the_app_allows_them() {
+        let site = site();
+        fs::write(site.site.join(".gitignore"), "target/\n").unwrap();
+        std::os::unix::fs::symlink(site.site.join(".git"), site.site.join("repo")).unwrap();
+        let with_git_folders = |enabled: bool| {
+            let mounts = vec![StaticMount::new("/static", &site.site)];
+            let backend = Backend::new("site", vec![]).with_static(mounts, None);
+            routes_for(backend.with_git_folders(enabled))
+        };
+        let git_paths = [
+            "/static/.git/config",
+            "/static/%2egit/config",
+            "/static/%2Egit%2Fconfig",
+            "/static/.gitignore",
+            // A symlink inside the mount into .git.
+            "/static/repo/config",
+        ];
+        let refused = start_proxy(with_git_folders(false)).await;
+        let allowed = start_proxy(with_git_folders(true)).await;
+        for target in git_paths {
+            for method in ["GET", "HEAD"] {
+                let reply = send(refused.addr, request(method, target, "")).await;
+                assert_eq!(reply.status, 404, "{method} {target}");
+                assert!(!reply.body.contains("repositoryformatversion"), "{target}");
+                assert!(!reply.body.contains("target/"), "{target}");
+            }
+            let reply = send(allowed.addr, request("GET", target, "")).await;
+            assert_eq!(reply.status, 200, "{target}: {}", reply.head);
+        }
+        let reply = send(allowed.addr, get("site.example.com", "/static/.git/config")).await;
+        assert!(reply.body.contains("repositoryformatversion"), "{}", reply.body);
+
+        // Climbing and symlinks out of the mount stay refused.
+        for (target, status) in [
+            ("/static/.git/../../outside/secret.txt", 400),
+            ("/static/%2e%2e/outside/secret.txt", 400),
+            ("/static/link.txt", 404),
+            ("/static/linkdir/secret.txt", 404),
+        ] {
+            let reply = send(allowed.addr, request("GET", target, "")).await;
+            assert_eq!(reply.status, status, "{target}");
+            assert!(!reply.body.contains("TOP SECRET"), "{target}: {}", reply.body);
+        }
     }
 }

@@ -50,6 +50,9 @@ pub struct Backend {
     /// Longest prefix first.
     static_mounts: Vec<StaticMount>,
     catch_all: Option<PathBuf>,
+    /// Whether paths through `.git` are served from the static mounts (piku's
+    /// `NGINX_ALLOW_GIT_FOLDERS`); refused with a 404 by default.
+    git_folders: bool,
     /// Requests under way to each of `addrs` (same order), shared with [`InFlight`].
     in_flight: Vec<Arc<AtomicUsize>>,
     /// Whether `/APP/...` on any host reaches this app; see [`Backend::with_path_routing`].
@@ -103,6 +106,7 @@ impl Backend {
             next: AtomicUsize::new(0),
             static_mounts: Vec::new(),
             catch_all: None,
+            git_folders: false,
             in_flight,
             path_routing: false,
             limits: Limits::default(),
@@ -163,6 +167,20 @@ impl Backend {
     /// The file served for paths nothing else answers, if any.
     pub fn catch_all(&self) -> Option<&Path> {
         self.catch_all.as_deref()
+    }
+
+    /// The same backend serving paths through `.git` (any segment starting with `.git`,
+    /// as piku's `location ~ /\.git` matches) from its static mounts when `enabled`
+    /// (piku's `NGINX_ALLOW_GIT_FOLDERS`). Off by default: such paths get a 404, because a
+    /// repository's internals can hold history and credentials. `..` and symlinks out of a
+    /// mount are refused either way.
+    pub fn with_git_folders(self, enabled: bool) -> Backend {
+        Backend { git_folders: enabled, ..self }
+    }
+
+    /// Whether paths through `.git` are served from the static mounts.
+    pub fn git_folders(&self) -> bool {
+        self.git_folders
     }
 
     /// The same backend held to `limits` (request body size, time to answer) instead of
