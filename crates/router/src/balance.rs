@@ -53,8 +53,11 @@ impl PassiveHealth {
 
     /// For each of `addrs`, whether it failed to connect within the window.
     fn recently_failed(&self, addrs: &[SocketAddr]) -> Vec<bool> {
-        let now = Instant::now();
         let failed_at = self.failed_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_empty() {
+            return vec![false; addrs.len()];
+        }
+        let now = Instant::now();
         addrs
             .iter()
             .map(|addr| {
@@ -70,6 +73,10 @@ impl PassiveHealth {
 /// Instances that failed recently are still in the list, last: when every instance failed
 /// recently they are all tried anyway, since one may be back and a 502 is certain otherwise.
 pub(crate) fn attempt_order(backend: &Backend, health: &PassiveHealth) -> Vec<usize> {
+    // The usual app has one web instance: nothing to rank.
+    if backend.addrs.len() == 1 {
+        return vec![0];
+    }
     let turn = backend.next_turn();
     let recently_failed = health.recently_failed(&backend.addrs);
     let mut ranked: Vec<((bool, usize), usize)> = recently_failed

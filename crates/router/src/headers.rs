@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{
     CONNECTION, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -89,12 +90,12 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>)
     let client = forwarding.client.to_canonical();
     // Built byte by byte: this runs for every request, and `format!` and `to_string` cost
     // more here than everything else the proxy does to the headers.
-    let mut item = Vec::with_capacity(64);
+    let mut item = Vec::with_capacity(48);
     write_ip(&mut item, client);
-    append_to_list(headers, X_FORWARDED_FOR, &item);
+    append_to_list(headers, X_FORWARDED_FOR, item);
 
     // RFC 7239 section 6: an IPv6 node is bracketed, and so quoted.
-    item.clear();
+    let mut item = Vec::with_capacity(96);
     item.extend_from_slice(b"for=");
     match client {
         IpAddr::V4(_) => write_ip(&mut item, client),
@@ -110,7 +111,7 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>)
         item.extend_from_slice(b";host=");
         push_token_or_quoted(&mut item, host);
     }
-    append_to_list(headers, FORWARDED, &item);
+    append_to_list(headers, FORWARDED, item);
 
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
     headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
@@ -145,14 +146,14 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// Appends `item` to the comma-separated list that the `name` headers hold, leaving one
 /// header.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &[u8]) {
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
     let mut values = headers.get_all(&name).iter().filter_map(|value| {
         let value = value.as_bytes().trim_ascii();
         (!value.is_empty()).then_some(value)
     });
-    let value = match values.next() {
-        // The usual case: the visitor came straight here.
-        None => HeaderValue::from_bytes(item),
+    let list = match values.next() {
+        // The usual case: the visitor came straight here, and the item is the whole list.
+        None => item,
         Some(first) => {
             let mut list = first.to_vec();
             for value in values {
@@ -160,15 +161,17 @@ fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &[u8]) {
                 list.extend_from_slice(value);
             }
             list.extend_from_slice(b", ");
-            list.extend_from_slice(item);
-            // Every part is visible ASCII from a header value or made here, so this cannot
-            // fail; falling back to the item alone keeps the header truthful if it does.
-            HeaderValue::from_bytes(&list).or_else(|_| HeaderValue::from_bytes(item))
+            list.extend_from_slice(&item);
+            list
         }
     };
-    if let Ok(value) = value {
-        headers.insert(name, value);
-    }
+    // The bytes become the value as they are, without a copy. Every part is a header
+    // value's bytes or made here, so this cannot fail; if it somehow did, no list at all
+    // beats one that leaves this hop out.
+    match HeaderValue::from_maybe_shared(Bytes::from(list)) {
+        Ok(value) => headers.insert(name, value),
+        Err(_) => headers.remove(name),
+    };
 }
 
 /// Appends `value` as an RFC 7230 token when it is one, else as a quoted string (a host with
