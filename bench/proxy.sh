@@ -2,14 +2,14 @@
 # Proxy figures (issue 5): requests/s and p50/p99 latency with wrk at 1 and 64 connections
 # against a fast backend directly, through nginx (Debian's, upstream keep-alive) and through
 # Berth's router, in one run, with Berth/nginx ratios and each proxy's cost over direct.
-# Berth here is the router alone (bench/proxy: berth_router::serve with one route), not a
-# whole `berth daemon`. Loopback only; every wrk run has a fixed duration: ROUNDS rounds of
+# Berth here is the router alone (bench/proxy: berth_router::serve with one route, one
+# single-threaded runtime per core as in the daemon), not a whole `berth daemon`. Loopback only; every wrk run has a fixed duration: ROUNDS rounds of
 # (WARMUP + DURATION) s per target and connection count, 2.2 minutes with the defaults.
 #
 #   bench/proxy.sh            ROUNDS=3 WARMUP=2 DURATION=5 can be set in the environment
 #   PERF=1 bench/proxy.sh     then also records the router under 64 connections with perf
-#   PER_CORE=1 bench/proxy.sh adds `berth-pc`: the router on one single-threaded runtime per
-#                             core (bench-proxy --per-core), an experiment, not how Berth runs
+#   MULTI_THREAD=1 bench/proxy.sh  adds `berth-mt`: the router on one multi-threaded runtime
+#                             (bench-proxy --multi-thread), an experiment, not how Berth runs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
@@ -142,9 +142,9 @@ start_bench_proxy() {
 }
 start_bench_proxy berth
 berth_pid=${pids[-1]} berth_port=${port[berth]}
-if [ "${PER_CORE:-0}" = 1 ]; then
-  start_bench_proxy berth-pc --per-core
-  targets+=(berth-pc)
+if [ "${MULTI_THREAD:-0}" = 1 ]; then
+  start_bench_proxy berth-mt --multi-thread
+  targets+=(berth-mt)
 fi
 
 # CPU time (user + system, in clock ticks) used so far by the processes `pids` (all threads).
@@ -162,7 +162,7 @@ declare -A cpu_pids
 cpu_pids[direct]=$(pgrep -P "${pids[0]}" | xargs)
 cpu_pids[nginx]=$(pgrep -P "${pids[1]}" | xargs)
 cpu_pids[berth]=$berth_pid
-if [ "${PER_CORE:-0}" = 1 ]; then cpu_pids[berth-pc]=${pids[-1]}; fi
+if [ "${MULTI_THREAD:-0}" = 1 ]; then cpu_pids[berth-mt]=${pids[-1]}; fi
 
 # wrk's summary as "req/s p50_us p99_us errors requests", latencies in microseconds.
 parse_wrk() {
