@@ -4,7 +4,7 @@
 //! connections. The app's limits, HTTPS-only redirect, access log and cache apply here.
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -109,6 +109,8 @@ struct FixedApp {
 /// Where a routed request goes and what it is told on the way.
 struct Target<'a> {
     backend: &'a Backend,
+    /// The visitor's address, for the forwarding headers.
+    client: IpAddr,
     original_host: HeaderValue,
     /// Already without the prefix, when the app was found by its path.
     path_and_query: PathAndQuery,
@@ -196,7 +198,9 @@ impl Proxy {
         let request_id = request_id(request.headers());
         request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let mut routed = None;
-        let mut response = match self.forward(request, downstream, &request_id, &mut routed).await {
+        let mut client = downstream.peer.ip();
+        let forwarded = self.forward(request, downstream, &request_id, &mut routed, &mut client);
+        let mut response = match forwarded.await {
             Ok(response) => response,
             Err(error) => {
                 error.log(&summary.method, &summary.uri, downstream.peer, &request_id);
@@ -214,19 +218,21 @@ impl Proxy {
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert(HSTS);
             }
             if let Some(log) = backend.access_log() {
-                log.record(access_entry(summary, downstream, &response, request_id));
+                log.record(access_entry(summary, client, &response, request_id));
             }
         }
         response
     }
 
-    /// Finds the request's app (recording it in `routed`) and answers for it.
+    /// Finds the request's app (recording it in `routed`) and answers for it; `client` is
+    /// the visitor's address, which the app's access rules may take from Cloudflare.
     async fn forward(
         &self,
         request: Request<Incoming>,
         downstream: Downstream,
         request_id: &HeaderValue,
         routed: &mut Option<Arc<Backend>>,
+        client: &mut IpAddr,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::ConnectNotAllowed);
@@ -242,11 +248,23 @@ impl Proxy {
             self.route(&request, &path_and_query)?;
         *routed = Some(Arc::clone(&backend));
 
+        if !backend.access().is_open() {
+            *client = backend
+                .access()
+                .admit(downstream.peer.ip(), request.headers())
+                .map_err(|refusal| ProxyError::Forbidden { reason: refusal.to_string() })?;
+        }
         if backend.https_only()
             && !downstream.tls
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
         {
             return Ok(redirect_to_https(request.method(), &host, &path_and_query));
+        }
+        // After the redirect, so that a password is only ever asked for over HTTPS there.
+        if let Some(auth) = backend.basic_auth()
+            && !auth.allows(request.headers()).await
+        {
+            return Err(ProxyError::Unauthorized { challenge: auth.challenge() });
         }
         // A body that announces its length is refused before anyone reads it; a chunked one
         // is counted as it is sent (see `LentBody`).
@@ -289,6 +307,7 @@ impl Proxy {
         if !backend.addrs.is_empty() {
             let target = Target {
                 backend: &backend,
+                client: *client,
                 original_host,
                 path_and_query: app_path_and_query,
                 prefix,
@@ -357,7 +376,8 @@ impl Proxy {
         downstream: Downstream,
         target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let Target { backend, original_host, path_and_query, prefix, request_id, cache } = target;
+        let Target { backend, client, original_host, path_and_query, prefix, request_id, cache } =
+            target;
         let request_id_text = request_id.to_str().unwrap_or_default();
         let websocket = websocket_upgrade(request.headers());
         // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
@@ -372,7 +392,7 @@ impl Proxy {
             keep_upgrade(&mut headers, upgrade);
         }
         let forwarding = Forwarding {
-            client: downstream.peer.ip(),
+            client,
             proto: downstream.proto(),
             host: &original_host,
             port: downstream.port(&original_host),
@@ -560,7 +580,7 @@ fn redirect_to_https(
 /// The access-log line's facts for a response that is about to be sent.
 fn access_entry(
     summary: RequestSummary,
-    downstream: Downstream,
+    client: IpAddr,
     response: &Response<ResponseBody>,
     request_id: HeaderValue,
 ) -> AccessEntry {
@@ -578,7 +598,7 @@ fn access_entry(
         })
     };
     AccessEntry {
-        client: downstream.peer.ip(),
+        client,
         time: SystemTime::now(),
         method: summary.method,
         uri: summary.uri,
@@ -919,19 +939,11 @@ mod tests {
 
     use crate::table::{RouteTable, shared_routes};
     use crate::test_support::{
-        DEADLINE, Reply, dead_addr, echo_upstream, get, held_upstream, read_exactly, read_message,
-        routes_with, send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
-        wait_for,
+        DEADLINE, Reply, dead_addr, echo_upstream, get, header, held_upstream, read_exactly,
+        read_message, routes_with, send, start_proxy, start_proxy_with, table_with,
+        upgrade_echo_upstream, wait_for,
     };
     use crate::{InFlight, SharedRoutes};
-
-    /// The value of the header `name` in a message head, matching the name in any case.
-    fn header(head: &str, name: &str) -> Option<String> {
-        head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-        })
-    }
 
     /// The name of the echo upstream that answered.
     fn answered_by(reply: &Reply) -> &str {
