@@ -224,13 +224,20 @@ impl BasicAuth {
         let key = self.hasher.hash_one((value.as_bytes(), stored.text.as_str()));
         let fingerprint: [u8; 32] =
             digest(&SHA256, value.as_bytes()).as_ref().try_into().expect("SHA-256 is 32 bytes");
-        if let Some(remembered) = self.remembered().get(&key)
-            && bool::from(remembered.ct_eq(&fingerprint))
-        {
+        let is_remembered = || {
+            let remembered = self.remembered();
+            remembered.get(&key).is_some_and(|seen| bool::from(seen.ct_eq(&fingerprint)))
+        };
+        if is_remembered() {
             return known.is_some();
         }
 
         let Ok(_slot) = VERIFY_SLOTS.acquire().await else { return false };
+        // A browser sends its first requests side by side: one of them may have verified the
+        // same credential while this one waited for a slot.
+        if is_remembered() {
+            return known.is_some();
+        }
         let correct =
             tokio::task::spawn_blocking(move || stored.verify(&password)).await.unwrap_or(false);
         if !(correct && known.is_some()) {
