@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use berth_api::{
-    AddCertificate, AppDetail, AppSummary, Certificate, Client, ConfigUpdate, ConfigVars,
-    DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest,
-    RunRequest, Scale, TokenInfo, TokenRequest,
+    AddCertificate, AppDetail, AppSummary, AuthPassword, AuthUser, Certificate, Client,
+    ConfigUpdate, ConfigVars, DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs,
+    ReleaseInfo, RollbackRequest, RunRequest, Scale, TokenInfo, TokenRequest,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -149,6 +149,27 @@ pub enum ServerCommand {
     /// Stop an app answering at a name added with domains:add.
     #[command(name = "domains:remove")]
     DomainsRemove { app: String, name: String },
+    /// List the users who may sign in to an app; with one or more, the router asks every
+    /// visitor for a user name and password (HTTP basic auth).
+    Auth { app: String },
+    /// Add a user who may sign in to an app, or change their password. The password is read
+    /// from standard input (one line), so that it is never in a command line or an ssh log.
+    #[command(
+        name = "auth:set",
+        after_help = "Example: echo \"$PASSWORD\" | ssh berth@server auth:set myapp alice\n\n\
+                      The app asks for a password at once, without a restart; the app still \
+                      gets the Authorization header, to tell who signed in."
+    )]
+    AuthSet {
+        app: String,
+        user: String,
+        /// Anything more is a password given where it must not be; refused.
+        #[arg(hide = true)]
+        extra: Vec<String>,
+    },
+    /// Remove a user; an app without users is open to every visitor again.
+    #[command(name = "auth:unset", after_help = "Example: berth auth:unset myapp alice")]
+    AuthUnset { app: String, user: String },
     /// Show the certificates the router serves for an app: names, issuer, expiry.
     Certs { app: String },
     /// Serve a certificate you bring (PEM files on the server, or `-` to read the chain and
@@ -310,6 +331,7 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
             ServerCommand::Config { app, .. } => Some(app_path(app, "/config")?),
             ServerCommand::Domains { app } => Some(app_path(app, "/domains")?),
             ServerCommand::Certs { app } => Some(app_path(app, "/certs")?),
+            ServerCommand::Auth { app } => Some(app_path(app, "/auth")?),
             ServerCommand::PsScale { app, counts } if counts.is_empty() => {
                 Some(app_path(app, "/scale")?)
             }
@@ -394,10 +416,7 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
                 writeln!(stdout, "{app} has no releases yet: push to it")?;
                 return Ok(0);
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = unix_now();
             let rows = releases.iter().map(|r| {
                 let what = match r.kind.as_str() {
                     "config" => format!("config (build of v{})", r.build_of),
@@ -474,6 +493,49 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
         }
         ServerCommand::DomainsRemove { app, name } => {
             let path = app_path(&app, &format!("/domains/{}", encode_query(&name)))?;
+            let done: Done = client.send(Method::DELETE, &path, &()).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::Auth { app } => {
+            let users: Vec<AuthUser> = client.get(&app_path(&app, "/auth")?).await?;
+            if users.is_empty() {
+                writeln!(
+                    stdout,
+                    "{app} asks for no password; add a user with `auth:set {app} USER` and the \
+                     password on standard input"
+                )?;
+                return Ok(0);
+            }
+            let now = unix_now();
+            let rows = users.iter().map(|u| {
+                let age = format_duration((now - u.created_at).max(0) as u64);
+                vec![u.user.clone(), format!("{age} ago")]
+            });
+            write_table(&mut stdout, &["USER", "ADDED"], rows)?;
+        }
+        ServerCommand::AuthSet { app, user, extra } => {
+            if !extra.is_empty() {
+                // Not repeated: it may be a real password, already in a shell history.
+                eprintln!(
+                    "berth: auth:set takes the password on standard input, not as an argument \
+                     (echo \"$PASSWORD\" | ssh berth@server auth:set {app} {user}); if that was \
+                     a real password, choose another"
+                );
+                return Ok(EXIT_USAGE);
+            }
+            let password = match read_password(&user)? {
+                Ok(password) => password,
+                Err(problem) => {
+                    eprintln!("berth: {problem}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let path = app_path(&app, &format!("/auth/{}", encode_query(&user)))?;
+            let done: Done = client.send(Method::PUT, &path, &AuthPassword { password }).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AuthUnset { app, user } => {
+            let path = app_path(&app, &format!("/auth/{}", encode_query(&user)))?;
             let done: Done = client.send(Method::DELETE, &path, &()).await?;
             writeln!(stdout, "{}", done.message)?;
         }
@@ -802,6 +864,38 @@ fn split_pem_bundle(text: &str) -> anyhow::Result<AddCertificate> {
     Ok(AddCertificate { cert_pem, key_pem })
 }
 
+/// Seconds since the Unix epoch, for ages.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads a password for `user` from the first line of standard input (a prompt goes to a
+/// terminal, if that is where it comes from); the inner error says what is wrong with it.
+fn read_password(user: &str) -> anyhow::Result<Result<String, String>> {
+    let stdin = std::io::stdin();
+    if nix::unistd::isatty(&stdin).unwrap_or(false) {
+        eprint!("password for {user}: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    Ok(password_from_line(&line))
+}
+
+/// The password in a line read from standard input, without its line ending.
+fn password_from_line(line: &str) -> Result<String, String> {
+    let password = line.strip_suffix('\n').unwrap_or(line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("no password on standard input; send one, for example \
+                    echo \"$PASSWORD\" | ssh berth@server auth:set APP USER"
+            .to_owned());
+    }
+    Ok(password.to_owned())
+}
+
 /// Asks for the app's name on stdin (ssh passes it through), as Heroku does for destroy.
 fn confirm_name(app: &str) -> anyhow::Result<bool> {
     eprint!(
@@ -967,6 +1061,24 @@ mod tests {
         assert_eq!(edit_distance("confg", "config"), 1);
         assert_eq!(edit_distance("ps:scal", "ps:scale"), 1);
         assert_eq!(edit_distance("apps", "logs"), 3);
+    }
+
+    #[test]
+    fn passwords_come_from_one_line_without_its_ending() {
+        let cases: &[(&str, Result<&str, ()>)] = &[
+            ("s3cret\n", Ok("s3cret")),
+            ("s3cret\r\n", Ok("s3cret")),
+            ("s3cret", Ok("s3cret")),
+            (" spaced out \n", Ok(" spaced out ")),
+            ("\n", Err(())),
+            ("\r\n", Err(())),
+            ("", Err(())),
+        ];
+        for (line, expected) in cases {
+            let got = password_from_line(line);
+            assert_eq!(got.as_deref().map_err(|_| ()), *expected, "{line:?}");
+        }
+        assert!(password_from_line("").unwrap_err().contains("no password on standard input"));
     }
 
     #[test]

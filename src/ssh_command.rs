@@ -264,6 +264,8 @@ mod tests {
             (Some("apps; rm -rf /"), cli(&["apps;", "rm", "-rf", "/"])),
             (Some("''"), cli(&[""])),
             (Some("github"), cli(&["github"])),
+            // The password of auth:set comes on stdin, which ssh hands over as it is.
+            (Some("auth:set myapp alice"), cli(&["auth:set", "myapp", "alice"])),
             (Some("gitlab-sync app"), cli(&["gitlab-sync", "app"])),
         ];
         for (input, want) in cases {

@@ -1,12 +1,13 @@
-//! Every way to reach an app through the router: default name, domains, wildcards,
-//! NGINX_SERVER_NAME, the X-App header.
+//! Every way to reach an app through the router (default name, domains, wildcards,
+//! NGINX_SERVER_NAME, the X-App header, HTTPS, app ports), and who may: basic auth and
+//! address allow lists.
 
 use berth_testkit::{http_get_with, output_text};
 
 use crate::World;
 
 #[test]
-fn domains_wildcards_and_x_app_reach_the_right_app() {
+fn domains_wildcards_x_app_and_access_control_reach_the_right_app() {
     let world = World::start("routing");
     let a = world.app_repo("alpha", "a1", "web: python3 app.py\n", "");
     world.push_ok(&a, "alpha");
@@ -61,6 +62,88 @@ fn domains_wildcards_and_x_app_reach_the_right_app() {
     assert_eq!(world.daemon.get("www.alpha.test", "/").unwrap().status, 404);
     world.ssh_ok(&["domains:add", "beta", "www.alpha.test"]);
     assert_eq!(world.daemon.get("www.alpha.test", "/").unwrap().body, "? b1");
+
+    // The same two apps, one of them guarded.
+    basic_auth_over_ssh_and_ip_allow_lists_protect_an_app_without_a_restart(&world);
+}
+
+/// `auth:set` (the password on stdin) and BERTH_ALLOW_IPS on the running app `alpha`
+/// ("? a1"), with `beta` ("? b1") beside it.
+fn basic_auth_over_ssh_and_ip_allow_lists_protect_an_app_without_a_restart(world: &World) {
+    // The PID column of `ps`, under its header.
+    let pids = |app: &str| -> Vec<String> {
+        let ps = world.ssh_ok(&["ps", app]);
+        let rows = ps.lines().skip_while(|line| !line.starts_with("PROCESS")).skip(1);
+        rows.filter_map(|row| row.split_whitespace().nth(1).map(str::to_owned)).collect()
+    };
+    let before = pids("alpha");
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // The password comes on stdin: none, or one given as an argument, is refused.
+    let output = world.sshd.run_with_input(&["auth:set", "alpha", "alice"], "");
+    assert_eq!(output.status.code(), Some(2), "{}", output_text(&output));
+    assert!(output_text(&output).contains("no password on standard input"));
+    let output = world.sshd.run(&["auth:set", "alpha", "alice", "hunter2"]);
+    assert_eq!(output.status.code(), Some(2), "{}", output_text(&output));
+    assert!(!output_text(&output).contains("hunter2"), "{}", output_text(&output));
+    assert_eq!(world.get("alpha", "/").body, "? a1", "a refused auth:set changes nothing");
+
+    let output = world.sshd.run_with_input(&["auth:set", "alpha", "alice"], "s3cret pass\n");
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert!(output_text(&output).contains("alice may now sign in to alpha"));
+    assert!(world.ssh_ok(&["auth", "alpha"]).contains("alice"));
+
+    // At once, without a restart: no credentials or wrong ones get 401, the right ones pass,
+    // and the app still sees them.
+    let page = world.get("alpha", "/");
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert_eq!(page.header("www-authenticate"), Some("Basic realm=\"alpha\""));
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {token}")
+    };
+    let addr = world.daemon.http_addr;
+    let host = world.daemon.app_host("alpha");
+    let wrong = basic("alice", "s3cret");
+    let page = http_get_with(addr, &host, "/", &[("Authorization", &wrong)]).unwrap();
+    assert_eq!(page.status, 401);
+    let right = basic("alice", "s3cret pass");
+    let page = http_get_with(addr, &host, "/headers", &[("Authorization", &right)]).unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(&format!("authorization: {right}")), "{}", page.body);
+    assert_eq!(world.get("beta", "/").body, "? b1", "another app stays open");
+    assert_eq!(pids("alpha"), before, "the app was restarted");
+    // Only a slow hash is kept: not the password, nor in any log.
+    let db = std::fs::read(world.root().join("berth.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains("s3cret pass"));
+    assert!(!world.sshd.log().contains("s3cret") && !world.daemon.log().contains("s3cret"));
+
+    world.ssh_ok(&["auth:unset", "alpha", "alice"]);
+    assert_eq!(world.get("alpha", "/").body, "? a1");
+    assert!(world.ssh_ok(&["auth", "alpha"]).contains("asks for no password"));
+    let output = world.ssh(&["auth:unset", "alpha", "alice"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output_text(&output).contains("alpha has no user \"alice\""));
+
+    // A bad allow list is refused with the entry named, and nothing changes.
+    let output = world.ssh(&["config:set", "alpha", "BERTH_ALLOW_IPS=10.0.0.0/8,10.0.0.0/33"]);
+    assert_eq!(output.status.code(), Some(1), "{}", output_text(&output));
+    let text = output_text(&output);
+    assert!(
+        text.contains("BERTH_ALLOW_IPS: \"10.0.0.0/33\" has a prefix length over 32"),
+        "{text}"
+    );
+    assert!(text.contains("like 10.0.0.0/8"), "{text}");
+    assert!(world.ssh(&["config:get", "alpha", "BERTH_ALLOW_IPS"]).status.code() == Some(1));
+    assert_eq!(world.get("alpha", "/").body, "? a1");
+    // A list without loopback shuts the test out; without the list it is open again.
+    world.ssh_ok(&["config:set", "alpha", "BERTH_ALLOW_IPS=10.0.0.0/8,::1"]);
+    let page = world.get("alpha", "/");
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(page.body, "403 forbidden: the address 127.0.0.1 may not reach this app\n");
+    world.ssh_ok(&["config:unset", "alpha", "BERTH_ALLOW_IPS"]);
+    assert_eq!(world.get("alpha", "/").body, "? a1");
 }
 
 /// `curl` against the router's HTTPS port, resolving `host` to loopback; returns what it

@@ -221,6 +221,30 @@ pub struct DomainRequest {
     pub name: String,
 }
 
+/// One user of `GET /apps/{app}/auth`: who may sign in to the app through the router's
+/// basic auth.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct AuthUser {
+    pub user: String,
+    /// When the user was added (Unix seconds).
+    pub created_at: i64,
+}
+
+/// `PUT /apps/{app}/auth/{user}`: the user's password, which the daemon keeps only as a
+/// salted slow hash.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPassword {
+    pub password: String,
+}
+
+/// Never shows the password, so that a debug log cannot leak it.
+impl std::fmt::Debug for AuthPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthPassword").field("password", &"<hidden>").finish()
+    }
+}
+
 /// One certificate of `GET /apps/{app}/certs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Certificate {

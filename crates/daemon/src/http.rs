@@ -10,10 +10,10 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
-    AddCertificate, AppDetail, AppSummary, Certificate, ConfigUpdate, ConfigVars, CreateApp,
-    DeployRequest, DomainRequest, Domains, Done, JobEvent, KeepRequest, LockRequest, LogEntry,
-    Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest, Scale, TokenInfo,
-    TokenRequest,
+    AddCertificate, AppDetail, AppSummary, AuthPassword, AuthUser, Certificate, ConfigUpdate,
+    ConfigVars, CreateApp, DeployRequest, DomainRequest, Domains, Done, JobEvent, KeepRequest,
+    LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest,
+    Scale, TokenInfo, TokenRequest,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -256,6 +256,33 @@ static ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "GET",
+        path: "/apps/{app}/auth",
+        summary: "The users who may sign in to an app (router basic auth)",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Vec<AuthUser>>),
+        handler: || get(list_auth_users),
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/apps/{app}/auth/{user}",
+        summary: "Add a user or change their password; the app asks for one at once",
+        query: &[],
+        body: Some(s::<AuthPassword>),
+        answer: Answer::Json(s::<Done>),
+        handler: || put(set_auth_user),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/apps/{app}/auth/{user}",
+        summary: "Remove a user; without users the app is open again",
+        query: &[],
+        body: None,
+        answer: Answer::Json(s::<Done>),
+        handler: || delete(remove_auth_user),
+    },
+    Endpoint {
+        method: "GET",
         path: "/apps/{app}/certs",
         summary: "The certificates served for an app",
         query: &[],
@@ -480,6 +507,8 @@ async fn destroy_app(
         daemon.close_app_port(port);
     }
     daemon.store().delete_app(&app)?;
+    // After the store forgot them: an app of the same name starts without users.
+    daemon.forget_basic_auth(&app);
     let layout = &daemon.settings.layout;
     let dirs = [
         layout.repo(&app),
@@ -570,6 +599,14 @@ fn check_config_key(key: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses router knobs (BERTH_ALLOW_IPS, BERTH_MAX_BODY_SIZE...) with a bad value before
+/// anything is stored, even for an app that is not running: it would fail at its next start.
+fn check_route_knobs(set: &[(String, String)]) -> Result<(), ApiError> {
+    crate::state::RouteOptions::from_env(set)
+        .map(drop)
+        .map_err(|e| ApiError::bad_request(format!("{e}; nothing was changed")))
+}
+
 async fn update_config(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
@@ -581,6 +618,7 @@ async fn update_config(
         check_config_key(key)?;
     }
     let set: Vec<(String, String)> = update.set.into_iter().collect();
+    check_route_knobs(&set)?;
     let restarted =
         daemon.change_config(&app, &set, &update.unset, &who(&headers), update.restart).await?;
     let vars: BTreeMap<String, String> = daemon.store().config(&app)?.into_iter().collect();
@@ -1045,6 +1083,48 @@ fn app_hosts(daemon: &Daemon, app: &str) -> Result<Vec<String>, ApiError> {
     daemon.hosts(app, &env).map_err(ApiError::unprocessable)
 }
 
+async fn list_auth_users(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<AuthUser>> {
+    let app = app_name(&app)?;
+    let users = daemon.store().auth_users(Some(&app))?;
+    Ok(Json(
+        users
+            .into_iter()
+            .map(|record| AuthUser { user: record.user, created_at: record.created_at })
+            .collect(),
+    ))
+}
+
+async fn set_auth_user(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, user)): Path<(String, String)>,
+    ApiJson(request): ApiJson<AuthPassword>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    let added = daemon.set_auth_user(&app, &user, request.password).await?;
+    let message = if added {
+        format!("{user} may now sign in to {app}; visitors without a user and password get 401")
+    } else {
+        format!("{user}'s password for {app} is changed")
+    };
+    Ok(Json(Done { message }))
+}
+
+async fn remove_auth_user(
+    State(daemon): State<Arc<Daemon>>,
+    Path((app, user)): Path<(String, String)>,
+) -> ApiResult<Done> {
+    let app = app_name(&app)?;
+    daemon.remove_auth_user(&app, &user)?;
+    let rest = match daemon.store().auth_users(Some(&app))?.len() {
+        0 => format!("{app} no longer asks for a password"),
+        n => format!("{n} user(s) may still sign in to {app}"),
+    };
+    Ok(Json(Done { message: format!("{user} may no longer sign in to {app}; {rest}") }))
+}
+
 async fn list_certs(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
@@ -1216,6 +1296,7 @@ fn apply_settings(daemon: &Daemon, app: &str, request: &CreateApp) -> Result<(),
         check_config_key(key)?;
     }
     let set: Vec<(String, String)> = request.config.clone().into_iter().collect();
+    check_route_knobs(&set)?;
     daemon.store().update_config(app, &set, &[])?;
     let scale: Vec<(String, u32)> = request.scale.clone().into_iter().collect();
     if scale.iter().any(|(_, n)| *n > MAX_INSTANCES) {

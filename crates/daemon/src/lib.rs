@@ -8,6 +8,7 @@
 //! | SIGINT  | stops every app, tells the keeper to close the router's socket, and exits     |
 
 mod auth;
+mod basic_auth;
 mod deploy;
 mod error;
 mod health;
@@ -130,6 +131,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         exe: options.exe,
     };
     let daemon = Arc::new(Daemon::new(settings, store, routes.clone()));
+    // Before any route is published: a protected app must never be served open.
+    daemon
+        .load_basic_auth()
+        .map_err(|e| anyhow::anyhow!("cannot read the apps' basic-auth users: {}", e.message))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {

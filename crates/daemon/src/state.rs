@@ -64,11 +64,14 @@ pub struct RouteOptions {
     pub git_folders: bool,
     pub limits: berth_router::Limits,
     pub cache: Option<berth_router::CacheConfig>,
+    /// Who may reach the app by address (NGINX_CLOUDFLARE_ACL, BERTH_ALLOW_IPS).
+    pub access: berth_router::AccessRules,
 }
 
 impl RouteOptions {
     /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, NGINX_ALLOW_GIT_FOLDERS, BERTH_MAX_BODY_SIZE,
-    /// BERTH_RESPONSE_TIMEOUT and NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE.
+    /// BERTH_RESPONSE_TIMEOUT, NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE,
+    /// NGINX_CLOUDFLARE_ACL and BERTH_ALLOW_IPS.
     pub fn from_env(env: &[(String, String)]) -> Result<RouteOptions, String> {
         let knob = |key: &str| env_value(env, key);
         let flag = |key: &str| {
@@ -122,12 +125,22 @@ impl RouteOptions {
                 Some(config)
             }
         };
+        let allow = match knob("BERTH_ALLOW_IPS") {
+            None => None,
+            Some(list) => Some(
+                berth_router::parse_ip_list(&list).map_err(|e| format!("BERTH_ALLOW_IPS: {e}"))?,
+            ),
+        };
         Ok(RouteOptions {
             https_only: flag("NGINX_HTTPS_ONLY"),
             path_routing: flag("BERTH_PATH_ROUTING"),
             git_folders: flag("NGINX_ALLOW_GIT_FOLDERS"),
             limits,
             cache,
+            access: berth_router::AccessRules {
+                cloudflare_only: flag("NGINX_CLOUDFLARE_ACL"),
+                allow,
+            },
         })
     }
 }
@@ -175,6 +188,9 @@ pub struct Daemon {
     port_servers: Mutex<HashMap<u16, (String, tokio::sync::watch::Sender<bool>)>>,
     /// Each app's router access log, kept across route tables.
     access_logs: Mutex<HashMap<String, berth_router::AccessLog>>,
+    /// The basic-auth users of each app that has some, as the router checks them: kept
+    /// across route tables (with the credentials they verified) until the users change.
+    pub(crate) basic_auth: Mutex<HashMap<String, Arc<berth_router::BasicAuth>>>,
     /// The certificates the router serves.
     certs: std::sync::OnceLock<Arc<berth_tls::CertStore>>,
     /// The ACME manager, when certificates come from a CA.
@@ -219,6 +235,7 @@ impl Daemon {
             app_users: Mutex::new(HashMap::new()),
             certs: std::sync::OnceLock::new(),
             access_logs: Mutex::new(HashMap::new()),
+            basic_auth: Mutex::new(HashMap::new()),
             port_servers: Mutex::new(HashMap::new()),
             acme: std::sync::OnceLock::new(),
         }
@@ -728,7 +745,12 @@ impl Daemon {
                 .with_https_only(runtime.route.https_only)
                 .with_path_routing(runtime.route.path_routing)
                 .with_git_folders(runtime.route.git_folders)
-                .with_limits(runtime.route.limits);
+                .with_limits(runtime.route.limits)
+                .with_access(runtime.route.access.clone());
+            // A preview is the app's too: the same users may see it.
+            if let Some(auth) = self.basic_auth_of(owner) {
+                backend = backend.with_basic_auth(auth);
+            }
             if let Some(log) = self.access_log(owner) {
                 backend = backend.with_access_log(log);
             }
@@ -757,5 +779,49 @@ impl Daemon {
         self.rolling_restart(app, release, &|line| tracing::info!(app, "{line}"))
             .await
             .map_err(ApiError::unprocessable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn access_knobs_become_access_rules() {
+        let none = RouteOptions::from_env(&[]).unwrap();
+        assert_eq!(none.access, berth_router::AccessRules::default());
+
+        let options = RouteOptions::from_env(&env(&[
+            ("NGINX_CLOUDFLARE_ACL", "true"),
+            ("BERTH_ALLOW_IPS", "10.0.0.0/8, 192.168.1.7,::1"),
+        ]))
+        .unwrap();
+        assert!(options.access.cloudflare_only);
+        let allow: Vec<String> =
+            options.access.allow.unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+        // An empty value is no list, as for every knob; the last value wins.
+        let options = RouteOptions::from_env(&env(&[
+            ("NGINX_CLOUDFLARE_ACL", "no"),
+            ("BERTH_ALLOW_IPS", "10.0.0.0/8"),
+            ("BERTH_ALLOW_IPS", " "),
+        ]))
+        .unwrap();
+        assert_eq!(options.access, berth_router::AccessRules::default());
+
+        let error = RouteOptions::from_env(&env(&[("BERTH_ALLOW_IPS", "10.0.0.0/8,10.1.2.3/8")]))
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "BERTH_ALLOW_IPS: \"10.1.2.3/8\" has bits set after its prefix: write the network \
+             as 10.0.0.0/8, or one address without a /"
+        );
+        let error = RouteOptions::from_env(&env(&[("BERTH_ALLOW_IPS", "localhost")])).unwrap_err();
+        assert!(error.contains("\"localhost\" is not an IP address or network"), "{error}");
+        assert!(error.contains("like 10.0.0.0/8, 192.168.1.7 or 2001:db8::/32"), "{error}");
     }
 }

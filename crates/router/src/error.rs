@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HeaderValue};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use http::{Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 
@@ -54,6 +56,11 @@ pub(crate) enum ProxyError {
     BodyTooLarge { limit: u64 },
     /// The request body could not be read: bad chunked framing, or the client went away.
     BadRequestBody,
+    /// The visitor's address may not reach the app (`BERTH_ALLOW_IPS`,
+    /// `NGINX_CLOUDFLARE_ACL`); the reason is for the visitor.
+    Forbidden { reason: String },
+    /// The app asks for a user name and password, and the request has none that fit.
+    Unauthorized { challenge: HeaderValue },
     /// The app is routed but has no running instance.
     AppNotRunning { app: String },
     /// No instance of the app gave a response; `cause` is the last error seen.
@@ -79,7 +86,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::RangeNotSatisfiable { .. }
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BadRequestBody => Source::Downstream,
+            | ProxyError::BadRequestBody
+            | ProxyError::Forbidden { .. }
+            | ProxyError::Unauthorized { .. } => Source::Downstream,
             ProxyError::AppNotRunning { .. }
             | ProxyError::AppDidNotAnswer { .. }
             | ProxyError::AppTimedOut { .. }
@@ -101,6 +110,8 @@ impl ProxyError {
             }
             ProxyError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::AppNotRunning { .. }
             | ProxyError::AppDidNotAnswer { .. }
             | ProxyError::UnknownApp { .. } => StatusCode::BAD_GATEWAY,
@@ -133,6 +144,10 @@ impl ProxyError {
                 (format!("the request body is larger than the {limit} bytes allowed"), None)
             }
             ProxyError::BadRequestBody => ("the request body could not be read".into(), None),
+            ProxyError::Forbidden { reason } => (reason.clone(), None),
+            ProxyError::Unauthorized { .. } => {
+                ("this app asks for a user name and password".into(), None)
+            }
             ProxyError::AppNotRunning { app } => (
                 format!("the app {app} is not running"),
                 Some(format!(
@@ -186,10 +201,27 @@ impl ProxyError {
         }
     }
 
-    /// The page served in place of the app's response.
+    /// The page served in place of the app's response: a short HTML page, or for a refusal
+    /// (401, 403) one line of text, which is what scripts and `curl` users read.
     pub(crate) fn to_response(&self) -> Response<Full<Bytes>> {
         let status = self.status();
         let (message, hint) = self.explanation();
+        if let ProxyError::Forbidden { .. } | ProxyError::Unauthorized { .. } = self {
+            let text = format!(
+                "{} {}: {message}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("Error").to_lowercase()
+            );
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let ProxyError::Unauthorized { challenge } = self {
+                headers.insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+            return response;
+        }
         let title = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("Error"));
         let mut page = format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
@@ -304,6 +336,22 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert!(body.contains("no app named gone is served here"), "{body}");
 
+        let error = ProxyError::Forbidden { reason: "your address 192.0.2.1 may not".into() };
+        let response = error.to_response();
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        let (status, body) = page(error).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::FORBIDDEN, "403 forbidden: your address 192.0.2.1 may not\n")
+        );
+
+        let challenge = HeaderValue::from_static("Basic realm=\"blog\"");
+        let response = ProxyError::Unauthorized { challenge: challenge.clone() }.to_response();
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Basic realm=\"blog\"");
+        let (status, body) = page(ProxyError::Unauthorized { challenge }).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body, "401 unauthorized: this app asks for a user name and password\n");
+
         let error = ProxyError::Internal { cause: "secret detail".into() };
         let (status, body) = page(error).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -324,6 +372,8 @@ mod tests {
             ProxyError::RangeNotSatisfiable { len: 10 },
             ProxyError::BodyTooLarge { limit: 1 },
             ProxyError::BadRequestBody,
+            ProxyError::Forbidden { reason: "r".into() },
+            ProxyError::Unauthorized { challenge: HeaderValue::from_static("Basic") },
             ProxyError::AppNotRunning { app: "a".into() },
             ProxyError::AppDidNotAnswer { app: "a".into(), cause: "refused".into() },
             ProxyError::AppTimedOut { app: "a".into(), after: Duration::from_secs(1) },

@@ -362,9 +362,10 @@ mod tests {
             .into_iter()
             .map(|n| IpAddr::from([n, 255 - n, n / 2, 7]))
             .collect();
-        ips.extend(["::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4", "fe80::"].map(|ip| {
-            ip.parse::<IpAddr>().unwrap()
-        }));
+        ips.extend(
+            ["::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4", "fe80::"]
+                .map(|ip| ip.parse::<IpAddr>().unwrap()),
+        );
         for ip in ips {
             let mut out = b"x".to_vec();
             write_ip(&mut out, ip);
@@ -411,7 +412,8 @@ mod tests {
         assert!(is_generated(&request_id(&twice)));
         assert!(is_generated(&request_id(&HeaderMap::new())));
 
-        let ids: std::collections::HashSet<[u8; 16]> = (0..1000).map(|_| new_request_id()).collect();
+        let ids: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 1000, "generated ids repeat");
     }
 }

@@ -22,10 +22,15 @@
 //! errors; an [`AccessLog`] per app; HTTPS-only apps ([`Backend::with_https_only`]); a
 //! listener that serves one app whatever the host ([`serve_app_port`]); and a response
 //! cache for URL prefixes ([`Backend::with_cache`], kept across route tables by
-//! [`CacheRegistry`]). [`Server`] builds a listener with non-default settings.
+//! [`CacheRegistry`]); access control by address ([`Backend::with_access`]: an allow list
+//! of [`IpNet`]s, or Cloudflare's ranges only) and HTTP basic auth ([`Backend::with_basic_auth`],
+//! passwords hashed by [`hash_password`]). [`Server`] builds a listener with non-default
+//! settings.
 
+mod access;
 mod access_log;
 mod balance;
+mod basic_auth;
 mod body;
 mod cache;
 mod connection;
@@ -40,7 +45,12 @@ mod table;
 mod test_support;
 mod upstream;
 
+pub use access::{
+    AccessRules, CLOUDFLARE_IPV4, CLOUDFLARE_IPV6, CLOUDFLARE_RANGES_DATE, IpNet, IpNetError,
+    is_cloudflare, parse_ip_list,
+};
 pub use access_log::AccessLog;
+pub use basic_auth::{BasicAuth, HashError, hash_password};
 pub use cache::{CacheConfig, CacheRegistry, CacheStats};
 pub use limits::{Limits, ServerLimits};
 pub use server::{

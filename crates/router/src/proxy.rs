@@ -4,7 +4,7 @@
 //! connections. The app's limits, HTTPS-only redirect, access log and cache apply here.
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -100,6 +100,8 @@ struct FixedApp {
 /// Where a routed request goes and what it is told on the way.
 struct Target<'a> {
     backend: &'a Backend,
+    /// The visitor's address, for the forwarding headers.
+    client: IpAddr,
     original_host: HeaderValue,
     /// Already without the prefix, when the app was found by its path.
     path_and_query: PathAndQuery,
@@ -185,7 +187,9 @@ impl Proxy {
         let request_id = request_id(request.headers());
         request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         let mut routed = None;
-        let mut response = match self.forward(request, downstream, &request_id, &mut routed).await {
+        let mut client = downstream.peer.ip();
+        let forwarded = self.forward(request, downstream, &request_id, &mut routed, &mut client);
+        let mut response = match forwarded.await {
             Ok(response) => response,
             Err(error) => {
                 error.log(&summary.method, &summary.uri, downstream.peer, &request_id);
@@ -203,19 +207,21 @@ impl Proxy {
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert(HSTS);
             }
             if let Some(log) = backend.access_log() {
-                log.record(access_entry(summary, downstream, &response, request_id));
+                log.record(access_entry(summary, client, &response, request_id));
             }
         }
         response
     }
 
-    /// Finds the request's app (recording it in `routed`) and answers for it.
+    /// Finds the request's app (recording it in `routed`) and answers for it; `client` is
+    /// the visitor's address, which the app's access rules may take from Cloudflare.
     async fn forward(
         &self,
         request: Request<Incoming>,
         downstream: Downstream,
         request_id: &HeaderValue,
         routed: &mut Option<Arc<Backend>>,
+        client: &mut IpAddr,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::ConnectNotAllowed);
@@ -231,11 +237,23 @@ impl Proxy {
             self.route(&request, &path_and_query)?;
         *routed = Some(Arc::clone(&backend));
 
+        if !backend.access().is_open() {
+            *client = backend
+                .access()
+                .admit(downstream.peer.ip(), request.headers())
+                .map_err(|refusal| ProxyError::Forbidden { reason: refusal.to_string() })?;
+        }
         if backend.https_only()
             && !downstream.tls
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
         {
             return Ok(redirect_to_https(request.method(), &host, &path_and_query));
+        }
+        // After the redirect, so that a password is only ever asked for over HTTPS there.
+        if let Some(auth) = backend.basic_auth()
+            && !auth.allows(request.headers()).await
+        {
+            return Err(ProxyError::Unauthorized { challenge: auth.challenge() });
         }
         // A body that announces its length is refused before anyone reads it; a chunked one
         // is counted as it is sent (see `LentBody`).
@@ -278,6 +296,7 @@ impl Proxy {
         if !backend.addrs.is_empty() {
             let target = Target {
                 backend: &backend,
+                client: *client,
                 original_host,
                 path_and_query: app_path_and_query,
                 prefix,
@@ -348,7 +367,8 @@ impl Proxy {
         downstream: Downstream,
         target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let Target { backend, original_host, path_and_query, prefix, request_id, cache } = target;
+        let Target { backend, client, original_host, path_and_query, prefix, request_id, cache } =
+            target;
         let request_id_text = request_id.to_str().unwrap_or_default();
         let websocket = websocket_upgrade(request.headers());
         // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
@@ -363,7 +383,7 @@ impl Proxy {
             keep_upgrade(&mut headers, upgrade);
         }
         let forwarding = Forwarding {
-            client: downstream.peer.ip(),
+            client,
             proto: downstream.proto(),
             host: &original_host,
             port: downstream.port(&original_host),
@@ -374,9 +394,9 @@ impl Proxy {
         if let Some(prefix) = prefix.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
             headers.insert(X_FORWARDED_PREFIX, prefix);
         }
-        // The app must see the name it was asked for, not the instance address the pooled
-        // client would otherwise put there; for an absolute-form request this is the URI's
-        // authority, which RFC 9112 says wins over any Host header.
+        // The request goes to the instance in origin form, so `Host` is the only place the
+        // app can see the name it was asked for; for an absolute-form request that is the
+        // URI's authority, which RFC 9112 says wins over any Host header.
         headers.insert(HOST, original_host);
 
         let limits = *backend.limits();
@@ -540,7 +560,7 @@ fn redirect_to_https(
 /// The access-log line's facts for a response that is about to be sent.
 fn access_entry(
     summary: RequestSummary,
-    downstream: Downstream,
+    client: IpAddr,
     response: &Response<ResponseBody>,
     request_id: HeaderValue,
 ) -> AccessEntry {
@@ -558,7 +578,7 @@ fn access_entry(
         })
     };
     AccessEntry {
-        client: downstream.peer.ip(),
+        client,
         time: SystemTime::now(),
         method: summary.method,
         uri: summary.uri,
@@ -654,8 +674,9 @@ fn original_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError>
     }
 }
 
-/// The error and its causes on one line: hyper-util's own message is only "client error
-/// (Connect)", and the useful part ("connection refused") is in the source chain.
+/// The error and its causes on one line: the top message is only "cannot connect" or
+/// "the connection failed", and the useful part ("connection refused") is in the source
+/// chain.
 fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -669,10 +690,9 @@ fn error_chain(error: &dyn StdError) -> String {
 
 /// Holds the visitor's request body until an attempt to reach the app actually sends it.
 ///
-/// The pooled client consumes the request it is given even when it never gets a
-/// connection, and an `Incoming` body cannot be recreated, so with a plain
-/// `Client<_, Incoming>` a refused connection would leave nothing to send to the next
-/// instance. Each attempt gets a [`LentBody`] that takes the body out of this slot only
+/// Sending consumes the request even when no connection is made, and an `Incoming` body
+/// cannot be recreated, so with a plain `Request<Incoming>` a refused connection would
+/// leave nothing to send to the next instance. Each attempt gets a [`LentBody`] that takes the body out of this slot only
 /// when hyper first polls it, which happens after the connection is up; after a connect
 /// error the body is still here for the next attempt.
 ///
@@ -899,19 +919,11 @@ mod tests {
 
     use crate::table::{RouteTable, shared_routes};
     use crate::test_support::{
-        DEADLINE, Reply, counting_upstream, dead_addr, echo_upstream, get, held_upstream, read_exactly, read_message,
-        routes_with, send, start_proxy, start_proxy_with, table_with, upgrade_echo_upstream,
-        wait_for,
+        DEADLINE, Reply, counting_upstream, dead_addr, echo_upstream, get, header, held_upstream,
+        read_exactly, read_message, routes_with, send, start_proxy, start_proxy_with, table_with,
+        upgrade_echo_upstream, wait_for,
     };
     use crate::{InFlight, SharedRoutes};
-
-    /// The value of the header `name` in a message head, matching the name in any case.
-    fn header(head: &str, name: &str) -> Option<String> {
-        head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-        })
-    }
 
     /// The name of the echo upstream that answered.
     fn answered_by(reply: &Reply) -> &str {

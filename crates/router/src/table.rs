@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::access::AccessRules;
 use crate::access_log::AccessLog;
+use crate::basic_auth::BasicAuth;
 use crate::cache::{BackendCache, CacheConfig};
 use crate::limits::Limits;
 use crate::static_files::{StaticMount, longest_prefix_first};
@@ -61,6 +63,8 @@ pub struct Backend {
     access_log: Option<AccessLog>,
     https_only: bool,
     cache: Option<BackendCache>,
+    access: AccessRules,
+    basic_auth: Option<Arc<BasicAuth>>,
 }
 
 /// Requests under way to each instance address, across route tables: the daemon asks it
@@ -113,6 +117,8 @@ impl Backend {
             access_log: None,
             https_only: false,
             cache: None,
+            access: AccessRules::default(),
+            basic_auth: None,
         }
     }
 
@@ -232,6 +238,36 @@ impl Backend {
 
     pub(crate) fn cache(&self) -> Option<&BackendCache> {
         self.cache.as_ref()
+    }
+
+    /// The same backend reached only by the visitors `rules` admit; the others get a 403
+    /// saying why. With [`AccessRules::cloudflare_only`], the visitor's address (for the
+    /// allow list, the forwarding headers and the access log) is Cloudflare's
+    /// `CF-Connecting-IP`. The rules apply to every request routed to the app, its static
+    /// files included; the router's own ACME challenges are answered before routing.
+    pub fn with_access(self, rules: AccessRules) -> Backend {
+        Backend { access: rules, ..self }
+    }
+
+    /// Who may reach the app by address.
+    pub fn access(&self) -> &AccessRules {
+        &self.access
+    }
+
+    /// The same backend asking for the name and password of one of `auth`'s users: a
+    /// request without them gets a 401 with `WWW-Authenticate: Basic realm="APP"`. A request
+    /// with them goes on with its `Authorization` header, as nginx passes it, so the app can
+    /// tell who signed in. Without users, nothing is asked.
+    ///
+    /// `auth` remembers the credentials it verified; share one across route tables for as
+    /// long as the app's users stay the same, and make a new one when they change.
+    pub fn with_basic_auth(self, auth: Arc<BasicAuth>) -> Backend {
+        let basic_auth = (!auth.is_empty()).then_some(auth);
+        Backend { basic_auth, ..self }
+    }
+
+    pub(crate) fn basic_auth(&self) -> Option<&BasicAuth> {
+        self.basic_auth.as_deref()
     }
 
     /// A number that grows by one with each request, for turn-taking among instances that

@@ -62,16 +62,24 @@ pub(crate) async fn start_server(server: Server) -> TestProxy {
 /// out: connections are served with upgrades, so WebSocket tunnels work, and the proxy is
 /// told each connection's local address. No graceful drain: stopping just stops accepting.
 pub(crate) async fn start_proxy_with(proxy: Proxy) -> TestProxy {
+    start_proxy_seen_from(proxy, None).await
+}
+
+/// [`start_proxy_with`], with the proxy told that every connection comes from `peer` when
+/// one is given: the sockets are real, only the address the proxy judges them by is not, so
+/// that rules about addresses beyond loopback (Cloudflare's) can be tested.
+pub(crate) async fn start_proxy_seen_from(proxy: Proxy, peer: Option<SocketAddr>) -> TestProxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, mut stopped) = oneshot::channel::<()>();
     let proxy = Arc::new(proxy);
     let server = tokio::spawn(async move {
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, real_peer) = tokio::select! {
                 _ = &mut stopped => return Ok(()),
                 accepted = listener.accept() => accepted?,
             };
+            let peer = peer.unwrap_or(real_peer);
             let local = stream.local_addr()?;
             let downstream = Downstream { peer, local: Some(local), tls: false };
             let proxy = Arc::clone(&proxy);
@@ -241,6 +249,15 @@ pub(crate) async fn send(proxy: SocketAddr, request: String) -> Reply {
     let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response head");
     let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap();
     Reply { status, head: head.to_string(), body: body.to_string() }
+}
+
+/// The value of the header `name` in a message head (or an echoed request), matching the
+/// name in any case.
+pub(crate) fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+    })
 }
 
 pub(crate) fn get(host: &str, target: &str) -> String {

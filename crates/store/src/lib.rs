@@ -1,4 +1,5 @@
-//! The only crate that knows the storage engine: apps, config and releases in SQLite (WAL).
+//! The only crate that knows the storage engine: apps, config, releases, domains, ports,
+//! API tokens and basic-auth users in SQLite (WAL).
 //!
 //! The daemon is the only process that opens the store for writing. Types here are plain
 //! records, not wire types: `berth-api` has its own.
@@ -103,6 +104,16 @@ pub struct ReleaseRecord {
     pub pruned: bool,
 }
 
+/// A user who may sign in to an app through the router's basic auth (`auth:set`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUserRecord {
+    pub app: String,
+    pub user: String,
+    /// The salted slow hash of the password (never the password).
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
 /// What a new release is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRelease<'a> {
@@ -152,6 +163,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     name TEXT PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS basic_auth (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (app, user)
 );
 CREATE TABLE IF NOT EXISTS scale (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
@@ -405,6 +423,58 @@ impl Store {
     pub fn ports(&self) -> Result<Vec<(u16, String)>> {
         let mut stmt = self.conn.prepare("SELECT port, app FROM ports ORDER BY port")?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the password hash of one of the app's basic-auth users, adding the user when
+    /// new; returns whether the user is new.
+    pub fn set_auth_user(
+        &self,
+        app: &str,
+        user: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        self.app(app)?;
+        let existed = self
+            .conn
+            .query_row("SELECT 1 FROM basic_auth WHERE app = ?1 AND user = ?2", [app, user], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+        self.conn.execute(
+            "INSERT INTO basic_auth (app, user, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app, user) DO UPDATE SET password_hash = excluded.password_hash",
+            params![app, user, password_hash, now],
+        )?;
+        Ok(!existed)
+    }
+
+    /// Removes one of the app's basic-auth users; returns whether the app had the user.
+    pub fn remove_auth_user(&self, app: &str, user: &str) -> Result<bool> {
+        self.app(app)?;
+        Ok(self.conn.execute("DELETE FROM basic_auth WHERE app = ?1 AND user = ?2", [app, user])?
+            > 0)
+    }
+
+    /// The basic-auth users of one app, or of every app with `None`, by app then user.
+    pub fn auth_users(&self, app: Option<&str>) -> Result<Vec<AuthUserRecord>> {
+        if let Some(app) = app {
+            self.app(app)?;
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT app, user, password_hash, created_at FROM basic_auth
+             WHERE ?1 IS NULL OR app = ?1 ORDER BY app, user",
+        )?;
+        let rows = stmt.query_map([app], |row| {
+            Ok(AuthUserRecord {
+                app: row.get(0)?,
+                user: row.get(1)?,
+                password_hash: row.get(2)?,
+                created_at: row.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -708,6 +778,46 @@ mod tests {
     }
 
     #[test]
+    fn basic_auth_users_are_set_changed_listed_and_removed() {
+        let store = store_with_app();
+        store.create_app("other", 1).unwrap();
+        assert!(store.set_auth_user("web", "bob", "$h1", 10).unwrap());
+        assert!(store.set_auth_user("web", "alice", "$h2", 11).unwrap());
+        assert!(store.set_auth_user("other", "alice", "$h3", 12).unwrap());
+        // A new password for a user keeps the user's creation time.
+        assert!(!store.set_auth_user("web", "bob", "$h4", 13).unwrap());
+        let users: Vec<(String, String, String, i64)> = store
+            .auth_users(None)
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.app, u.user, u.password_hash, u.created_at))
+            .collect();
+        let row = |app: &str, user: &str, hash: &str, at| {
+            (app.to_owned(), user.to_owned(), hash.to_owned(), at)
+        };
+        assert_eq!(
+            users,
+            [
+                row("other", "alice", "$h3", 12),
+                row("web", "alice", "$h2", 11),
+                row("web", "bob", "$h4", 10)
+            ]
+        );
+        let web: Vec<String> =
+            store.auth_users(Some("web")).unwrap().into_iter().map(|u| u.user).collect();
+        assert_eq!(web, ["alice", "bob"]);
+        assert!(store.remove_auth_user("web", "bob").unwrap());
+        assert!(!store.remove_auth_user("web", "bob").unwrap());
+        assert_eq!(store.auth_users(Some("web")).unwrap().len(), 1);
+        assert!(matches!(store.auth_users(Some("nope")), Err(Error::NoSuchApp(_))));
+        assert!(matches!(store.set_auth_user("nope", "a", "$h", 1), Err(Error::NoSuchApp(_))));
+        // Users go with their app.
+        store.delete_app("other").unwrap();
+        store.create_app("other", 2).unwrap();
+        assert!(store.auth_users(Some("other")).unwrap().is_empty());
+    }
+
+    #[test]
     fn scale_is_kept_per_process_type() {
         let mut store = store_with_app();
         assert!(store.scale("web").unwrap().is_empty());
@@ -751,6 +861,8 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let release = store.release("old", 1).unwrap().unwrap();
         assert_eq!((release.commit.as_str(), release.build_env.as_str()), ("abc", ""));
+        // Tables added since are made too.
+        assert!(store.set_auth_user("old", "alice", "$h", 2).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
