@@ -140,6 +140,13 @@ impl TestDaemon {
                 listen.extend([flag, "127.0.0.1:0"]);
             }
         }
+        // The daemon writes where it listens once it does; an earlier daemon's files on the
+        // same root must not be taken for this one's.
+        let serves_https = !args.iter().any(|arg| arg == "--no-https");
+        let run = root.join("run");
+        for name in ["https.addr", "api.addr"] {
+            let _ = std::fs::remove_file(run.join(name));
+        }
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
@@ -162,25 +169,25 @@ impl TestDaemon {
             domain: domain.to_owned(),
             child,
         };
-        let addr_file = root.join("run/http.addr");
-        let socket = root.join("run/berth.sock");
+        let socket = run.join("berth.sock");
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = daemon.child.try_wait()? {
                 bail!("the daemon exited with {status}: {}", daemon.log());
             }
-            let addr = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok());
-            if let Some(addr) = addr
+            let read_addr = |name: &str| {
+                std::fs::read_to_string(run.join(name)).ok().and_then(|s| s.trim().parse().ok())
+            };
+            let (http, https, api) =
+                (read_addr("http.addr"), read_addr("https.addr"), read_addr("api.addr"));
+            if let Some(addr) = http
+                && (https.is_some() || !serves_https)
+                && api.is_some()
                 && std::os::unix::net::UnixStream::connect(&socket).is_ok()
             {
                 daemon.http_addr = addr;
-                let read_addr = |name: &str| {
-                    std::fs::read_to_string(root.join("run").join(name))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                };
-                daemon.https_addr = read_addr("https.addr");
-                daemon.api_addr = read_addr("api.addr");
+                daemon.https_addr = https;
+                daemon.api_addr = api;
                 return Ok(daemon);
             }
             if Instant::now() > deadline {

@@ -28,7 +28,13 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 const KNOWN_CAS: &[(&[&str], &str)] = &[
     (&["letsencrypt.org", "letsencrypt"], LETS_ENCRYPT),
     (
-        &["letsencrypt.org_test", "letsencrypt_test", "letsencrypttest"],
+        &[
+            "letsencrypt.org_test",
+            "letsencrypt_test",
+            "letsencrypttest",
+            "letsencrypt_staging",
+            "staging",
+        ],
         "https://acme-staging-v02.api.letsencrypt.org/directory",
     ),
     (&["zerossl.com", "zerossl"], "https://acme.zerossl.com/v2/DV90"),
@@ -501,6 +507,7 @@ mod tests {
             directory_url("LetsEncrypt.org_test").unwrap(),
             "https://acme-staging-v02.api.letsencrypt.org/directory"
         );
+        assert_eq!(directory_url("staging").unwrap(), directory_url("letsencrypt_test").unwrap());
         assert_eq!(directory_url("https://ca.example/dir").unwrap(), "https://ca.example/dir");
         let error = directory_url("letsencrypt.com").unwrap_err().to_string();
         assert!(error.starts_with("unknown ACME_ROOT_CA \"letsencrypt.com\""), "{error}");
