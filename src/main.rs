@@ -59,15 +59,24 @@ enum TopCommand {
         /// The contact address given to the ACME CA.
         #[arg(long, value_name = "EMAIL")]
         acme_email: Option<String>,
-        /// A CA certificate (PEM) to trust for the ACME server's own HTTPS.
+        /// A CA certificate (PEM) to trust for the ACME server's own HTTPS (the daemon's CA
+        /// and private CAs an app's ACME_ROOT_CA names).
         #[arg(long, value_name = "FILE")]
         acme_ca_file: Option<PathBuf>,
+        /// How the ACME CA validates names: http-01 (the router answers on the HTTP port,
+        /// 80) or tls-alpn-01 (on the HTTPS port, 443).
+        #[arg(long, value_name = "METHOD", value_parser = ["http-01", "tls-alpn-01"])]
+        acme_challenge: Option<String>,
         /// Never ask an ACME CA for certificates.
         #[arg(long)]
         no_acme: bool,
         /// Serve the API on TCP too (every request needs a token from tokens:create).
         #[arg(long, value_name = "ADDR:PORT")]
         api: Option<std::net::SocketAddr>,
+        /// The API's host name: the TCP API then speaks HTTPS only, with a certificate for
+        /// this name (from the ACME CA, or self-signed until one is there).
+        #[arg(long, value_name = "HOST", requires = "api")]
+        api_host: Option<String>,
         /// Base domain: apps are served at APP.<domain>.
         #[arg(long, default_value = "localhost")]
         domain: String,
@@ -213,8 +222,10 @@ fn main() -> ExitCode {
             acme_directory,
             acme_email,
             acme_ca_file,
+            acme_challenge,
             no_acme,
             api,
+            api_host,
         } => {
             let root_user = nix::unistd::geteuid().is_root();
             let https = match (https, no_https) {
@@ -222,16 +233,19 @@ fn main() -> ExitCode {
                 (Some(addr), false) => Some(addr),
                 (None, false) => root_user.then(|| "0.0.0.0:443".parse().expect("valid address")),
             };
-            let wants_acme =
-                acme_directory.is_some() || acme_email.is_some() || acme_ca_file.is_some();
+            let wants_acme = acme_directory.is_some()
+                || acme_email.is_some()
+                || acme_ca_file.is_some()
+                || acme_challenge.is_some();
             let acme = (!no_acme && https.is_some() && (wants_acme || root_user)).then(|| {
                 berth_daemon::AcmeOptions {
                     directory: acme_directory.unwrap_or_default(),
                     email: acme_email,
                     ca_file: acme_ca_file,
+                    challenge: acme_challenge,
                 }
             });
-            run_daemon(root, http, https, acme, api, domain)
+            run_daemon(root, http, https, acme, api, api_host, domain)
         }
         TopCommand::Ssh { key, name, admin, keys_file } => {
             let identity = ssh::Identity { fingerprint: key, name, admin, keys_file };
@@ -312,6 +326,7 @@ fn run_daemon(
     https: Option<std::net::SocketAddr>,
     acme: Option<berth_daemon::AcmeOptions>,
     api: Option<std::net::SocketAddr>,
+    api_host: Option<String>,
     domain: String,
 ) -> anyhow::Result<u8> {
     tracing_subscriber::fmt()
@@ -320,6 +335,8 @@ fn run_daemon(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; a log file or the journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // As root the router takes the standard port; as a user, a port a user may bind.
     let http = http.unwrap_or_else(|| {
@@ -331,7 +348,8 @@ fn run_daemon(
     });
     let exe = std::env::current_exe()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let options = berth_daemon::DaemonOptions { root, http, https, domain, acme, api, exe };
+    let options =
+        berth_daemon::DaemonOptions { root, http, https, domain, acme, api, api_host, exe };
     runtime.block_on(berth_daemon::run(options))?;
     Ok(0)
 }

@@ -11,6 +11,8 @@ mod runtimes;
 mod ssh;
 mod supervise;
 mod tidy;
+mod tls;
+mod websocket;
 
 use std::path::Path;
 use std::process::Output;
@@ -68,11 +70,17 @@ impl World {
 
     /// A world whose daemon (and so every build and app) gets extra environment.
     pub fn start_with_env(label: &str, env: &[(String, String)]) -> World {
+        World::start_with_args(label, env, &[])
+    }
+
+    /// A world whose daemon gets extra environment and `berth daemon` arguments (see
+    /// [`TestDaemon::start_with_args`]).
+    pub fn start_with_args(label: &str, env: &[(String, String)], args: &[String]) -> World {
         let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
         let tmp = TempDir::new(label);
         let root = tmp.path().join("root");
         let daemon =
-            TestDaemon::start_with_env(bin, &root, "berth.test", env).expect("start daemon");
+            TestDaemon::start_with_args(bin, &root, "berth.test", env, args).expect("start daemon");
         let sshd = TestSshd::start(bin, &root, &tmp.path().join("sshd")).expect("start sshd");
         World { sshd, daemon, tmp }
     }

@@ -7,6 +7,7 @@
 //! |         | router's socket (held by the keeper) queues visitors until it is back         |
 //! | SIGINT  | stops every app, tells the keeper to close the router's socket, and exits     |
 
+mod api_tls;
 mod auth;
 mod basic_auth;
 mod deploy;
@@ -56,6 +57,8 @@ pub struct DaemonOptions {
     pub acme: Option<AcmeOptions>,
     /// Where the API is served on TCP (bearer tokens required), if anywhere.
     pub api: Option<SocketAddr>,
+    /// The API's host name: the TCP API speaks HTTPS with its certificate when set.
+    pub api_host: Option<String>,
     /// The berth binary that git hooks run.
     pub exe: PathBuf,
 }
@@ -68,6 +71,8 @@ pub struct AcmeOptions {
     pub email: Option<String>,
     /// A CA certificate (PEM) to trust for the ACME server's own HTTPS (a private CA).
     pub ca_file: Option<PathBuf>,
+    /// How the CA is to validate names: `http-01` (the default) or `tls-alpn-01`.
+    pub challenge: Option<String>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -87,6 +92,19 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // A socket file nobody answers on is left over from a daemon that was killed.
     let _ = std::fs::remove_file(&socket);
 
+    let api_host = match &options.api_host {
+        None => None,
+        Some(_) if options.api.is_none() => {
+            bail!("--api-host needs --api ADDR:PORT, the address the API listens on")
+        }
+        Some(host) => Some(
+            berth_router::normalize_host_pattern(host)
+                .filter(|name| !name.starts_with("*."))
+                .with_context(|| {
+                    format!("--api-host {host:?} is not a host name (like api.example.com)")
+                })?,
+        ),
+    };
     let store = Store::open(&layout.database())
         .with_context(|| format!("cannot open the database {}", layout.database().display()))?;
     let git_owner = git_owner(&layout)?;
@@ -129,6 +147,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         app_users,
         cgroups: Arc::new(cgroups),
         exe: options.exe,
+        api_host: api_host.clone(),
     };
     let daemon = Arc::new(Daemon::new(settings, store, routes.clone()));
     // Before any route is published: a protected app must never be served open.
@@ -179,7 +198,15 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     if let Some(acme) = &options.acme {
         let directory =
             berth_tls::directory_url(&acme.directory).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let public_only = acme.directory.trim().is_empty();
+        let method = match acme.challenge.as_deref() {
+            None => berth_tls::ChallengeMethod::Http01,
+            Some(text) => text
+                .parse::<berth_tls::ChallengeMethod>()
+                .map_err(|e| anyhow::anyhow!("--acme-challenge: {e}"))?,
+        };
+        // A public CA signs only names in public DNS: asking it for `APP.localhost` would
+        // only count against its rate limits.
+        let public_only = berth_tls::is_public_ca(&directory);
         let config = berth_tls::AcmeConfig {
             directory_url: directory,
             contact_email: acme.email.clone(),
@@ -188,9 +215,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         let client = Arc::new(berth_tls::AcmeClient::new(config, certs.clone(), http01.clone()));
         let source = {
             let daemon = daemon.clone();
-            move || daemon.certificate_names(public_only)
+            move || daemon.certificate_requests(public_only)
         };
-        let manager = berth_tls::spawn_manager(client, source, shutdown());
+        let manager_config = berth_tls::ManagerConfig { method, ..Default::default() };
+        let manager = berth_tls::spawn_manager_with(client, manager_config, source, shutdown());
         daemon.set_acme(manager);
     }
     daemon.set_certs(certs.clone());
@@ -202,9 +230,21 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         let guarded = http::router(daemon.clone())
             .layer(axum::middleware::from_fn_with_state(daemon.clone(), auth::require_token));
         let stop = shutdown();
-        tokio::spawn(
-            async move { axum::serve(listener, guarded).with_graceful_shutdown(stop).await },
-        );
+        match &api_host {
+            Some(host) => {
+                let url = api_tls::api_url(host, listener.local_addr()?.port());
+                tracing::info!("the API is served over HTTPS at {url}");
+                let listener = api_tls::listen(listener, certs.clone(), url, shutdown())?;
+                tokio::spawn(async move {
+                    axum::serve(listener, guarded).with_graceful_shutdown(stop).await
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    axum::serve(listener, guarded).with_graceful_shutdown(stop).await
+                });
+            }
+        }
     }
     let api = http::router(daemon.clone());
     let api_task = tokio::spawn(async move {

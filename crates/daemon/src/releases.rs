@@ -157,6 +157,8 @@ impl Daemon {
                 store.set_current_release(app, number)?;
                 drop(store);
                 self.prune_releases(app);
+                // ACME_ROOT_CA or NGINX_SERVER_NAME may have changed what needs a certificate.
+                self.check_certificates();
                 Ok(running)
             }
             Err(err) => {

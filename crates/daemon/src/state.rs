@@ -36,6 +36,8 @@ pub struct Settings {
     pub cgroups: Arc<berth_supervise::Cgroups>,
     /// The berth binary, for git hooks.
     pub exe: std::path::PathBuf,
+    /// The API's host name (`--api-host`), which needs a certificate like an app's names.
+    pub api_host: Option<String>,
 }
 
 /// The processes of one app that the daemon runs now.
@@ -55,7 +57,8 @@ pub struct AppRuntime {
     pub route: RouteOptions,
 }
 
-/// The router settings an app's knobs give (piku's NGINX_* and Berth's own).
+/// The settings an app's knobs give the router and its certificates (piku's NGINX_* and
+/// ACME_ROOT_CA, and Berth's own).
 #[derive(Debug, Clone, Default)]
 pub struct RouteOptions {
     pub https_only: bool,
@@ -66,12 +69,15 @@ pub struct RouteOptions {
     pub cache: Option<berth_router::CacheConfig>,
     /// Who may reach the app by address (NGINX_CLOUDFLARE_ACL, BERTH_ALLOW_IPS).
     pub access: berth_router::AccessRules,
+    /// The ACME directory of the CA the app's certificates come from (ACME_ROOT_CA), when
+    /// not the daemon's.
+    pub acme_directory: Option<String>,
 }
 
 impl RouteOptions {
     /// Reads NGINX_HTTPS_ONLY, BERTH_PATH_ROUTING, NGINX_ALLOW_GIT_FOLDERS, BERTH_MAX_BODY_SIZE,
     /// BERTH_RESPONSE_TIMEOUT, NGINX_CACHE_PREFIXES / NGINX_CACHE_TIME / NGINX_CACHE_SIZE,
-    /// NGINX_CLOUDFLARE_ACL and BERTH_ALLOW_IPS.
+    /// NGINX_CLOUDFLARE_ACL, BERTH_ALLOW_IPS and ACME_ROOT_CA.
     pub fn from_env(env: &[(String, String)]) -> Result<RouteOptions, String> {
         let knob = |key: &str| env_value(env, key);
         let flag = |key: &str| {
@@ -131,6 +137,9 @@ impl RouteOptions {
                 berth_router::parse_ip_list(&list).map_err(|e| format!("BERTH_ALLOW_IPS: {e}"))?,
             ),
         };
+        let acme_directory = knob("ACME_ROOT_CA")
+            .map(|value| berth_tls::directory_url(&value).map_err(|e| e.to_string()))
+            .transpose()?;
         Ok(RouteOptions {
             https_only: flag("NGINX_HTTPS_ONLY"),
             path_routing: flag("BERTH_PATH_ROUTING"),
@@ -141,6 +150,7 @@ impl RouteOptions {
                 cloudflare_only: flag("NGINX_CLOUDFLARE_ACL"),
                 allow,
             },
+            acme_directory,
         })
     }
 }
@@ -218,6 +228,19 @@ pub(crate) fn env_value(env: &[(String, String)], key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether a CA could sign `name`: not a wildcard (DNS-01 only) nor an address, and for a
+/// public CA, a name in public DNS (not `localhost`, `.test` and the like).
+fn signable(name: &str, public_ca: bool) -> bool {
+    const RESERVED: &[&str] =
+        &["localhost", "test", "invalid", "example", "local", "internal", "lan", "home.arpa"];
+    !name.starts_with("*.")
+        && name.parse::<std::net::IpAddr>().is_err()
+        && !name.starts_with('[')
+        && (!public_ca
+            || (name.contains('.')
+                && !RESERVED.iter().any(|r| name == *r || name.ends_with(&format!(".{r}")))))
+}
+
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -265,26 +288,31 @@ impl Daemon {
         }
     }
 
-    /// The names each running app needs a certificate for, one set per app. Wildcards need
-    /// DNS-01, which Berth does not do (bring one with `certs:add`); with a public CA, names
-    /// no public CA will sign (`localhost`, `.test`, addresses...) are left out.
-    pub fn certificate_names(&self, public_only: bool) -> Vec<Vec<String>> {
-        const RESERVED: &[&str] =
-            &["localhost", "test", "invalid", "example", "local", "internal", "lan", "home.arpa"];
-        let signable = |name: &String| {
-            !name.starts_with("*.")
-                && name.parse::<std::net::IpAddr>().is_err()
-                && !name.starts_with('[')
-                && (!public_only
-                    || (name.contains('.')
-                        && !RESERVED.iter().any(|r| name == r || name.ends_with(&format!(".{r}")))))
-        };
-        self.runtimes()
+    /// The certificates the daemon wants: one per running app for the names it answers at,
+    /// from the CA its ACME_ROOT_CA names (else the daemon's), and one for the API host.
+    /// Wildcards need DNS-01, which Berth does not do (bring one with `certs:add`); for a
+    /// public CA, names no public CA will sign (`localhost`, `.test`, addresses...) are left
+    /// out. `public_ca` says whether the daemon's own CA is a public one.
+    pub fn certificate_requests(&self, public_ca: bool) -> Vec<berth_tls::CertRequest> {
+        let mut requests: Vec<berth_tls::CertRequest> = self
+            .runtimes()
             .values()
             .filter(|r| !r.instances.is_empty() || !r.statics.is_empty())
-            .map(|r| r.hosts.iter().filter(|h| signable(h)).cloned().collect::<Vec<_>>())
-            .filter(|names| !names.is_empty())
-            .collect()
+            .filter_map(|r| {
+                let directory = r.route.acme_directory.clone();
+                let public = directory.as_deref().map_or(public_ca, berth_tls::is_public_ca);
+                let names: Vec<String> =
+                    r.hosts.iter().filter(|h| signable(h, public)).cloned().collect();
+                (!names.is_empty())
+                    .then_some(berth_tls::CertRequest { names, directory_url: directory })
+            })
+            .collect();
+        if let Some(host) = &self.settings.api_host
+            && signable(host, public_ca)
+        {
+            requests.push(vec![host.clone()].into());
+        }
+        requests
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -823,5 +851,37 @@ mod tests {
         let error = RouteOptions::from_env(&env(&[("BERTH_ALLOW_IPS", "localhost")])).unwrap_err();
         assert!(error.contains("\"localhost\" is not an IP address or network"), "{error}");
         assert!(error.contains("like 10.0.0.0/8, 192.168.1.7 or 2001:db8::/32"), "{error}");
+    }
+
+    #[test]
+    fn acme_root_ca_names_a_ca_or_is_refused_with_the_names_it_takes() {
+        let options = |value: &str| RouteOptions::from_env(&env(&[("ACME_ROOT_CA", value)]));
+        assert_eq!(options("").unwrap().acme_directory, None);
+        assert_eq!(
+            options("letsencrypt_test").unwrap().acme_directory.as_deref(),
+            Some("https://acme-staging-v02.api.letsencrypt.org/directory")
+        );
+        assert_eq!(
+            options(" https://ca.internal/dir ").unwrap().acme_directory.as_deref(),
+            Some("https://ca.internal/dir")
+        );
+        let error = options("lets-encrypt").unwrap_err();
+        assert!(error.starts_with("unknown ACME_ROOT_CA \"lets-encrypt\": give a directory URL"));
+        assert!(error.contains("letsencrypt.org_test"), "{error}");
+    }
+
+    #[test]
+    fn only_names_a_ca_can_sign_are_asked_for() {
+        for name in ["www.example.com", "api.berth.dev"] {
+            assert!(signable(name, true), "{name}");
+        }
+        for name in ["*.example.com", "127.0.0.1", "[::1]", "localhost", "app.localhost"] {
+            assert!(!signable(name, true), "{name}");
+        }
+        for name in ["web.berth.test", "intranet", "shop.internal", "x.home.arpa"] {
+            assert!(!signable(name, true), "a public CA cannot sign {name}");
+            assert!(signable(name, false), "a private CA may sign {name}");
+        }
+        assert!(!signable("*.berth.test", false));
     }
 }

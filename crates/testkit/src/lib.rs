@@ -15,6 +15,10 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub mod pebble;
+pub mod tls;
+pub mod websocket;
+
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -28,6 +32,15 @@ pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A loopback TCP port free a moment ago, for servers that must be told their port before
+/// they start (sshd, pebble, a daemon another server must know the address of).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
 }
 
 /// A directory removed on drop (kept when `BERTH_KEEP_TEST_DIRS` is set, for debugging).
@@ -104,22 +117,42 @@ impl TestDaemon {
         domain: &str,
         env: &[(String, String)],
     ) -> anyhow::Result<TestDaemon> {
+        TestDaemon::start_with_args(bin, root, domain, env, &[])
+    }
+
+    /// Starts a daemon with extra environment and extra `berth daemon` arguments. The router
+    /// and the API listen on free loopback ports (`--http`, `--https`, `--api` at
+    /// `127.0.0.1:0`) unless `args` names one of those flags itself (`--http ADDR`).
+    pub fn start_with_args(
+        bin: &Path,
+        root: &Path,
+        domain: &str,
+        env: &[(String, String)],
+        args: &[String],
+    ) -> anyhow::Result<TestDaemon> {
         std::fs::create_dir_all(root)?;
         // Appending keeps the log of an earlier daemon on the same root.
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(root.join("daemon.log"))?;
+        let mut listen = Vec::new();
+        for flag in ["--http", "--https", "--api"] {
+            if !args.iter().any(|arg| arg == flag) {
+                listen.extend([flag, "127.0.0.1:0"]);
+            }
+        }
+        // The daemon writes where it listens once it does; an earlier daemon's files on the
+        // same root must not be taken for this one's.
+        let serves_https = !args.iter().any(|arg| arg == "--no-https");
+        let run = root.join("run");
+        for name in ["https.addr", "api.addr"] {
+            let _ = std::fs::remove_file(run.join(name));
+        }
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
-            .args([
-                "daemon",
-                "--http",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-                "--api",
-                "127.0.0.1:0",
-            ])
+            .arg("daemon")
+            .args(listen)
+            .args(args)
             .args(["--domain", domain])
             .env("BERTH_LOG", "debug,hyper=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -136,25 +169,25 @@ impl TestDaemon {
             domain: domain.to_owned(),
             child,
         };
-        let addr_file = root.join("run/http.addr");
-        let socket = root.join("run/berth.sock");
+        let socket = run.join("berth.sock");
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = daemon.child.try_wait()? {
                 bail!("the daemon exited with {status}: {}", daemon.log());
             }
-            let addr = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok());
-            if let Some(addr) = addr
+            let read_addr = |name: &str| {
+                std::fs::read_to_string(run.join(name)).ok().and_then(|s| s.trim().parse().ok())
+            };
+            let (http, https, api) =
+                (read_addr("http.addr"), read_addr("https.addr"), read_addr("api.addr"));
+            if let Some(addr) = http
+                && (https.is_some() || !serves_https)
+                && api.is_some()
                 && std::os::unix::net::UnixStream::connect(&socket).is_ok()
             {
                 daemon.http_addr = addr;
-                let read_addr = |name: &str| {
-                    std::fs::read_to_string(root.join("run").join(name))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                };
-                daemon.https_addr = read_addr("https.addr");
-                daemon.api_addr = read_addr("api.addr");
+                daemon.https_addr = https;
+                daemon.api_addr = api;
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
@@ -244,16 +277,29 @@ pub fn http_request(
 ) -> anyhow::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: berth\r\n{extra}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
+    write_request(&mut stream, method, "berth", path, headers, body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
+}
+
+/// Writes a request with a JSON body and `Connection: close`.
+fn write_request(
+    stream: &mut impl Write,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<()> {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
 }
 
 /// A minimal HTTP/1.1 GET over a plain socket (`Connection: close`, read to the end).
@@ -361,7 +407,7 @@ impl TestSshd {
         // sshd cannot listen on port 0 and tell us the port, so try free ports until one binds.
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = free_port();
             let config = dir.join("sshd_config");
             std::fs::write(
                 &config,

@@ -28,7 +28,13 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 const KNOWN_CAS: &[(&[&str], &str)] = &[
     (&["letsencrypt.org", "letsencrypt"], LETS_ENCRYPT),
     (
-        &["letsencrypt.org_test", "letsencrypt_test", "letsencrypttest"],
+        &[
+            "letsencrypt.org_test",
+            "letsencrypt_test",
+            "letsencrypttest",
+            "letsencrypt_staging",
+            "staging",
+        ],
         "https://acme-staging-v02.api.letsencrypt.org/directory",
     ),
     (&["zerossl.com", "zerossl"], "https://acme.zerossl.com/v2/DV90"),
@@ -199,6 +205,14 @@ pub fn directory_url(acme_root_ca: &str) -> Result<String, AcmeError> {
         .ok_or_else(|| AcmeError::UnknownCa { value: value.to_string() })
 }
 
+/// Whether a directory URL is one of the public CAs' that [`directory_url`] knows by name.
+/// Those sign only names in public DNS, and their HTTPS is verified against the system's
+/// roots.
+pub fn is_public_ca(directory_url: &str) -> bool {
+    let url = directory_url.trim().trim_end_matches('/');
+    KNOWN_CAS.iter().any(|(_, known)| known.eq_ignore_ascii_case(url))
+}
+
 /// Obtains certificates into a [`CertStore`], with one ACME account per CA kept in the
 /// store's directory (`.acme/`), created on first use.
 pub struct AcmeClient {
@@ -231,6 +245,21 @@ impl AcmeClient {
             .backoff(1.5)
             .timeout(Duration::from_secs(120));
         AcmeClient { config, store, http01, account: tokio::sync::Mutex::new(None), poll }
+    }
+
+    /// A client for another CA (an app's `ACME_ROOT_CA`) that shares this one's store,
+    /// HTTP-01 tokens and contact address. The CA certificate this client trusts for its CA's
+    /// HTTPS goes along for a private CA only: a public CA is verified against the system's
+    /// roots.
+    pub fn for_directory(&self, directory_url: &str) -> AcmeClient {
+        let trust_root_pem =
+            if is_public_ca(directory_url) { None } else { self.config.trust_root_pem.clone() };
+        let config = AcmeConfig {
+            directory_url: directory_url.to_string(),
+            contact_email: self.config.contact_email.clone(),
+            trust_root_pem,
+        };
+        AcmeClient::new(config, Arc::clone(&self.store), self.http01.clone())
     }
 
     pub fn store(&self) -> &Arc<CertStore> {
@@ -478,9 +507,40 @@ mod tests {
             directory_url("LetsEncrypt.org_test").unwrap(),
             "https://acme-staging-v02.api.letsencrypt.org/directory"
         );
+        assert_eq!(directory_url("staging").unwrap(), directory_url("letsencrypt_test").unwrap());
         assert_eq!(directory_url("https://ca.example/dir").unwrap(), "https://ca.example/dir");
         let error = directory_url("letsencrypt.com").unwrap_err().to_string();
         assert!(error.starts_with("unknown ACME_ROOT_CA \"letsencrypt.com\""), "{error}");
+    }
+
+    #[test]
+    fn public_cas_are_the_known_ones() {
+        assert!(is_public_ca(LETS_ENCRYPT));
+        assert!(is_public_ca(&directory_url("zerossl").unwrap()));
+        assert!(is_public_ca(" https://acme-staging-v02.api.letsencrypt.org/directory/ "));
+        assert!(!is_public_ca("https://127.0.0.1:14000/dir"));
+        assert!(!is_public_ca("https://ca.internal/acme/directory"));
+    }
+
+    #[test]
+    fn a_client_for_another_ca_keeps_a_private_trust_root_only_for_a_private_ca() {
+        let dir = std::env::temp_dir().join(format!("berth-acme-for-{}", std::process::id()));
+        let store = Arc::new(CertStore::open(&dir).unwrap());
+        let config = AcmeConfig {
+            directory_url: "https://ca.internal/dir".into(),
+            contact_email: Some("ops@example.com".into()),
+            trust_root_pem: Some(PathBuf::from("/etc/berth/ca.pem")),
+        };
+        let client = AcmeClient::new(config, store, Http01Tokens::new());
+        let private = client.for_directory("https://other.internal/dir");
+        assert_eq!(private.directory_url(), "https://other.internal/dir");
+        assert_eq!(private.config.trust_root_pem, client.config.trust_root_pem);
+        assert_eq!(private.config.contact_email.as_deref(), Some("ops@example.com"));
+        assert!(Arc::ptr_eq(private.store(), client.store()));
+        let public = client.for_directory(LETS_ENCRYPT);
+        assert_eq!(public.config.trust_root_pem, None);
+        assert_ne!(public.account_path(), private.account_path(), "one account per CA");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -24,10 +24,11 @@ mod store;
 
 pub use acme::{
     AcmeClient, AcmeConfig, AcmeError, ChallengeMethod, Http01Tokens, LETS_ENCRYPT, directory_url,
+    is_public_ca,
 };
 pub use certificate::{CertError, CertInfo, CertOrigin};
 pub use manager::{
-    DEFAULT_RENEW_WITHIN, ManagerConfig, ManagerHandle, renew_due, spawn_manager,
+    CertRequest, DEFAULT_RENEW_WITHIN, ManagerConfig, ManagerHandle, renew_due, spawn_manager,
     spawn_manager_with,
 };
 pub use resolver::{ACME_TLS_ALPN, CertResolver, server_config};

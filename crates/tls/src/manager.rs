@@ -1,5 +1,6 @@
 //! The background task that keeps certificates present and fresh: it obtains the ones that
 //! are missing, renews the ones that are due, and backs off (and says why) when a CA refuses.
+//! Each certificate may come from a CA of its own (an app's `ACME_ROOT_CA`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,6 +58,21 @@ impl Default for ManagerConfig {
     }
 }
 
+/// One certificate the manager keeps: the names it covers (stored under the first), and the
+/// CA to ask for it when not the manager's own client's (an app's `ACME_ROOT_CA`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertRequest {
+    pub names: Vec<String>,
+    /// A directory URL; `None` for the client the manager was started with.
+    pub directory_url: Option<String>,
+}
+
+impl From<Vec<String>> for CertRequest {
+    fn from(names: Vec<String>) -> CertRequest {
+        CertRequest { names, directory_url: None }
+    }
+}
+
 /// The running manager: wake it after changing domains, await it after shutdown.
 #[derive(Debug)]
 pub struct ManagerHandle {
@@ -81,52 +97,60 @@ impl ManagerHandle {
 
 /// [`spawn_manager_with`] with the default configuration (HTTP-01, renewal 30 days before
 /// expiry).
-pub fn spawn_manager<F>(
+pub fn spawn_manager<F, R>(
     client: Arc<AcmeClient>,
     domains_source: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ManagerHandle
 where
-    F: Fn() -> Vec<Vec<String>> + Send + Sync + 'static,
+    F: Fn() -> Vec<R> + Send + Sync + 'static,
+    R: Into<CertRequest>,
 {
     spawn_manager_with(client, ManagerConfig::default(), domains_source, shutdown)
 }
 
-/// Starts the task that keeps a certificate for each set of names `domains_source` returns
-/// (one certificate per set, stored under its first name: typically an app's domains).
+/// Starts the task that keeps a certificate for each request `domains_source` returns (a set
+/// of names, typically an app's, stored under its first name; plain `Vec<String>` sets are
+/// requests to `client`'s CA).
 ///
 /// On each round it asks `domains_source` afresh, skips sets covered by a certificate that
-/// is not due, and obtains the rest one after another into the client's store. A failure is
-/// logged with the CA's reason and retried after a backoff. Certificates users brought are
-/// never replaced; a warning says when one is about to expire. The task ends when
-/// `shutdown` resolves, abandoning an order under way (its challenges are withdrawn).
-pub fn spawn_manager_with<F>(
+/// is not due, and obtains the rest one after another into the client's store, each from
+/// the request's CA (a client per CA, sharing `client`'s store, tokens and contact). A
+/// failure is logged with the CA's reason and retried after a backoff. Certificates users
+/// brought are never replaced; a warning says when one is about to expire. The task ends
+/// when `shutdown` resolves, abandoning an order under way (its challenges are withdrawn).
+pub fn spawn_manager_with<F, R>(
     client: Arc<AcmeClient>,
     config: ManagerConfig,
     domains_source: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> ManagerHandle
 where
-    F: Fn() -> Vec<Vec<String>> + Send + Sync + 'static,
+    F: Fn() -> Vec<R> + Send + Sync + 'static,
+    R: Into<CertRequest>,
 {
     let wake = Arc::new(Notify::new());
     let manager = Manager {
         client,
+        other_cas: HashMap::new(),
         config,
         wake: Arc::clone(&wake),
         failures: HashMap::new(),
         warned: HashSet::new(),
     };
-    let task = tokio::spawn(manager.run(domains_source, shutdown));
+    let source = move || domains_source().into_iter().map(Into::into).collect();
+    let task = tokio::spawn(manager.run(source, shutdown));
     ManagerHandle { wake, task }
 }
 
 struct Manager {
     client: Arc<AcmeClient>,
+    /// Clients for the other CAs requests named, by directory URL, made on first use.
+    other_cas: HashMap<String, Arc<AcmeClient>>,
     config: ManagerConfig,
     wake: Arc<Notify>,
-    /// Sets that failed: how often in a row, and when to try again.
-    failures: HashMap<Vec<String>, (u32, Instant)>,
+    /// Requests that failed: how often in a row, and when to try again.
+    failures: HashMap<CertRequest, (u32, Instant)>,
     /// Sets whose expiring user certificate was already warned about.
     warned: HashSet<Vec<String>>,
 }
@@ -134,43 +158,47 @@ struct Manager {
 impl Manager {
     async fn run<F>(mut self, domains_source: F, shutdown: impl Future<Output = ()> + Send)
     where
-        F: Fn() -> Vec<Vec<String>>,
+        F: Fn() -> Vec<CertRequest>,
     {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let mut next_round = Instant::now() + self.config.check_interval;
-            let wanted = normalize_sets(domains_source());
-            for domains in &wanted {
-                let Some(retry_at) = self.needs_work(domains) else { continue };
+            let wanted = normalize_requests(domains_source());
+            for request in &wanted {
+                let Some(retry_at) = self.needs_work(request) else { continue };
                 if retry_at > Instant::now() {
                     next_round = next_round.min(retry_at);
                     continue;
                 }
+                let client = self.client_for(request);
+                let domains = &request.names;
                 match self.client.store().covering_all(domains) {
                     Some(info) => tracing::info!(
                         names = %domains.join(","),
                         method = %self.config.method,
+                        ca = %client.directory_url(),
                         "renewing the certificate, which expires on {}",
                         info.not_after_text()
                     ),
                     None => tracing::info!(
                         names = %domains.join(","),
                         method = %self.config.method,
+                        ca = %client.directory_url(),
                         "obtaining a certificate"
                     ),
                 }
                 tokio::select! {
                     biased;
                     () = &mut shutdown => return,
-                    result = self.client.obtain(domains, self.config.method) => {
-                        if let Some(retry_at) = self.record(domains, result) {
+                    result = client.obtain(domains, self.config.method) => {
+                        if let Some(retry_at) = self.record(request, result) {
                             next_round = next_round.min(retry_at);
                         }
                     }
                 }
             }
-            // Forget sets nobody wants any more, so a domain that comes back starts afresh.
-            self.failures.retain(|domains, _| wanted.contains(domains));
+            // Forget requests nobody makes any more, so one that comes back starts afresh.
+            self.failures.retain(|request, _| wanted.contains(request));
             tokio::select! {
                 biased;
                 () = &mut shutdown => return,
@@ -180,12 +208,25 @@ impl Manager {
         }
     }
 
+    /// The client that asks the request's CA.
+    fn client_for(&mut self, request: &CertRequest) -> Arc<AcmeClient> {
+        match &request.directory_url {
+            Some(url) if url != self.client.directory_url() => Arc::clone(
+                self.other_cas
+                    .entry(url.clone())
+                    .or_insert_with(|| Arc::new(self.client.for_directory(url))),
+            ),
+            _ => Arc::clone(&self.client),
+        }
+    }
+
     /// `None` if the set is fine as it is; else when it may next be tried.
-    fn needs_work(&mut self, domains: &[String]) -> Option<Instant> {
+    fn needs_work(&mut self, request: &CertRequest) -> Option<Instant> {
+        let domains = &request.names;
         let now = SystemTime::now();
         if let Some(info) = self.client.store().covering_all(domains) {
             if !info.expires_within(self.config.renew_within, now) {
-                self.failures.remove(domains);
+                self.failures.remove(request);
                 self.warned.remove(domains);
                 return None;
             }
@@ -201,18 +242,18 @@ impl Manager {
                 return None;
             }
         }
-        Some(self.failures.get(domains).map_or_else(Instant::now, |(_, retry_at)| *retry_at))
+        Some(self.failures.get(request).map_or_else(Instant::now, |(_, retry_at)| *retry_at))
     }
 
     fn record(
         &mut self,
-        domains: &[String],
+        request: &CertRequest,
         result: Result<CertInfo, crate::AcmeError>,
     ) -> Option<Instant> {
-        let names = domains.join(",");
+        let names = request.names.join(",");
         match result {
             Ok(info) => {
-                self.failures.remove(domains);
+                self.failures.remove(request);
                 tracing::info!(
                     names = %names,
                     issuer = %info.issuer,
@@ -222,10 +263,10 @@ impl Manager {
                 None
             }
             Err(error) => {
-                let failures = self.failures.get(domains).map_or(0, |(n, _)| *n) + 1;
+                let failures = self.failures.get(request).map_or(0, |(n, _)| *n) + 1;
                 let delay = backoff(&self.config, failures);
                 let retry_at = Instant::now() + delay;
-                self.failures.insert(domains.to_vec(), (failures, retry_at));
+                self.failures.insert(request.clone(), (failures, retry_at));
                 tracing::warn!(
                     names = %names,
                     failures,
@@ -243,20 +284,21 @@ fn backoff(config: &ManagerConfig, failures: u32) -> Duration {
     config.first_retry.saturating_mul(1 << doublings).min(config.max_retry)
 }
 
-/// Valid, lower-case, duplicate-free sets; invalid names are logged and left out.
-fn normalize_sets(sets: Vec<Vec<String>>) -> Vec<Vec<String>> {
-    let mut normalized: Vec<Vec<String>> = Vec::new();
-    for set in sets {
+/// Requests with valid, lower-case, duplicate-free names (invalid names are logged and left
+/// out), one per set of names: the first request for a set wins.
+fn normalize_requests(requests: Vec<CertRequest>) -> Vec<CertRequest> {
+    let mut normalized: Vec<CertRequest> = Vec::new();
+    for request in requests {
         let mut names: Vec<String> = Vec::new();
-        for name in set {
+        for name in request.names {
             match validate_domain(&name) {
                 Ok(name) if !names.contains(&name) => names.push(name),
                 Ok(_) => {}
                 Err(error) => tracing::warn!("no certificate for {name:?}: {error}"),
             }
         }
-        if !names.is_empty() && !normalized.contains(&names) {
-            normalized.push(names);
+        if !names.is_empty() && !normalized.iter().any(|known| known.names == names) {
+            normalized.push(CertRequest { names, directory_url: request.directory_url });
         }
     }
     normalized
@@ -284,13 +326,24 @@ mod tests {
     }
 
     #[test]
-    fn sets_are_normalized() {
-        let sets = vec![
-            vec!["A.example.com".into(), "a.example.com".into(), "bad name".into()],
-            vec!["a.example.com".into()],
-            vec![],
+    fn requests_are_normalized() {
+        let elsewhere = Some("https://ca.example/dir".to_string());
+        let requests = vec![
+            CertRequest {
+                names: vec!["A.example.com".into(), "a.example.com".into(), "bad name".into()],
+                directory_url: elsewhere.clone(),
+            },
+            vec!["a.example.com".to_string()].into(),
+            vec![].into(),
+            vec!["b.example.com".to_string()].into(),
         ];
-        assert_eq!(normalize_sets(sets), [vec!["a.example.com".to_string()]]);
+        assert_eq!(
+            normalize_requests(requests),
+            [
+                CertRequest { names: vec!["a.example.com".into()], directory_url: elsewhere },
+                CertRequest { names: vec!["b.example.com".into()], directory_url: None },
+            ]
+        );
     }
 
     #[test]

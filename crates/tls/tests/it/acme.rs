@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_testkit::TempDir;
+use berth_testkit::pebble::Pebble;
+use berth_testkit::{TempDir, free_port};
 use berth_tls::{
     AcmeClient, CertOrigin, CertStore, ChallengeMethod, Http01Tokens, ManagerConfig, renew_due,
     server_config, spawn_manager_with,
@@ -11,8 +12,9 @@ use berth_tls::{
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::pebble::Pebble;
-use crate::{DEADLINE, Trust, certificates, dead_port, handshake, serve_handshakes, serve_http01};
+use crate::{
+    DEADLINE, Trust, acme_config, certificates, handshake, serve_handshakes, serve_http01,
+};
 
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -23,10 +25,10 @@ async fn obtains_by_http_01_keeps_the_account_and_says_why_validation_failed() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_port = http.local_addr().unwrap().port();
     serve_http01(http, tokens.clone());
-    let pebble = Pebble::start(temp.path(), http_port, dead_port().await);
+    let pebble = Pebble::start(temp.path(), http_port, free_port());
     let certs_dir = temp.path().join("certs");
     let store = Arc::new(CertStore::open(&certs_dir).unwrap());
-    let client = AcmeClient::new(pebble.acme_config(), Arc::clone(&store), tokens.clone());
+    let client = AcmeClient::new(acme_config(&pebble), Arc::clone(&store), tokens.clone());
 
     let domains = ["web.berth.test", "www.web.berth.test"];
     let info =
@@ -50,7 +52,7 @@ async fn obtains_by_http_01_keeps_the_account_and_says_why_validation_failed() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].names, domains);
     assert!(renew_due(&reopened, Duration::ZERO).is_empty());
-    let client = AcmeClient::new(pebble.acme_config(), Arc::clone(&reopened), tokens);
+    let client = AcmeClient::new(acme_config(&pebble), Arc::clone(&reopened), tokens);
     let renewed =
         timeout(DEADLINE, client.obtain(&domains, ChallengeMethod::Http01)).await.unwrap().unwrap();
     assert!(renewed.not_before >= info.not_before);
@@ -81,11 +83,11 @@ async fn obtains_by_tls_alpn_01_and_serves_the_certificate() {
     let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_addr = tls.local_addr().unwrap();
     serve_handshakes(tls, server_config(Arc::clone(&store)));
-    let pebble = Pebble::start(temp.path(), dead_port().await, tls_addr.port());
-    let client = AcmeClient::new(pebble.acme_config(), Arc::clone(&store), Http01Tokens::new());
+    let pebble = Pebble::start(temp.path(), free_port(), tls_addr.port());
+    let client = AcmeClient::new(acme_config(&pebble), Arc::clone(&store), Http01Tokens::new());
 
     // Before: a self-signed certificate, which a client that checks refuses.
-    let root = certificates(&pebble.issuing_root().await);
+    let root = certificates(&pebble.issuing_root());
     let refused =
         handshake(tls_addr, "alpn.berth.test", Trust::Roots(root.clone()), &[b"h2"]).await;
     assert!(refused.is_err());
@@ -117,9 +119,9 @@ async fn the_manager_obtains_what_is_missing_and_keeps_going_past_failures() {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_port = http.local_addr().unwrap().port();
     serve_http01(http, tokens.clone());
-    let pebble = Pebble::start(temp.path(), http_port, dead_port().await);
+    let pebble = Pebble::start(temp.path(), http_port, free_port());
     let store = Arc::new(CertStore::open(temp.path().join("certs")).unwrap());
-    let client = Arc::new(AcmeClient::new(pebble.acme_config(), Arc::clone(&store), tokens));
+    let client = Arc::new(AcmeClient::new(acme_config(&pebble), Arc::clone(&store), tokens));
     let config = ManagerConfig {
         method: ChallengeMethod::Http01,
         first_retry: Duration::from_millis(50),

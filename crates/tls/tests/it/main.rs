@@ -2,7 +2,6 @@
 //! ACME server (pebble) validating real HTTP-01 and TLS-ALPN-01 responders on loopback.
 
 mod acme;
-mod pebble;
 mod serving;
 
 use std::io;
@@ -10,73 +9,43 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_tls::Http01Tokens;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use berth_testkit::pebble::Pebble;
+pub use berth_testkit::tls::{Handshake, Trust, certificates, names_of};
+use berth_tls::{AcmeConfig, Http01Tokens};
+use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 /// Every wait is bounded, so a bug fails a test instead of hanging it.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Whom a test client believes.
-pub enum Trust {
-    /// Verify the chain against these roots and the name, as a browser would.
-    Roots(Vec<CertificateDer<'static>>),
-    /// Accept any certificate, to look at what the server chose.
-    Anything,
-}
-
-/// What a completed handshake showed the client.
-pub struct Handshake {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub alpn: Option<Vec<u8>>,
-}
-
 /// Connects to `addr` and completes a TLS handshake for `server_name` (no SNI is sent for an
-/// IP address), offering `alpn`.
+/// IP address), offering `alpn`: testkit's blocking client, off the runtime's threads so
+/// that the server under test keeps running on them.
 pub async fn handshake(
     addr: SocketAddr,
     server_name: &str,
     trust: Trust,
     alpn: &[&[u8]],
 ) -> io::Result<Handshake> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let mut config = match trust {
-        Trust::Roots(roots) => {
-            let mut store = RootCertStore::empty();
-            for root in roots {
-                store.add(root).unwrap();
-            }
-            builder.with_root_certificates(store).with_no_client_auth()
-        }
-        Trust::Anything => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider())))
-            .with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(server_name.to_string()).unwrap();
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await?;
-        let tls = connector.connect(name, stream).await?;
-        let (_, connection) = tls.get_ref();
-        Ok(Handshake {
-            chain: connection.peer_certificates().unwrap_or_default().to_vec(),
-            alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
-        })
-    };
-    timeout(DEADLINE, exchange).await.expect("the handshake finished in time")
+    let server_name = server_name.to_string();
+    let alpn: Vec<Vec<u8>> = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    tokio::task::spawn_blocking(move || {
+        let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+        berth_testkit::tls::handshake(addr, &server_name, trust, &alpn)
+    })
+    .await
+    .expect("the handshake did not panic")
+}
+
+/// An ACME configuration for `pebble`, trusting its HTTPS.
+pub fn acme_config(pebble: &Pebble) -> AcmeConfig {
+    AcmeConfig {
+        directory_url: pebble.directory_url.clone(),
+        contact_email: Some("admin@berth.test".into()),
+        trust_root_pem: Some(pebble.https_ca.clone()),
+    }
 }
 
 /// Completes TLS handshakes on `listener` with `config` and closes each connection: enough
@@ -129,79 +98,4 @@ pub fn serve_http01(listener: TcpListener, tokens: Http01Tokens) {
             });
         }
     });
-}
-
-/// A loopback port where nothing listens.
-pub async fn dead_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
-
-/// Parses PEM certificates.
-pub fn certificates(pem: &str) -> Vec<CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap()
-}
-
-/// The subject alternative DNS names of a DER certificate and its organisation, if any.
-pub fn names_of(der: &CertificateDer<'_>) -> (Vec<String>, Option<String>) {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(name) = name {
-                names.push(name.to_string());
-            }
-        }
-    }
-    let organization =
-        cert.subject().iter_organization().next().and_then(|o| o.as_str().ok()).map(String::from);
-    (names, organization)
-}
-
-#[derive(Debug)]
-struct AcceptAnything(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

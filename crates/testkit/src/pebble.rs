@@ -1,5 +1,7 @@
 //! A real ACME server for tests: Debian's `pebble`, with `pebble-challtestsrv` (same package)
-//! as its DNS server answering 127.0.0.1 for every name, each on free loopback ports.
+//! as its DNS server answering 127.0.0.1 for every name, each on free loopback ports. It
+//! validates challenges for real: HTTP-01 at `127.0.0.1:HTTP_PORT`, TLS-ALPN-01 at
+//! `127.0.0.1:TLS_PORT`, so the server under test must answer there.
 //!
 //! Debian does not ship pebble's test certificates, so each run makes its own CA and a
 //! certificate for pebble's HTTPS listener, and the ACME client trusts that CA.
@@ -8,15 +10,12 @@ use std::fs;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_tls::AcmeConfig;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::tls::{Trust, https_request};
+use crate::{DEADLINE, free_port};
 
-use crate::{DEADLINE, certificates, provider};
-
+#[derive(Debug)]
 pub struct Pebble {
     pub directory_url: String,
     /// The CA that signed pebble's own HTTPS certificate (not the CA that issues).
@@ -27,7 +26,8 @@ pub struct Pebble {
 
 impl Pebble {
     /// Starts pebble validating HTTP-01 at `127.0.0.1:http_port` and TLS-ALPN-01 at
-    /// `127.0.0.1:tls_port`. Ports are picked free; if one was taken meanwhile, it retries.
+    /// `127.0.0.1:tls_port`. Its own ports are picked free; if one was taken meanwhile, it
+    /// retries.
     pub fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
         let mut last_log = String::new();
         for attempt in 0..3 {
@@ -52,10 +52,10 @@ impl Pebble {
             assert!(found, "{tool} is not installed: apt-get install pebble");
         }
         let https_ca = write_https_certificates(dir);
-        let listen = free_tcp_port();
-        let management = free_tcp_port();
+        let listen = free_port();
+        let management = free_port();
         let dns = free_udp_port();
-        let dns_management = free_tcp_port();
+        let dns_management = free_port();
         let config = format!(
             r#"{{"pebble": {{
                 "listenAddress": "127.0.0.1:{listen}",
@@ -124,38 +124,22 @@ impl Pebble {
         }
     }
 
-    /// An ACME configuration for this pebble.
-    pub fn acme_config(&self) -> AcmeConfig {
-        AcmeConfig {
-            directory_url: self.directory_url.clone(),
-            contact_email: Some("admin@berth.test".into()),
-            trust_root_pem: Some(self.https_ca.clone()),
-        }
-    }
-
-    /// The root of the certificates pebble issues (made afresh on each start), fetched from
-    /// its management interface.
-    pub async fn issuing_root(&self) -> String {
-        let roots = certificates(&fs::read_to_string(&self.https_ca).unwrap());
-        let mut store = rustls::RootCertStore::empty();
-        store.add(roots[0].clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let stream = tokio::net::TcpStream::connect(self.management).await.unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let mut tls = connector.connect(name, stream).await.unwrap();
-        // HTTP/1.0, so that the answer is neither chunked nor kept alive.
-        tls.write_all(b"GET /roots/0 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-        let mut response = Vec::new();
-        let _ = tls.read_to_end(&mut response).await;
-        let response = String::from_utf8(response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
+    /// The root of the certificates pebble issues (made afresh on each start), as PEM, fetched
+    /// from its management interface.
+    pub fn issuing_root(&self) -> String {
+        let https_ca = fs::read_to_string(&self.https_ca).unwrap();
+        let answer = https_request(
+            self.management,
+            "127.0.0.1",
+            Trust::pem(&https_ca),
+            "GET",
+            "/roots/0",
+            &[],
+            "",
+        )
+        .expect("pebble's management interface answers");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body
     }
 }
 
@@ -189,10 +173,6 @@ fn write_https_certificates(dir: &Path) -> PathBuf {
     let ca_path = dir.join("pebble-https-ca.pem");
     fs::write(&ca_path, ca.pem()).unwrap();
     ca_path
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn free_udp_port() -> u16 {
