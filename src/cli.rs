@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 use berth_api::{
     AddCertificate, AppDetail, AppSummary, Certificate, Client, ConfigUpdate, ConfigVars,
-    DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs, ReleaseInfo, RollbackRequest,
-    RunRequest, Scale, TokenInfo, TokenRequest,
+    DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs, NewName, ReleaseInfo,
+    RollbackRequest, RunRequest, Scale, TokenInfo, TokenRequest,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -169,6 +169,22 @@ pub enum ServerCommand {
     /// Take a port away from an app.
     #[command(name = "ports:remove")]
     PortsRemove { app: String, port: String },
+    /// Give an app a new name: its repository, releases, config, domains, logs and data
+    /// follow, and its processes start again under the new name.
+    #[command(name = "apps:rename", after_help = "Example: berth apps:rename myapp shop")]
+    AppsRename {
+        app: String,
+        #[arg(value_name = "NEW_NAME")]
+        new_name: String,
+    },
+    /// Make a new app with an app's config, scale and a copy of its repository, deployed from
+    /// its current commit (its domains and ports stay its own).
+    #[command(name = "apps:clone", after_help = "Example: berth apps:clone myapp myapp-staging")]
+    AppsClone {
+        app: String,
+        #[arg(value_name = "NEW_NAME")]
+        new_name: String,
+    },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -569,6 +585,24 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
                 .send(Method::PUT, &app_path(&app, "/lock")?, &LockRequest { reason })
                 .await?;
             writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsRename { app, new_name } => {
+            let path = app_path(&app, "/rename")?;
+            let done: Done = client.send(Method::POST, &path, &NewName { name: new_name }).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsClone { app, new_name } => {
+            let path = app_path(&app, "/clone")?;
+            let result = client
+                .stream(Method::POST, &path, &NewName { name: new_name }, |line| {
+                    let _ = writeln!(stdout, "{line}");
+                    let _ = stdout.flush();
+                })
+                .await?;
+            if let Err(error) = result {
+                eprintln!("berth: {error}");
+                return Ok(EXIT_FAILURE);
+            }
         }
         ServerCommand::AppsUnlock { app } => {
             let done: Done = client.send(Method::DELETE, &app_path(&app, "/lock")?, &()).await?;

@@ -19,6 +19,7 @@ mod ownership;
 mod processes;
 mod pull;
 mod releases;
+mod rename;
 mod repo;
 mod state;
 mod users;

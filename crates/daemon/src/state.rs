@@ -149,9 +149,9 @@ impl AppRuntime {
 
 /// What a release's build gave its processes, as kept in the store.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StoredBuild {
-    env: Vec<(String, String)>,
-    path_prefix: Vec<String>,
+pub(crate) struct StoredBuild {
+    pub env: Vec<(String, String)>,
+    pub path_prefix: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -592,6 +592,18 @@ impl Daemon {
     pub fn remove_app_user(&self, app: &str) -> Result<(), String> {
         self.app_users.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
         if self.settings.app_users { crate::users::remove_app_user(app) } else { Ok(()) }
+    }
+
+    /// Moves what the daemon remembers of an app to its new name: its Unix user (whose ids
+    /// stay) and its access log (opened again where the logs went).
+    pub(crate) fn renamed(&self, from: &str, to: &str) {
+        let mut users = self.app_users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(user) = users.remove(from) {
+            users.insert(to.to_owned(), user);
+        }
+        drop(users);
+        self.access_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(from);
+        berth_router::CacheRegistry::clear(from);
     }
 
     /// Stops every process of the app; its hosts answer 502 (not running) until it starts.
