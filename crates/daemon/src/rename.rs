@@ -2,10 +2,9 @@
 //!
 //! A rename moves everything of the app to the new name: its store rows (config, releases,
 //! domains, ports, scale), its directories (repository, releases, cache, logs, home, data), its
-//! Unix user (same ids, so its files stay its own), and the paths its releases' builds kept.
-//! Its processes stop and start again under the new name: the user can only be renamed while
-//! nothing runs as it. Every step is undone when a later one fails, so a failed rename leaves
-//! the app as it was, running again.
+//! Unix user (its files go to the user of the new name), and the paths its releases' builds
+//! kept. Its processes stop and start again under the new name. Every step is undone when a
+//! later one fails, so a failed rename leaves the app as it was, running again.
 //!
 //! A clone is a new app with the source's config, scale and a copy of its repository, deployed
 //! from the source's current commit; the source's domains and ports stay the source's.
@@ -61,14 +60,6 @@ impl Daemon {
             )));
         }
         self.check_free_name(new, Some(old), &app_dirs(&self.settings.layout, new))?;
-        if self.settings.app_users
-            && crate::users::app_user_exists(new).map_err(ApiError::internal)?
-        {
-            return Err(ApiError::conflict(format!(
-                "the Unix user {} exists already; remove it (userdel) or pick another name",
-                crate::users::app_user_name(new)
-            )));
-        }
 
         // Nothing may run as the app's user while it is renamed.
         let previews: Vec<i64> =
@@ -157,6 +148,22 @@ impl Daemon {
     /// Gives the app's rows, user, directories and hook the name `to`. Every step is undone
     /// when a later one fails. The app's processes must be stopped.
     fn move_app(&self, from: &str, to: &str) -> Result<(), String> {
+        let mut undo: Vec<Box<dyn FnOnce() + '_>> = Vec::new();
+        let result = self.move_app_steps(from, to, &mut undo);
+        if result.is_err() {
+            for step in undo.into_iter().rev() {
+                step();
+            }
+        }
+        result
+    }
+
+    fn move_app_steps<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        undo: &mut Vec<Box<dyn FnOnce() + 'a>>,
+    ) -> Result<(), String> {
         let layout = &self.settings.layout;
         let moves: Vec<(PathBuf, PathBuf)> =
             app_dirs(layout, from).into_iter().zip(app_dirs(layout, to)).collect();
@@ -165,60 +172,57 @@ impl Daemon {
         self.store()
             .rename_app(from, to, &|json| relocate_build(json, &moves))
             .map_err(|e| e.to_string())?;
-        let undo_store = || {
+        undo.push(Box::new(move || {
             if let Err(err) = self.store().rename_app(to, from, &|json| relocate_build(json, &back))
             {
                 tracing::error!("cannot give {to} its name {from} back: {err}");
             }
-        };
-        if self.settings.app_users
-            && let Err(err) = crate::users::rename_app_user(from, to, &layout.home(to))
+        }));
+
+        // Undone after the repository is back: its hook names the app.
+        undo.push(Box::new(move || {
+            let _ = ensure_repo(&self.settings, from);
+        }));
+        for (source, target) in moves.iter().filter(|(source, _)| source.symlink_metadata().is_ok())
         {
-            undo_store();
-            return Err(format!("cannot rename the app's Unix user: {err}"));
-        }
-        let undo_user = || {
-            if self.settings.app_users
-                && let Err(err) = crate::users::rename_app_user(to, from, &layout.home(from))
-            {
-                tracing::error!("cannot give the user of {to} its name back: {err}");
+            if target.symlink_metadata().is_ok() {
+                return Err(format!("{} exists already", target.display()));
             }
-        };
-        let mut moved: Vec<&(PathBuf, PathBuf)> = Vec::new();
-        for pair in &moves {
-            let (source, target) = pair;
-            if source.symlink_metadata().is_err() {
-                continue;
-            }
-            let result = match target.symlink_metadata() {
-                Ok(_) => Err(format!("{} exists already", target.display())),
-                Err(_) => std::fs::rename(source, target).map_err(|err| {
-                    format!("cannot move {} to {}: {err}", source.display(), target.display())
-                }),
-            };
-            if let Err(err) = result {
-                for (source, target) in moved.into_iter().rev() {
-                    let _ = std::fs::rename(target, source);
-                }
-                undo_user();
-                undo_store();
-                return Err(err);
-            }
-            moved.push(pair);
+            std::fs::rename(source, target).map_err(|err| {
+                format!("cannot move {} to {}: {err}", source.display(), target.display())
+            })?;
+            let (source, target) = (source.clone(), target.clone());
+            undo.push(Box::new(move || {
+                let _ = std::fs::rename(&target, &source);
+            }));
         }
         // The hook runs `git-hook APP`: a push to the new name must deploy the new name.
-        if let Err(err) = ensure_repo(&self.settings, to) {
-            for (source, target) in moved.into_iter().rev() {
-                let _ = std::fs::rename(target, source);
-            }
-            let _ = ensure_repo(&self.settings, from);
-            undo_user();
-            undo_store();
-            return Err(err);
-        }
+        ensure_repo(&self.settings, to)?;
         relocate_scripts(&layout.cache(to), &layout.cache(from), &layout.cache(to));
+
+        // The files go to the user of the new name (made, or left by an earlier app of the
+        // name); the old user goes. Renaming the user instead would need everything that runs
+        // as it stopped, a one-off command or another Berth's app of the old name included.
+        if self.settings.app_users {
+            let user_dirs = |app: &str| {
+                [layout.releases(app), layout.cache(app), layout.data(app), layout.home(app)]
+                    .into_iter()
+                    .filter(|dir| dir.exists())
+            };
+            undo.push(Box::new(move || {
+                for dir in user_dirs(from) {
+                    let _ = self.hand_over(&dir, from);
+                }
+            }));
+            for dir in user_dirs(to) {
+                self.hand_over(&dir, to)?;
+            }
+            if let Err(err) = self.remove_app_user(from) {
+                tracing::warn!("the Unix user of {from} stays: {err}");
+            }
+        }
         let _ = std::fs::remove_dir_all(layout.instance_records().join(from));
-        self.renamed(from, to);
+        self.renamed(from);
         Ok(())
     }
 

@@ -594,14 +594,9 @@ impl Daemon {
         if self.settings.app_users { crate::users::remove_app_user(app) } else { Ok(()) }
     }
 
-    /// Moves what the daemon remembers of an app to its new name: its Unix user (whose ids
-    /// stay) and its access log (opened again where the logs went).
-    pub(crate) fn renamed(&self, from: &str, to: &str) {
-        let mut users = self.app_users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(user) = users.remove(from) {
-            users.insert(to.to_owned(), user);
-        }
-        drop(users);
+    /// Forgets what the daemon remembers of an app under its old name (a rename): its access
+    /// log, opened again where the logs went.
+    pub(crate) fn renamed(&self, from: &str) {
         self.access_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(from);
         berth_router::CacheRegistry::clear(from);
     }

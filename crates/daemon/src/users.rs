@@ -121,39 +121,6 @@ pub fn remove_app_user(app: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a user or a group has the name the app's user would get.
-pub fn app_user_exists(app: &str) -> Result<bool, String> {
-    let name = app_user_name(app);
-    Ok(user(&name)?.is_some() || group(&name)?.is_some())
-}
-
-/// Gives the app's user (and its group) the name of the app's new name, keeping its uid and
-/// gid, so the files it owns stay its own; its home becomes `home`. Nothing may run as the user
-/// meanwhile (usermod refuses). A missing user is fine; a taken name is refused.
-pub fn rename_app_user(old_app: &str, new_app: &str, home: &Path) -> Result<(), String> {
-    let (old, new) = (app_user_name(old_app), app_user_name(new_app));
-    let _turn = USERS_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if user(&old)?.is_none() {
-        return Ok(());
-    }
-    if app_user_exists(new_app)? {
-        return Err(format!(
-            "the user or group {new} exists already; remove it (`userdel {new}`, `groupdel {new}`) \
-             or pick another name"
-        ));
-    }
-    let home = home.to_string_lossy();
-    run("usermod", &["--login", &new, "--home", &home, &old])??;
-    if group(&old)?.is_some()
-        && let Err(failure) = run("groupmod", &["--new-name", &new, &old])?
-    {
-        // Put the user's name back, so the app is as it was.
-        let _ = run("usermod", &["--login", &old, &new]);
-        return Err(failure);
-    }
-    Ok(())
-}
-
 fn user(name: &str) -> Result<Option<User>, String> {
     User::from_name(name).map_err(|err| format!("cannot look up the user {name}: {err}"))
 }
@@ -205,7 +172,7 @@ fn run(name: &str, args: &[&str]) -> Result<Result<(), String>, String> {
         }
         let fix = if !nix::unistd::geteuid().is_root() {
             "; the daemon must run as root to manage app users"
-        } else if matches!(name, "userdel" | "usermod") && output.status.code() == Some(8) {
+        } else if name == "userdel" && output.status.code() == Some(8) {
             "; stop the app's processes first"
         } else {
             ""
@@ -324,32 +291,6 @@ mod tests {
         assert_eq!(group_line(&name), None);
         assert!(home.exists(), "the home is kept");
         remove_app_user(&app).expect("removing a missing user is fine");
-    }
-
-    #[test]
-    fn renaming_a_user_keeps_its_ids() {
-        let mut scratch = Scratch::new("rename");
-        let (old_app, new_app, taken_app) = (scratch.app("o"), scratch.app("n"), scratch.app("t"));
-        let old_home = scratch.dir.join(&old_app);
-        let new_home = scratch.dir.join(&new_app);
-        let run_as = ensure_app_user(&old_app, &old_home).unwrap();
-        ensure_app_user(&taken_app, &scratch.dir.join(&taken_app)).unwrap();
-
-        let err = rename_app_user(&old_app, &taken_app, &new_home).unwrap_err();
-        assert!(err.contains("exists already"), "{err}");
-        assert!(passwd_line(&app_user_name(&old_app)).is_some(), "a refusal changes nothing");
-
-        rename_app_user(&old_app, &new_app, &new_home).unwrap();
-        assert_eq!(passwd_line(&app_user_name(&old_app)), None);
-        assert_eq!(group_line(&app_user_name(&old_app)), None);
-        let line = passwd_line(&app_user_name(&new_app)).expect("the user has the new name");
-        let fields: Vec<&str> = line.split(':').collect();
-        assert_eq!(fields[2..4], [run_as.uid.to_string(), run_as.gid.to_string()], "{line}");
-        assert_eq!(fields[5], new_home.to_str().unwrap(), "{line}");
-        let group = group_line(&app_user_name(&new_app)).expect("the group has the new name");
-        assert!(group.contains(&format!(":{}:", run_as.gid)), "{group}");
-        assert_eq!(ensure_app_user(&new_app, &new_home), Ok(run_as));
-        rename_app_user(&old_app, &new_app, &new_home).expect("a missing user is fine");
     }
 
     #[test]

@@ -104,6 +104,17 @@ impl TestDaemon {
         domain: &str,
         env: &[(String, String)],
     ) -> anyhow::Result<TestDaemon> {
+        TestDaemon::start_with_args(bin, root, domain, env, &[])
+    }
+
+    /// Starts a daemon with extra environment and extra arguments (`--no-acme`, say).
+    pub fn start_with_args(
+        bin: &Path,
+        root: &Path,
+        domain: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> anyhow::Result<TestDaemon> {
         std::fs::create_dir_all(root)?;
         // Appending keeps the log of an earlier daemon on the same root.
         let log =
@@ -121,6 +132,7 @@ impl TestDaemon {
                 "127.0.0.1:0",
             ])
             .args(["--domain", domain])
+            .args(args)
             .env("BERTH_LOG", "debug,hyper=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
