@@ -69,11 +69,16 @@ impl World {
 
     /// A world whose daemon (and so every build and app) gets extra environment.
     pub fn start_with_env(label: &str, env: &[(String, String)]) -> World {
+        World::start_with_args(label, env, &[])
+    }
+
+    /// A world whose daemon gets extra environment and extra arguments.
+    pub fn start_with_args(label: &str, env: &[(String, String)], args: &[&str]) -> World {
         let bin = Path::new(env!("CARGO_BIN_EXE_berth"));
         let tmp = TempDir::new(label);
         let root = tmp.path().join("root");
         let daemon =
-            TestDaemon::start_with_env(bin, &root, "berth.test", env).expect("start daemon");
+            TestDaemon::start_with_args(bin, &root, "berth.test", env, args).expect("start daemon");
         let sshd = TestSshd::start(bin, &root, &tmp.path().join("sshd")).expect("start sshd");
         World { sshd, daemon, tmp }
     }
