@@ -195,13 +195,32 @@ fn every_endpoint_needs_a_token_and_answers_with_one() {
         );
     }
 
+    // Renaming or cloning onto a taken or invalid name: 409 or 400, with the message.
+    let answer = http_request(api, "DELETE", "/apps/walker/lock", &bearer, "").unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = http_request(api, "POST", "/apps", &bearer, r#"{"name": "other"}"#).unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    for action in ["rename", "clone"] {
+        let path = format!("/apps/walker/{action}");
+        let answer = http_request(api, "POST", &path, &bearer, r#"{"name": "other"}"#).unwrap();
+        assert_eq!(answer.status, 409, "{action}: {}", answer.body);
+        let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains("an app named other already exists"), "{action}: {message}");
+        let answer = http_request(api, "POST", &path, &bearer, r#"{"name": "No Good"}"#).unwrap();
+        assert_eq!(answer.status, 400, "{action}: {}", answer.body);
+        assert!(answer.body.contains("invalid app name"), "{action}: {}", answer.body);
+    }
+
     // A revoked token opens nothing any more.
     world.ssh_ok(&["tokens:revoke", "walk"]);
     for (method, path, body) in &requests {
         let answer = http_request(api, method, path, &bearer, body).unwrap();
         assert_eq!((answer.status, answer.body.as_str()), (401, ""), "{method} {path} revoked");
     }
-    world.ssh_ok(&["destroy", "walker", "--force"]);
+    for app in ["walker", "other"] {
+        world.ssh_ok(&["destroy", app, "--force"]);
+    }
 }
 
 /// schemathesis, installed by `scripts/test` into target/test-tools.

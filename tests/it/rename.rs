@@ -1,7 +1,7 @@
 //! `apps:rename` and `apps:clone` over ssh: everything of an app follows its new name, a
 //! refusal changes nothing, and a clone runs the source's code without its domains.
 
-use berth_testkit::output_text;
+use berth_testkit::{DEADLINE, output_text, poll};
 
 use crate::World;
 
@@ -125,9 +125,23 @@ fn renaming_moves_everything_and_refusals_change_nothing() {
     assert_eq!(world.daemon.get("www.kiosk.test", "/").unwrap().body, "Hello v2");
     assert!(world.ssh_ok(&["ps", "stall"]).contains("worker.2"), "the scale came along");
 
-    // The copy's repository is its own: a push there leaves the source alone.
-    repo.commit(&[("app.py", &crate::app_source("v3"))], "v3").unwrap();
-    let out = world.push_ok(&repo, "stall");
+    // The copy's repository is its own: a push there leaves the source alone. While it
+    // deploys, the copy keeps its name.
+    let slow = format!("{procfile}release: sleep 3\n");
+    let files = [("app.py", crate::app_source("v3")), ("Procfile", slow)];
+    let files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    repo.commit(&files, "v3").unwrap();
+    let out = std::thread::scope(|scope| {
+        let push = scope.spawn(|| world.push_ok(&repo, "stall"));
+        let build_log = world.root().join("logs/stall/build/2.log");
+        poll("the deploy of stall v2 to run its release command", DEADLINE, || {
+            let log = std::fs::read_to_string(&build_log).ok()?;
+            log.contains("Running release command").then_some(())
+        });
+        let text = refused(&world, &["apps:rename", "stall", "booth"]);
+        assert!(text.contains("stall is busy (a deploy"), "{text}");
+        push.join().expect("the push")
+    });
     assert!(out.contains("Deploying stall v2"), "{out}");
     assert_eq!(world.get("stall", "/").body, "Hello v3");
     assert_eq!(world.get("bazaar", "/").body, "Hello v2");
