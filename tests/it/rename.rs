@@ -1,7 +1,7 @@
 //! `apps:rename` and `apps:clone` over ssh: everything of an app follows its new name, a
 //! refusal changes nothing, and a clone runs the source's code without its domains.
 
-use berth_testkit::{DEADLINE, output_text, poll};
+use berth_testkit::{DEADLINE, http_get, output_text, poll};
 
 use crate::World;
 
@@ -24,6 +24,9 @@ fn renaming_moves_everything_and_refusals_change_nothing() {
     world.ssh_ok(&["config:set", "kiosk", "SECRET_KEY=abc"]);
     world.ssh_ok(&["domains:add", "kiosk", "www.kiosk.test"]);
     world.ssh_ok(&["ps:scale", "kiosk", "worker=2"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    world.ssh_ok(&["ports:add", "kiosk", &port.to_string()]);
+    let by_port = || http_get(([127, 0, 0, 1], port).into(), "any.name", "/").unwrap().body;
     let data = world.root().join("data/kiosk/kept.txt");
     std::fs::write(&data, "mine").unwrap();
 
@@ -58,6 +61,7 @@ fn renaming_moves_everything_and_refusals_change_nothing() {
     );
     assert_eq!(world.get("kiosk", "/").body, "Hello v1");
     assert_eq!(world.daemon.get("www.kiosk.test", "/").unwrap().body, "Hello v1");
+    assert_eq!(by_port(), "Hello v1");
     assert_eq!(world.get("bazaar", "/").status, 404);
     assert!(refused(&world, &["ps", "bazaar"]).contains("no app named bazaar"));
     assert!(world.ssh_ok(&["ps", "kiosk"]).starts_with("kiosk: running, release v3"));
@@ -79,6 +83,8 @@ fn renaming_moves_everything_and_refusals_change_nothing() {
     assert_eq!(world.get("bazaar", "/").body, "Hello v1");
     assert_eq!(world.get("kiosk", "/").status, 404);
     assert_eq!(world.daemon.get("www.kiosk.test", "/").unwrap().body, "Hello v1");
+    assert_eq!(by_port(), "Hello v1");
+    assert_eq!(world.ssh_ok(&["ports", "bazaar"]), format!("{port}\n"));
     let ps = world.ssh_ok(&["ps", "bazaar"]);
     assert!(ps.starts_with("bazaar: running, release v4") && ps.contains("worker.2"), "{ps}");
     assert!(refused(&world, &["ps", "kiosk"]).contains("no app named kiosk"));
@@ -114,6 +120,7 @@ fn renaming_moves_everything_and_refusals_change_nothing() {
     assert!(
         out.contains("Cloned bazaar into stall")
             && out.contains("bazaar's domains stay with bazaar: www.kiosk.test")
+            && out.contains(&format!("bazaar's ports stay with bazaar: {port}"))
             && out.contains("Deploying the code of bazaar v5")
             && out.contains("Deploying stall v1"),
         "{out}"
