@@ -169,16 +169,22 @@ pub enum ServerCommand {
     /// Take a port away from an app.
     #[command(name = "ports:remove")]
     PortsRemove { app: String, port: String },
-    /// Give an app a new name: its repository, releases, config, domains, logs and data
-    /// follow, and its processes start again under the new name.
+    /// Rename an app: its repository, releases, config, domains and data follow.
+    ///
+    /// Everything of the app takes the new name: repository, releases, config, scale, domains,
+    /// ports, logs and data. Its processes stop and start again under the new name, at
+    /// NEW_NAME.<domain>; push to NEW_NAME from then on. Refused while the app is locked or
+    /// deploying; when it does not start under the new name, the rename is undone.
     #[command(name = "apps:rename", after_help = "Example: berth apps:rename myapp shop")]
     AppsRename {
         app: String,
         #[arg(value_name = "NEW_NAME")]
         new_name: String,
     },
-    /// Make a new app with an app's config, scale and a copy of its repository, deployed from
-    /// its current commit (its domains and ports stay its own).
+    /// Make a new app from an app's config, scale and code (not its domains).
+    ///
+    /// The new app gets the app's config, scale and a copy of its repository, and is deployed
+    /// from the app's current commit. The app's domains and ports stay its own.
     #[command(name = "apps:clone", after_help = "Example: berth apps:clone myapp myapp-staging")]
     AppsClone {
         app: String,
