@@ -496,8 +496,7 @@ async fn destroy_app(
     let lock = daemon.app_lock(&app);
     let _guard = lock.lock().await;
     daemon.remove_app(&app).await;
-    let ports = daemon.store().ports()?;
-    for (port, _) in ports.into_iter().filter(|(_, owner)| *owner == app) {
+    for port in daemon.app_ports(&app)? {
         daemon.close_app_port(port);
     }
     daemon.store().delete_app(&app)?;
@@ -1212,9 +1211,7 @@ async fn list_ports(
 ) -> ApiResult<Vec<u16>> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
-    let ports =
-        daemon.store().ports()?.into_iter().filter(|(_, a)| *a == app).map(|(p, _)| p).collect();
-    Ok(Json(ports))
+    Ok(Json(daemon.app_ports(&app)?))
 }
 
 fn port_number(raw: &str) -> Result<u16, ApiError> {

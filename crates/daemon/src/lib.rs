@@ -84,8 +84,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             socket.display()
         );
     }
-    // A socket file nobody answers on is left over from a daemon that was killed.
+    // A socket file nobody answers on is left over from a daemon that was killed, and so is
+    // its API address (written again once this daemon's TCP API listens).
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(layout.run_dir().join("api.addr"));
 
     let store = Store::open(&layout.database())
         .with_context(|| format!("cannot open the database {}", layout.database().display()))?;

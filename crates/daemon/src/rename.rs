@@ -61,7 +61,8 @@ impl Daemon {
         }
         self.check_free_name(new, Some(old), &app_dirs(&self.settings.layout, new))?;
 
-        // Nothing may run as the app's user while it is renamed.
+        // The processes stop here and start under the new name once everything moved: their
+        // directories, their user and their names all change.
         let previews: Vec<i64> =
             self.previews().keys().filter(|(app, _)| app == old).map(|(_, n)| *n).collect();
         for n in previews {
@@ -137,12 +138,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// The public ports of the app (`ports:add`).
-    fn app_ports(&self, app: &str) -> Result<Vec<u16>, ApiError> {
-        let ports = self.store().ports()?;
-        Ok(ports.into_iter().filter(|(_, owner)| owner == app).map(|(port, _)| port).collect())
     }
 
     /// Gives the app's rows, user, directories and hook the name `to`. Every step is undone

@@ -668,6 +668,12 @@ impl Daemon {
         Ok(())
     }
 
+    /// The public ports of the app (`ports:add`).
+    pub(crate) fn app_ports(&self, app: &str) -> Result<Vec<u16>, berth_store::Error> {
+        let ports = self.store().ports()?;
+        Ok(ports.into_iter().filter(|(_, owner)| owner == app).map(|(port, _)| port).collect())
+    }
+
     /// Stops serving `port`.
     pub fn close_app_port(&self, port: u16) {
         if let Some((_, stop)) =

@@ -307,14 +307,16 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the app `new` with the config, scale and `releases:keep` of `source` (not its
-    /// releases, domains or ports, which are the source's own), in one transaction.
+    /// Creates the app `new` with the config, scale, `releases:keep` and pull source of
+    /// `source` (not its releases, domains or ports, which are the source's own), in one
+    /// transaction.
     pub fn clone_app(&mut self, source: &str, new: &str, now: i64) -> Result<()> {
         self.app(source)?;
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "INSERT INTO apps (name, created_at, keep_releases)
-             SELECT ?2, ?3, keep_releases FROM apps WHERE name = ?1 ON CONFLICT DO NOTHING",
+            "INSERT INTO apps (name, created_at, keep_releases, repo_url, repo_branch)
+             SELECT ?2, ?3, keep_releases, repo_url, repo_branch FROM apps WHERE name = ?1
+             ON CONFLICT DO NOTHING",
             params![source, new, now],
         )?;
         if n == 0 {
@@ -762,10 +764,12 @@ mod tests {
         store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
         store.set_scale("web", &[("worker".into(), 3)]).unwrap();
         store.set_keep_releases("web", 2).unwrap();
+        store.set_repo_source("web", "https://example.com/web.git", "trunk").unwrap();
         store.add_domain("web", "www.example.com").unwrap();
         store.create_release("web", &push("abc"), 1).unwrap();
 
         store.clone_app("web", "copy", 7).unwrap();
+        assert_eq!(store.repo_source("copy").unwrap(), store.repo_source("web").unwrap());
         let copy = store.app("copy").unwrap();
         assert_eq!((copy.created_at, copy.keep_releases, copy.current_release), (7, 2, None));
         assert_eq!(store.config("copy").unwrap(), store.config("web").unwrap());

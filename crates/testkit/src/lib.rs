@@ -155,18 +155,20 @@ impl TestDaemon {
             if let Some(status) = daemon.child.try_wait()? {
                 bail!("the daemon exited with {status}: {}", daemon.log());
             }
+            let read_addr = |name: &str| {
+                std::fs::read_to_string(root.join("run").join(name))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            };
             let addr = std::fs::read_to_string(&addr_file).ok().and_then(|s| s.trim().parse().ok());
-            if let Some(addr) = addr
+            // The TCP API listens last, once the apps are restored.
+            let api_addr = read_addr("api.addr");
+            if let (Some(addr), Some(api_addr)) = (addr, api_addr)
                 && std::os::unix::net::UnixStream::connect(&socket).is_ok()
             {
                 daemon.http_addr = addr;
-                let read_addr = |name: &str| {
-                    std::fs::read_to_string(root.join("run").join(name))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                };
                 daemon.https_addr = read_addr("https.addr");
-                daemon.api_addr = read_addr("api.addr");
+                daemon.api_addr = Some(api_addr);
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
