@@ -295,8 +295,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         // (the stateful phase takes the names GET /tokens lists), and all after it is 401.
         .args(["--exclude-name", "DELETE /tokens/{name}"])
         .args(["--max-examples", "10", "--max-time", "30", "--request-timeout", "20"])
-        .args(["--no-color", "--report-dir"])
-        .arg(world.tmp.path().join("schemathesis-report"))
+        .arg("--no-color")
+        // Its cache (.hypothesis) goes into the test's directory.
         .current_dir(world.tmp.path())
         .output()
         .expect("run schemathesis");
@@ -305,14 +305,18 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let apps: Vec<serde_json::Value> =
         serde_json::from_str(&http_request(api, "GET", "/apps", &bearer, "").unwrap().body)
             .unwrap();
+    let mut left = Vec::new();
     for app in apps {
-        let name = app["name"].as_str().unwrap();
+        let name = app["name"].as_str().unwrap_or_default();
         let path = format!("/apps/{name}?confirm={name}");
-        let answer = http_request(api, "DELETE", &path, &bearer, "").unwrap();
-        assert_eq!(answer.status, 200, "destroying {name}: {}", answer.body);
+        match http_request(api, "DELETE", &path, &bearer, "") {
+            Ok(answer) if answer.status == 200 => {}
+            other => left.push(format!("{name}: {other:?}")),
+        }
     }
 
     assert!(output.status.success(), "schemathesis found problems:\n{text}");
+    assert!(left.is_empty(), "apps the fuzzer made could not be destroyed: {left:?}");
     let operations = operations(&doc).len();
     assert!(
         text.contains(&format!("Tested: {}", operations - 1)),
