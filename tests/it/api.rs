@@ -235,12 +235,16 @@ fn schemathesis() -> PathBuf {
     tool
 }
 
-/// What schemathesis may try, beyond what the document says (schemathesis.toml): the path
-/// parameters name the app the test made (most of the time) and its release, and logs are
-/// never followed (a followed log never ends, so the request could only time out).
+/// What schemathesis may try, beyond what the document says (schemathesis.toml): path
+/// parameters name the app the test made (or one the fuzzer may make, create, rename or
+/// clone to: names in bodies are often those) and its release, so requests get past "no such
+/// app"; logs are never followed (a followed log never ends, so the request could only time
+/// out).
 const SCHEMATHESIS_CONFIG: &str = r#"
 [dictionaries.apps]
-values = ["target"]
+values = ["target", "fuzzed-1", "fuzzed-2"]
+[dictionaries.names]
+values = ["fuzzed-1", "fuzzed-2"]
 [dictionaries.releases]
 values = ["1", "v1"]
 [dictionaries.no]
@@ -249,6 +253,7 @@ values = ["0"]
 "path.app" = { dictionary = "apps", probability = 0.8 }
 "path.release" = { dictionary = "releases", probability = 0.5 }
 "query.follow" = { dictionary = "no", probability = 1.0 }
+"body.name" = { dictionary = "names", probability = 0.5 }
 "#;
 
 #[test]
