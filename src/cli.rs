@@ -9,7 +9,7 @@ use anyhow::Context;
 use berth_api::{
     AddCertificate, AppDetail, AppSummary, AuthPassword, AuthUser, Certificate, Client,
     ConfigUpdate, ConfigVars, DomainRequest, Domains, Done, KeepRequest, LockRequest, Logs,
-    ReleaseInfo, RollbackRequest, RunRequest, Scale, TokenInfo, TokenRequest,
+    NewName, ReleaseInfo, RollbackRequest, RunRequest, Scale, TokenInfo, TokenRequest,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use http::Method;
@@ -190,6 +190,28 @@ pub enum ServerCommand {
     /// Take a port away from an app.
     #[command(name = "ports:remove")]
     PortsRemove { app: String, port: String },
+    /// Rename an app: its repository, releases, config, domains and data follow.
+    ///
+    /// Everything of the app takes the new name: repository, releases, config, scale, domains,
+    /// ports, logs and data. Its processes stop and start again under the new name, at
+    /// NEW_NAME.<domain>; push to NEW_NAME from then on. Refused while the app is locked or
+    /// deploying; when it does not start under the new name, the rename is undone.
+    #[command(name = "apps:rename", after_help = "Example: berth apps:rename myapp shop")]
+    AppsRename {
+        app: String,
+        #[arg(value_name = "NEW_NAME")]
+        new_name: String,
+    },
+    /// Make a new app from an app's config, scale and code (not its domains).
+    ///
+    /// The new app gets the app's config, scale and a copy of its repository, and is deployed
+    /// from the app's current commit. The app's domains and ports stay its own.
+    #[command(name = "apps:clone", after_help = "Example: berth apps:clone myapp myapp-staging")]
+    AppsClone {
+        app: String,
+        #[arg(value_name = "NEW_NAME")]
+        new_name: String,
+    },
     /// Refuse pushes to an app until it is unlocked.
     #[command(name = "apps:lock")]
     AppsLock {
@@ -631,6 +653,24 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
                 .send(Method::PUT, &app_path(&app, "/lock")?, &LockRequest { reason })
                 .await?;
             writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsRename { app, new_name } => {
+            let path = app_path(&app, "/rename")?;
+            let done: Done = client.send(Method::POST, &path, &NewName { name: new_name }).await?;
+            writeln!(stdout, "{}", done.message)?;
+        }
+        ServerCommand::AppsClone { app, new_name } => {
+            let path = app_path(&app, "/clone")?;
+            let result = client
+                .stream(Method::POST, &path, &NewName { name: new_name }, |line| {
+                    let _ = writeln!(stdout, "{line}");
+                    let _ = stdout.flush();
+                })
+                .await?;
+            if let Err(error) = result {
+                eprintln!("berth: {error}");
+                return Ok(EXIT_FAILURE);
+            }
         }
         ServerCommand::AppsUnlock { app } => {
             let done: Done = client.send(Method::DELETE, &app_path(&app, "/lock")?, &()).await?;

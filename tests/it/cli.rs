@@ -123,9 +123,20 @@ fn web_pid(world: &World, app: &str) -> String {
 fn help_lists_the_commands() {
     let world = World::start("help");
     let out = world.ssh_ok(&["help"]);
-    for command in
-        ["apps", "ps", "logs", "config:set", "config:unset", "restart", "stop", "start", "destroy"]
-    {
+    let commands = [
+        "apps",
+        "ps",
+        "logs",
+        "config:set",
+        "config:unset",
+        "restart",
+        "stop",
+        "start",
+        "destroy",
+        "apps:rename",
+        "apps:clone",
+    ];
+    for command in commands {
         assert!(out.contains(command), "help does not mention {command}:\n{out}");
     }
     assert!(!out.contains("daemon"), "help shows a server-only command:\n{out}");

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod push;
 mod releases;
+mod rename;
 mod routing;
 mod runtimes;
 mod ssh;

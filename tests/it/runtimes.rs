@@ -127,6 +127,13 @@ fn wsgi_runs_under_gunicorn_in_the_venv() {
         2,
         "UWSGI_PROCESSES=2 means two workers:\n{logs}"
     );
+
+    // A rename moves the virtualenv: gunicorn's `#!` line and VIRTUAL_ENV follow it.
+    world.ssh_ok(&["apps:rename", "wsgi", "wsgi-moved"]);
+    assert_eq!(world.get("wsgi-moved", "/").body, "wsgi says hi to wsgi-moved.berth.test");
+    let env = world.ssh_ok(&["config:live", "wsgi-moved", "wsgi"]);
+    assert!(env.contains("/cache/wsgi-moved/venv/"), "{env}");
+    world.ssh_ok(&["destroy", "wsgi-moved", "--force"]);
 }
 
 fn node_app(version: &str) -> String {

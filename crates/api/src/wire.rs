@@ -294,6 +294,14 @@ fn main_branch() -> String {
     "main".to_owned()
 }
 
+/// `POST /apps/{app}/rename` and `POST /apps/{app}/clone`: the name the app (or its copy)
+/// gets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewName {
+    pub name: String,
+}
+
 /// `POST /tokens`: a new API token; the answer is the only time it is shown.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

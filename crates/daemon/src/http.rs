@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_api::{
     AddCertificate, AppDetail, AppSummary, AuthPassword, AuthUser, Certificate, ConfigUpdate,
     ConfigVars, CreateApp, DeployRequest, DomainRequest, Domains, Done, JobEvent, KeepRequest,
-    LockRequest, LogEntry, Logs, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest, RunRequest,
-    Scale, TokenInfo, TokenRequest,
+    LockRequest, LogEntry, Logs, NewName, ReleaseInfo, RepoInfo, RepoRequest, RollbackRequest,
+    RunRequest, Scale, TokenInfo, TokenRequest,
 };
 use berth_procfile::validate_app_name;
 use berth_store::AppState;
@@ -67,7 +68,7 @@ static ENDPOINTS: &[Endpoint] = &[
         summary: "Create an app, and deploy it from a git repository when one is given",
         query: &[],
         body: Some(s::<CreateApp>),
-        answer: Answer::Stream,
+        answer: Answer::Created(s::<Done>),
         handler: || post(create_app),
     },
     Endpoint {
@@ -96,6 +97,26 @@ static ENDPOINTS: &[Endpoint] = &[
         body: None,
         answer: Answer::Json(s::<Done>),
         handler: || delete(destroy_app),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/rename",
+        summary: "Give an app a new name; its repository, releases, config, scale, domains, \
+                  ports, logs and data follow, and its processes start again under the new name",
+        query: &[],
+        body: Some(s::<NewName>),
+        answer: Answer::Json(s::<Done>),
+        handler: || post(rename_app),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/apps/{app}/clone",
+        summary: "Make a new app with an app's config, scale and a copy of its repository, \
+                  deployed from its current commit (its domains and ports stay its own)",
+        query: &[],
+        body: Some(s::<NewName>),
+        answer: Answer::Created(s::<Done>),
+        handler: || post(clone_app),
     },
     Endpoint {
         method: "POST",
@@ -188,7 +209,7 @@ static ENDPOINTS: &[Endpoint] = &[
             ("follow", "1 to stream new lines"),
         ],
         body: None,
-        answer: Answer::Json(s::<Logs>),
+        answer: Answer::JsonOrStream(s::<Logs>),
         handler: || get(get_logs),
     },
     Endpoint {
@@ -197,7 +218,7 @@ static ENDPOINTS: &[Endpoint] = &[
         summary: "procserver's logs: stdout, stderr or build",
         query: &[("lines", "how many"), ("follow", "1 to stream new lines")],
         body: None,
-        answer: Answer::Json(s::<Logs>),
+        answer: Answer::JsonOrStream(s::<Logs>),
         handler: || get(logs_by_kind),
     },
     Endpoint {
@@ -502,8 +523,7 @@ async fn destroy_app(
     let lock = daemon.app_lock(&app);
     let _guard = lock.lock().await;
     daemon.remove_app(&app).await;
-    let ports = daemon.store().ports()?;
-    for (port, _) in ports.into_iter().filter(|(_, owner)| *owner == app) {
+    for port in daemon.app_ports(&app)? {
         daemon.close_app_port(port);
     }
     daemon.store().delete_app(&app)?;
@@ -535,6 +555,50 @@ async fn destroy_app(
     Ok(Json(Done { message }))
 }
 
+async fn rename_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    ApiJson(request): ApiJson<NewName>,
+) -> ApiResult<Done> {
+    let old = app_name(&app)?;
+    let new = app_name(&request.name)?;
+    let message = daemon.rename_app(&old, &new).await?;
+    Ok(Json(Done { message }))
+}
+
+async fn clone_app(
+    State(daemon): State<Arc<Daemon>>,
+    Path(app): Path<String>,
+    headers: axum::http::HeaderMap,
+    ApiJson(request): ApiJson<NewName>,
+) -> Result<Response, ApiError> {
+    let source = app_name(&app)?;
+    let new = app_name(&request.name)?;
+    // A push to the source moves its repository: it is copied between pushes.
+    let lock = daemon.app_lock(&source);
+    let turn = lock.lock_owned().await;
+    let (commit, notes) = {
+        let (daemon, source, new) = (daemon.clone(), source.clone(), new.clone());
+        tokio::task::spawn_blocking(move || daemon.clone_app(&source, &new))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??
+    };
+    drop(turn);
+    let body = match commit {
+        Some(commit) => stream_deploy(daemon, new, commit, who(&headers), notes),
+        None => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let out = JobOutput::new(tx);
+            for note in notes {
+                out.step(note);
+            }
+            out.end(Ok(()));
+            ndjson(rx)
+        }
+    };
+    Ok((axum::http::StatusCode::CREATED, body).into_response())
+}
+
 async fn prepare_repo(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
@@ -561,7 +625,7 @@ async fn start_deploy(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     ApiJson(request): ApiJson<DeployRequest>,
-) -> Result<Body, ApiError> {
+) -> Result<Response, ApiError> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
     if request.commit.is_empty() || !request.commit.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -750,8 +814,7 @@ async fn get_logs(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     ApiQuery(query): ApiQuery<LogsQuery>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+) -> Result<Response, ApiError> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
     let lines = query.lines.unwrap_or(100).min(100_000);
@@ -818,7 +881,7 @@ async fn get_logs(
             }
         }
     });
-    Ok(ndjson(rx).into_response())
+    Ok(ndjson(rx))
 }
 
 fn entry(line: logs::LogLine) -> LogEntry {
@@ -908,19 +971,20 @@ async fn update_scale(
 const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Turns job events into the NDJSON body of a streamed answer.
-fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>) -> Body {
-    Body::from_stream(UnboundedReceiverStream::new(rx).map(|event| {
+fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>) -> Response {
+    let body = Body::from_stream(UnboundedReceiverStream::new(rx).map(|event| {
         let mut line = serde_json::to_vec(&event).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(line))
-    }))
+    }));
+    ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 async fn run_command(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     ApiJson(request): ApiJson<RunRequest>,
-) -> Result<Body, ApiError> {
+) -> Result<Response, ApiError> {
     let app = app_name(&app)?;
     let record = daemon.store().app(&app)?;
     let Some(release) = record.current_release else {
@@ -1227,9 +1291,7 @@ async fn list_ports(
 ) -> ApiResult<Vec<u16>> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
-    let ports =
-        daemon.store().ports()?.into_iter().filter(|(_, a)| *a == app).map(|(p, _)| p).collect();
-    Ok(Json(ports))
+    Ok(Json(daemon.app_ports(&app)?))
 }
 
 fn port_number(raw: &str) -> Result<u16, ApiError> {
@@ -1276,9 +1338,19 @@ async fn remove_port(
 }
 
 /// Starts a deploy job of `commit` (already in the app's repository) and streams it.
-fn stream_deploy(daemon: Arc<Daemon>, app: String, commit: String, who: String) -> Body {
+/// `notes` come first, as steps (they go to the build log too).
+fn stream_deploy(
+    daemon: Arc<Daemon>,
+    app: String,
+    commit: String,
+    who: String,
+    notes: Vec<String>,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let out = Arc::new(JobOutput::new(tx));
+    for note in notes {
+        out.step(note);
+    }
     let request = DeployRequest {
         commit,
         git_ref: "refs/heads/main".to_owned(),
@@ -1318,7 +1390,7 @@ async fn pull_and_deploy(
     url: String,
     branch: String,
     who: String,
-) -> Result<Body, ApiError> {
+) -> Result<Response, ApiError> {
     let repo = daemon.settings.layout.repo(&app);
     let (fetch_url, fetch_branch) = (url.clone(), branch.clone());
     let commit =
@@ -1330,15 +1402,14 @@ async fn pull_and_deploy(
     if let Some(owner) = daemon.settings.git_owner {
         let _ = crate::ownership::chown_tree(&daemon.settings.layout.repo(&app), owner);
     }
-    Ok(stream_deploy(daemon, app, commit, who))
+    Ok(stream_deploy(daemon, app, commit, who, Vec::new()))
 }
 
 async fn create_app(
     State(daemon): State<Arc<Daemon>>,
     headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<CreateApp>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+) -> Result<Response, ApiError> {
     let app = app_name(&request.name)?;
     daemon.store().create_app(&app, now())?;
     ensure_repo(&daemon.settings, &app).map_err(ApiError::internal)?;
@@ -1362,8 +1433,7 @@ async fn update_app(
     Path(app): Path<String>,
     headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<CreateApp>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+) -> Result<Response, ApiError> {
     let app = app_name(&app)?;
     daemon.store().app(&app)?;
     apply_settings(&daemon, &app, &request)?;
@@ -1387,7 +1457,7 @@ async fn redeploy(
     State(daemon): State<Arc<Daemon>>,
     Path(app): Path<String>,
     headers: axum::http::HeaderMap,
-) -> Result<Body, ApiError> {
+) -> Result<Response, ApiError> {
     let app = app_name(&app)?;
     let record = daemon.store().app(&app)?;
     let source = daemon.store().repo_source(&app)?;
@@ -1401,7 +1471,7 @@ async fn redeploy(
         .ok_or_else(|| {
             ApiError::conflict(format!("{app} has nothing to redeploy: push to it first"))
         })?;
-    Ok(stream_deploy(daemon, app, commit, who(&headers)))
+    Ok(stream_deploy(daemon, app, commit, who(&headers), Vec::new()))
 }
 
 /// procserver's `GET /apps/{app}/logs/{stdout,stderr,build}`.
@@ -1409,7 +1479,7 @@ async fn logs_by_kind(
     State(daemon): State<Arc<Daemon>>,
     Path((app, kind)): Path<(String, String)>,
     ApiQuery(mut query): ApiQuery<LogsQuery>,
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<Response, ApiError> {
     match kind.as_str() {
         // Instances write stdout and stderr to one log, in the order they came.
         "stdout" | "stderr" => {}

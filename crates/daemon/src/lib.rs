@@ -21,6 +21,7 @@ mod ownership;
 mod processes;
 mod pull;
 mod releases;
+mod rename;
 mod repo;
 mod state;
 mod users;
@@ -89,8 +90,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             socket.display()
         );
     }
-    // A socket file nobody answers on is left over from a daemon that was killed.
+    // A socket file nobody answers on is left over from a daemon that was killed, and so is
+    // its API address (written again once this daemon's TCP API listens).
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(layout.run_dir().join("api.addr"));
 
     let api_host = match &options.api_host {
         None => None,

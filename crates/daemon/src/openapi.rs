@@ -22,6 +22,10 @@ pub(crate) enum Answer {
     Json(SchemaFn),
     /// A stream of `JobEvent`s, one JSON object a line (deploys, `run`, `logs?follow=1`).
     Stream,
+    /// JSON, or a stream when asked for one (`logs?follow=1`).
+    JsonOrStream(SchemaFn),
+    /// `201 Created`: the JSON value, or the stream of the deploy that follows the creation.
+    Created(SchemaFn),
 }
 
 pub(crate) struct Endpoint {
@@ -74,21 +78,48 @@ pub(crate) fn document(endpoints: &[Endpoint]) -> Value {
         parameters.extend(endpoint.query.iter().map(|(name, description)| {
             json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}})
         }));
-        let ok = match &endpoint.answer {
-            Answer::Json(schema) => json!({
-                "description": "done",
-                "content": {"application/json": {"schema": schema(&mut generator)}}
-            }),
-            Answer::Stream => json!({
-                "description": "a stream of job events, one JSON object a line, the last one `end`",
-                "content": {"application/x-ndjson": {"schema": event.clone()}}
-            }),
+        let stream = json!({"application/x-ndjson": {"schema": event.clone()}});
+        let (status, ok) = match &endpoint.answer {
+            Answer::Json(schema) => (
+                "200",
+                json!({
+                    "description": "done",
+                    "content": {"application/json": {"schema": schema(&mut generator)}}
+                }),
+            ),
+            Answer::Stream => (
+                "200",
+                json!({
+                    "description": "a stream of job events, one JSON object a line, the last one `end`",
+                    "content": stream,
+                }),
+            ),
+            Answer::JsonOrStream(schema) => (
+                "200",
+                json!({
+                    "description": "done: JSON, or a stream of job events when one was asked for",
+                    "content": {
+                        "application/json": {"schema": schema(&mut generator)},
+                        "application/x-ndjson": stream["application/x-ndjson"],
+                    }
+                }),
+            ),
+            Answer::Created(schema) => (
+                "201",
+                json!({
+                    "description": "created: JSON, or the stream of job events of the deploy that follows",
+                    "content": {
+                        "application/json": {"schema": schema(&mut generator)},
+                        "application/x-ndjson": stream["application/x-ndjson"],
+                    }
+                }),
+            ),
         };
         let mut operation = json!({
             "summary": endpoint.summary,
             "parameters": parameters,
             "responses": {
-                "200": ok,
+                status: ok,
                 "401": {"description": "no valid bearer token (TCP API only)"},
                 "default": {"description": "an error, naming the problem and the fix",
                             "content": {"application/json": {"schema": error.clone()}}},
@@ -101,7 +132,7 @@ pub(crate) fn document(endpoints: &[Endpoint]) -> Value {
         item[endpoint.method.to_ascii_lowercase()] = operation;
     }
     let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Berth",
@@ -114,5 +145,52 @@ pub(crate) fn document(endpoints: &[Endpoint]) -> Value {
             "schemas": schemas,
         },
         "paths": paths,
-    })
+    });
+    uniform_tuples(&mut document);
+    document
+}
+
+/// Rewrites the schema of a tuple whose items are all alike (a `(String, String)` pair) as an
+/// array of that item with a fixed length: the same values, said in the way every OpenAPI tool
+/// reads (some take 3.1's `prefixItems` for the `items` array of older drafts and reject it).
+fn uniform_tuples(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let uniform = match object.get("prefixItems") {
+                Some(Value::Array(items)) => {
+                    items.first().filter(|first| items.iter().all(|item| item == *first)).cloned()
+                }
+                _ => None,
+            };
+            if let Some(item) = uniform {
+                object.remove("prefixItems");
+                object.insert("items".to_owned(), item);
+            }
+            object.values_mut().for_each(uniform_tuples);
+        }
+        Value::Array(items) => items.iter_mut().for_each(uniform_tuples),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_of_strings_are_arrays_of_two_strings() {
+        let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        let mut pairs =
+            serde_json::to_value(schema::<Vec<(String, String)>>(&mut generator)).unwrap();
+        uniform_tuples(&mut pairs);
+        assert_eq!(
+            pairs,
+            json!({"type": "array", "items": {"type": "array", "items": {"type": "string"},
+                   "minItems": 2, "maxItems": 2}})
+        );
+        // A tuple of different types keeps its positions.
+        let mut mixed = serde_json::to_value(schema::<(String, u16)>(&mut generator)).unwrap();
+        uniform_tuples(&mut mixed);
+        assert!(mixed["prefixItems"].is_array(), "{mixed}");
+    }
 }

@@ -604,7 +604,8 @@ fn start_crons(jobs: Vec<CronJob>) -> Result<Vec<CronHandle>, String> {
     jobs.into_iter().map(spawn_cron).collect()
 }
 
-fn read_dir_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// The entries of a directory (none when it cannot be read).
+pub(crate) fn read_dir_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }
 

@@ -34,6 +34,24 @@ pub fn ensure_repo(settings: &Settings, app: &str) -> Result<bool, String> {
     Ok(created)
 }
 
+/// Copies a repository to `target` file by file, so every object comes along (also one no
+/// branch reaches any more, such as the commit of a release deployed before a force push).
+pub fn copy_repo(source: &Path, target: &Path) -> std::io::Result<()> {
+    let meta = source.symlink_metadata()?;
+    if meta.is_dir() {
+        std::fs::create_dir(target)?;
+        for entry in std::fs::read_dir(source)? {
+            let entry = entry?;
+            copy_repo(&entry.path(), &target.join(entry.file_name()))?;
+        }
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(source)?, target)?;
+    } else {
+        std::fs::copy(source, target)?;
+    }
+    Ok(())
+}
+
 fn write_hook(repo: &Path, settings: &Settings, app: &str) -> std::io::Result<()> {
     let hook = repo.join("hooks").join("pre-receive");
     std::fs::create_dir_all(hook.parent().unwrap_or(repo))?;

@@ -175,9 +175,9 @@ impl AppRuntime {
 
 /// What a release's build gave its processes, as kept in the store.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StoredBuild {
-    env: Vec<(String, String)>,
-    path_prefix: Vec<String>,
+pub(crate) struct StoredBuild {
+    pub env: Vec<(String, String)>,
+    pub path_prefix: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -642,6 +642,13 @@ impl Daemon {
         if self.settings.app_users { crate::users::remove_app_user(app) } else { Ok(()) }
     }
 
+    /// Forgets what the daemon remembers of an app under its old name (a rename): its access
+    /// log, opened again where the logs went.
+    pub(crate) fn renamed(&self, from: &str) {
+        self.access_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(from);
+        berth_router::CacheRegistry::clear(from);
+    }
+
     /// Stops every process of the app; its hosts answer 502 (not running) until it starts.
     pub async fn stop_app(&self, app: &str) {
         let old = {
@@ -707,6 +714,12 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .insert(port, (app.to_owned(), stop));
         Ok(())
+    }
+
+    /// The public ports of the app (`ports:add`).
+    pub(crate) fn app_ports(&self, app: &str) -> Result<Vec<u16>, berth_store::Error> {
+        let ports = self.store().ports()?;
+        Ok(ports.into_iter().filter(|(_, owner)| owner == app).map(|(port, _)| port).collect())
     }
 
     /// Stops serving `port`.

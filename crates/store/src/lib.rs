@@ -179,6 +179,9 @@ CREATE TABLE IF NOT EXISTS scale (
 );
 ";
 
+/// The tables whose rows belong to an app (column `app`).
+const APP_TABLES: [&str; 5] = ["config", "releases", "domains", "ports", "scale"];
+
 /// Columns added after a table was first created: (table, column, definition).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("releases", "build_env", "TEXT NOT NULL DEFAULT ''"),
@@ -279,6 +282,74 @@ impl Store {
         if n == 0 {
             return Err(Error::NoSuchApp(name.to_owned()));
         }
+        Ok(())
+    }
+
+    /// Gives the app `old`, and every row of it (config, releases, domains, ports, scale), the
+    /// name `new`, in one transaction. `build_env` rewrites what each release's build kept,
+    /// whose paths name the app. Fails with [`Error::AppExists`] when `new` is taken.
+    pub fn rename_app(
+        &mut self,
+        old: &str,
+        new: &str,
+        build_env: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        self.app(old)?;
+        let tx = self.conn.transaction()?;
+        if tx
+            .query_row("SELECT 1 FROM apps WHERE name = ?1", [new], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
+            return Err(Error::AppExists(new.to_owned()));
+        }
+        // The rows of the app name it: their references are checked at the commit, once they
+        // all name the new one.
+        tx.pragma_update(None, "defer_foreign_keys", true)?;
+        tx.execute("UPDATE apps SET name = ?2 WHERE name = ?1", [old, new])?;
+        for table in APP_TABLES {
+            tx.execute(&format!("UPDATE {table} SET app = ?2 WHERE app = ?1"), [old, new])?;
+        }
+        let builds: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare("SELECT number, build_env FROM releases WHERE app = ?1")?;
+            let rows = stmt.query_map([new], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (number, env) in builds {
+            tx.execute(
+                "UPDATE releases SET build_env = ?3 WHERE app = ?1 AND number = ?2",
+                params![new, number, build_env(&env)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates the app `new` with the config, scale, `releases:keep` and pull source of
+    /// `source` (not its releases, domains or ports, which are the source's own), in one
+    /// transaction.
+    pub fn clone_app(&mut self, source: &str, new: &str, now: i64) -> Result<()> {
+        self.app(source)?;
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "INSERT INTO apps (name, created_at, keep_releases, repo_url, repo_branch)
+             SELECT ?2, ?3, keep_releases, repo_url, repo_branch FROM apps WHERE name = ?1
+             ON CONFLICT DO NOTHING",
+            params![source, new, now],
+        )?;
+        if n == 0 {
+            return Err(Error::AppExists(new.to_owned()));
+        }
+        tx.execute(
+            "INSERT INTO config (app, key, value) SELECT ?2, key, value FROM config WHERE app = ?1",
+            [source, new],
+        )?;
+        tx.execute(
+            "INSERT INTO scale (app, process_type, count)
+             SELECT ?2, process_type, count FROM scale WHERE app = ?1",
+            [source, new],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -721,6 +792,62 @@ mod tests {
         store.delete_app("alpha").unwrap();
         assert!(matches!(store.app("alpha"), Err(Error::NoSuchApp(_))));
         assert!(matches!(store.delete_app("alpha"), Err(Error::NoSuchApp(_))));
+    }
+
+    #[test]
+    fn renaming_moves_every_row_and_rewrites_builds() {
+        let mut store = store_with_app();
+        store.create_app("taken", 1).unwrap();
+        store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
+        let one = store.create_release("web", &push("abc"), 1).unwrap();
+        store.set_release_build_env("web", one, "/r/cache/web/venv").unwrap();
+        store.set_current_release("web", one).unwrap();
+        store.add_domain("web", "www.example.com").unwrap();
+        store.add_port("web", 8081).unwrap();
+        store.set_scale("web", &[("web".into(), 2)]).unwrap();
+        store.set_lock("web", None).unwrap();
+        let rewrite = |env: &str| env.replace("/web/", "/shop/");
+
+        let err = store.rename_app("web", "taken", &rewrite).unwrap_err();
+        assert!(matches!(err, Error::AppExists(ref name) if name == "taken"), "{err}");
+        assert!(matches!(store.rename_app("nope", "x", &rewrite), Err(Error::NoSuchApp(_))));
+        assert_eq!(store.config("web").unwrap().len(), 1, "a refusal changes nothing");
+
+        store.rename_app("web", "shop", &rewrite).unwrap();
+        assert!(matches!(store.app("web"), Err(Error::NoSuchApp(_))));
+        let app = store.app("shop").unwrap();
+        assert_eq!((app.current_release, app.created_at), (Some(one), 1));
+        assert_eq!(store.config("shop").unwrap(), [("K".to_owned(), "v".to_owned())]);
+        assert_eq!(store.release("shop", one).unwrap().unwrap().build_env, "/r/cache/shop/venv");
+        assert_eq!(store.domain_owner("www.example.com").unwrap().as_deref(), Some("shop"));
+        assert_eq!(store.ports().unwrap(), [(8081, "shop".to_owned())]);
+        assert_eq!(store.scale("shop").unwrap(), [("web".to_owned(), 2)]);
+        // The foreign keys still hold: deleting the app takes its rows along.
+        store.delete_app("shop").unwrap();
+        assert!(store.ports().unwrap().is_empty());
+        assert_eq!(store.domain_owner("www.example.com").unwrap(), None);
+    }
+
+    #[test]
+    fn cloning_copies_config_and_scale_only() {
+        let mut store = store_with_app();
+        store.update_config("web", &[("K".into(), "v".into())], &[]).unwrap();
+        store.set_scale("web", &[("worker".into(), 3)]).unwrap();
+        store.set_keep_releases("web", 2).unwrap();
+        store.set_repo_source("web", "https://example.com/web.git", "trunk").unwrap();
+        store.add_domain("web", "www.example.com").unwrap();
+        store.create_release("web", &push("abc"), 1).unwrap();
+
+        store.clone_app("web", "copy", 7).unwrap();
+        assert_eq!(store.repo_source("copy").unwrap(), store.repo_source("web").unwrap());
+        let copy = store.app("copy").unwrap();
+        assert_eq!((copy.created_at, copy.keep_releases, copy.current_release), (7, 2, None));
+        assert_eq!(store.config("copy").unwrap(), store.config("web").unwrap());
+        assert_eq!(store.scale("copy").unwrap(), [("worker".to_owned(), 3)]);
+        assert!(store.domains("copy").unwrap().is_empty());
+        assert!(store.releases("copy").unwrap().is_empty());
+        assert!(matches!(store.clone_app("web", "copy", 8), Err(Error::AppExists(_))));
+        assert!(matches!(store.clone_app("nope", "other", 8), Err(Error::NoSuchApp(_))));
     }
 
     #[test]
