@@ -6,7 +6,7 @@
 //!
 //! | limit                         | answer                                                     |
 //! |-------------------------------|------------------------------------------------------------|
-//! | body, by `Content-Length`     | 413 before the app is contacted                            |
+//! | body, by `Content-Length`     | 413 before the app is contacted (see below)                |
 //! | body, chunked, grows past it  | the app's request is aborted; 413 if no response was sent  |
 //! | request head size             | 431 (written by hyper), then the connection is closed      |
 //! | request head too slow         | the connection is closed without a response (see below)    |
@@ -17,10 +17,48 @@
 //! head is parsed and closes it on its header timeout without writing anything. nginx
 //! behaves the same in practice (it logs a 408 but does not send one), and browsers retry
 //! a request that met a closed keep-alive connection.
+//!
+//! A body refused by its `Content-Length` is read and thrown away first, up to
+//! [`DISCARD_BYTES`] and [`DISCARD_TIME`] (nginx's lingering close): a response sent while
+//! the client is still sending would be followed by a close, and the client's next bytes
+//! would make the kernel reset the connection, taking the 413 with it before the client
+//! read it. A client that asked `Expect: 100-continue` is answered at once: it has sent no
+//! body and will not.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
+
+use http::HeaderMap;
+use http::header::EXPECT;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+/// How much of a refused body is read and thrown away before the 413; see the module
+/// documentation.
+pub(crate) const DISCARD_BYTES: u64 = 1024 * 1024;
+/// How long reading a refused body may take before the 413 is sent anyway.
+pub(crate) const DISCARD_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the client sends of a refused body, within [`DISCARD_BYTES`] and
+/// [`DISCARD_TIME`], unless it waits for `100 Continue` (reading would ask for the body).
+pub(crate) async fn discard_refused_body(headers: &HeaderMap, mut body: Incoming) {
+    if headers.contains_key(EXPECT) {
+        return;
+    }
+    let discard = async {
+        let mut read = 0u64;
+        while read < DISCARD_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+}
 
 /// hyper refuses a smaller read buffer, so a smaller header limit is raised to this.
 pub(crate) const MIN_HEADER_BYTES: usize = 8 * 1024;

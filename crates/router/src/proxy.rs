@@ -31,7 +31,7 @@ use crate::headers::{
     Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
     request_id, set_forwarded, websocket_upgrade,
 };
-use crate::limits::{BodyTooLarge, ClientBodyError, find_cause};
+use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
 use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
@@ -259,6 +259,8 @@ impl Proxy {
         // is counted as it is sent (see `LentBody`).
         let limit = backend.limits().max_body_bytes;
         if request.body().size_hint().lower() > limit {
+            let (parts, body) = request.into_parts();
+            discard_refused_body(&parts.headers, body).await;
             return Err(ProxyError::BodyTooLarge { limit });
         }
 
