@@ -6,6 +6,10 @@
 //! arrived, while its body may still be on the way; it is only handed out again once hyper
 //! says it is ready for the next request (the response read to its end). That spares the
 //! task per request that a pool returning connections on completion would need.
+//!
+//! New connections are opened a few at a time ([`MAX_OPENING`]); a request that finds no
+//! connection ready waits for a slot to open one or for a busy one to finish, whichever
+//! comes first.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
