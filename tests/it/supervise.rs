@@ -307,6 +307,19 @@ fn cron_lines_run_commands_and_web_requests_on_schedule() {
     });
     assert!(log.contains("berth: cron-web run started: GET /env/BERTH_PROCESS"), "{log}");
 
+    // Web-crons go to an instance, not through the router: basic auth, which now keeps
+    // visitors out, does not stop them.
+    let answered = "answered GET /env/BERTH_PROCESS with 200 OK";
+    let output = world.sshd.run_with_input(&["auth:set", "clock", "ops"], "s3cret\n");
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(world.get("clock", "/env/BERTH_PROCESS").status, 401);
+    let before = world.ssh_ok(&["logs", "clock", "cron-web"]).matches(answered).count();
+    let log = poll("a web-cron run behind basic auth", Duration::from_secs(30), || {
+        let log = world.ssh_ok(&["logs", "clock", "cron-web"]);
+        (log.matches(answered).count() > before).then_some(log)
+    });
+    assert!(!log.contains("401"), "{log}");
+
     let ps = world.ssh_ok(&["ps", "clock"]);
     assert!(ps.contains("cron cron: * * * * * * echo \"tick $BERTH_APP\""), "{ps}");
     assert!(ps.contains("cron cron-web: */2 * * * * * GET /env/BERTH_PROCESS"), "{ps}");

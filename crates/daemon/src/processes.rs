@@ -186,12 +186,15 @@ impl Daemon {
         cron::parse_schedule(schedule).map_err(|e| format!("{name}: {e}"))?;
         let action = match cron::web_cron_path(command) {
             Some(path) => {
-                let mut router = self.settings.http_addr;
-                if router.ip().is_unspecified() {
-                    router.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
+                // Straight to an instance of the release the router serves now, not through
+                // the router, whose access rules are for visitors.
+                let (routes, owner) = (self.routes.clone(), app.to_owned());
+                let instance = cron::InstanceLookup::new(move || {
+                    let backend = routes.load().lookup_app(&owner).cloned()?;
+                    backend.addrs.first().copied()
+                });
                 CronAction::WebRequest {
-                    router,
+                    instance,
                     host: format!("{app}.{}", self.settings.domain),
                     path: path.to_owned(),
                 }

@@ -1,10 +1,12 @@
 //! Scheduled runs of a Procfile's `cron:` lines: a command with the app's environment, or a
-//! web-cron (`GET /path`, Paasmaker's kind) that requests a path of the app through the
-//! router. Runs of one line never overlap; each is logged with how it ended.
+//! web-cron (`GET /path`, Paasmaker's kind) that requests a path of one of the app's
+//! running web instances, straight rather than through the router: the router's access rules
+//! (allow lists, Cloudflare-only, basic auth) are for visitors, and would refuse it. Runs of one line never overlap; each is logged with how it ended.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
@@ -24,8 +26,26 @@ const WEB_CRON_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum CronAction {
     /// A command, run like a `release:` command.
     Command(TaskSpec),
-    /// `GET PATH` of the app, through the router at `router` with `Host: host`.
-    WebRequest { router: SocketAddr, host: String, path: String },
+    /// `GET PATH` of the app, with `Host: host`, at the web instance `instance` gives when
+    /// the time comes.
+    WebRequest { instance: InstanceLookup, host: String, path: String },
+}
+
+/// Where one of an app's web instances listens right now, if one runs; asked at each run,
+/// since deploys and restarts move the app to new addresses.
+#[derive(Clone)]
+pub struct InstanceLookup(Arc<dyn Fn() -> Option<SocketAddr> + Send + Sync>);
+
+impl InstanceLookup {
+    pub fn new(lookup: impl Fn() -> Option<SocketAddr> + Send + Sync + 'static) -> InstanceLookup {
+        InstanceLookup(Arc::new(lookup))
+    }
+}
+
+impl std::fmt::Debug for InstanceLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceLookup")
+    }
 }
 
 /// One cron line of an app's current release.
@@ -138,9 +158,12 @@ async fn run_once(job: &CronJob) -> String {
                 Err(err) => err,
             }
         }
-        CronAction::WebRequest { router, host, path } => {
+        CronAction::WebRequest { instance, host, path } => {
             append_line(&job.log_path, &format!("berth: {} run started: GET {path}", job.name));
-            match tokio::time::timeout(WEB_CRON_TIMEOUT, get_status(*router, host, path)).await {
+            let Some(addr) = (instance.0)() else {
+                return format!("failed: GET {path}: no web instance of the app is running");
+            };
+            match tokio::time::timeout(WEB_CRON_TIMEOUT, get_status(addr, host, path)).await {
                 Ok(Ok(status)) => format!("answered GET {path} with {status}"),
                 Ok(Err(err)) => format!("failed: GET {path}: {err}"),
                 Err(_) => {
