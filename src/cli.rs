@@ -662,10 +662,7 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
         ServerCommand::AppsClone { app, new_name } => {
             let path = app_path(&app, "/clone")?;
             let result = client
-                .stream(Method::POST, &path, &NewName { name: new_name }, |line| {
-                    let _ = writeln!(stdout, "{line}");
-                    let _ = stdout.flush();
-                })
+                .stream(Method::POST, &path, &NewName { name: new_name }, echo_lines(&mut stdout))
                 .await?;
             if let Err(error) = result {
                 eprintln!("berth: {error}");
@@ -728,12 +725,7 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
             if follow {
                 query.push_str("&follow=1");
                 let path = app_path(&app, &query)?;
-                let result = client
-                    .stream_get(&path, |line| {
-                        let _ = writeln!(stdout, "{line}");
-                        let _ = stdout.flush();
-                    })
-                    .await?;
+                let result = client.stream_get(&path, echo_lines(&mut stdout)).await?;
                 if let Err(error) = result {
                     eprintln!("berth: {error}");
                     return Ok(EXIT_FAILURE);
@@ -752,10 +744,12 @@ async fn execute(client: &Client, command: ServerCommand, json: bool) -> anyhow:
             let command = shell_command(&command);
             let path = app_path(&app, "/run")?;
             let (result, code) = client
-                .stream_with_code(Method::POST, &path, &RunRequest { command }, |line| {
-                    let _ = writeln!(stdout, "{line}");
-                    let _ = stdout.flush();
-                })
+                .stream_with_code(
+                    Method::POST,
+                    &path,
+                    &RunRequest { command },
+                    echo_lines(&mut stdout),
+                )
                 .await?;
             return Ok(match (result, code) {
                 (Ok(()), _) => 0,
@@ -948,6 +942,14 @@ fn confirm_name(app: &str) -> anyhow::Result<bool> {
 }
 
 /// Percent-encodes a query value (process names are plain, but the user typed it).
+/// Prints each line of a streamed answer (a deploy's output, a followed log) as it comes.
+fn echo_lines(stdout: &mut impl Write) -> impl FnMut(&str) + '_ {
+    move |line| {
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+}
+
 fn encode_query(value: &str) -> String {
     value
         .bytes()
