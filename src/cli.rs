@@ -288,6 +288,85 @@ pub fn run_ssh_args(root: &Path, args: &[String], who: Option<String>) -> anyhow
     }
 }
 
+/// The commands `help` lists, in groups as piku's help has them by prefix; every server
+/// command is in exactly one (a unit test holds this).
+const HELP_GROUPS: &[(&str, &[&str])] = &[
+    (
+        "Apps",
+        &["apps", "apps:info", "apps:rename", "apps:clone", "apps:lock", "apps:unlock", "destroy"],
+    ),
+    ("Processes", &["ps", "ps:scale", "restart", "stop", "start", "run", "logs"]),
+    (
+        "Config",
+        &["config", "config:get", "config:set", "config:unset", "config:import", "config:live"],
+    ),
+    (
+        "Releases",
+        &[
+            "releases",
+            "rollback",
+            "releases:keep",
+            "releases:start",
+            "releases:stop",
+            "releases:promote",
+        ],
+    ),
+    (
+        "Names and certificates",
+        &[
+            "domains",
+            "domains:add",
+            "domains:remove",
+            "ports",
+            "ports:add",
+            "ports:remove",
+            "certs",
+            "certs:add",
+        ],
+    ),
+    (
+        "Access",
+        &[
+            "auth",
+            "auth:set",
+            "auth:unset",
+            "keys",
+            "keys:add",
+            "keys:remove",
+            "tokens",
+            "tokens:create",
+            "tokens:revoke",
+        ],
+    ),
+    ("Help", &["help"]),
+];
+
+/// `help` without a command: the commands by group, each with its one-line description.
+fn grouped_help() -> String {
+    let cli = SshCli::command();
+    let about = |name: &str| {
+        let sub = cli.find_subcommand(name);
+        sub.and_then(|sub| sub.get_about()).map(ToString::to_string).unwrap_or_default()
+    };
+    let width = HELP_GROUPS.iter().flat_map(|(_, names)| names.iter()).map(|n| n.len()).max();
+    let width = width.unwrap_or(0) + 2;
+    let mut out = String::from(
+        "Berth's commands, run over ssh: `ssh berth@SERVER COMMAND APP ...`, or `berth COMMAND` \
+         in an app's repository\n",
+    );
+    for (group, names) in HELP_GROUPS {
+        out.push_str(&format!("\n{group}:\n"));
+        for name in *names {
+            out.push_str(&format!("  {name:<width$}{}\n", about(name)));
+        }
+    }
+    out.push_str(
+        "\n--json prints what read commands show as JSON. `help COMMAND` shows a command's \
+         usage and an example.\n",
+    );
+    out
+}
+
 /// Levenshtein distance, for suggesting the command a user meant.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -312,7 +391,7 @@ pub fn run(
     if let ServerCommand::Help { command } = &command {
         let mut cli = SshCli::command().override_usage("berth <COMMAND> [APP] [ARGS]");
         match command {
-            None => println!("{}", cli.render_long_help()),
+            None => print!("{}", grouped_help()),
             Some(name) => match cli.find_subcommand_mut(name) {
                 Some(sub) => println!("{}", sub.render_long_help()),
                 None => {
@@ -1044,6 +1123,19 @@ fn write_table(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn help_groups_hold_every_command_once() {
+        let mut grouped: Vec<&str> =
+            super::HELP_GROUPS.iter().flat_map(|(_, names)| names.iter().copied()).collect();
+        grouped.sort_unstable();
+        let mut commands = super::command_names();
+        commands.sort_unstable();
+        assert_eq!(grouped, commands, "a command is missing from HELP_GROUPS, or listed twice");
+        let help = super::grouped_help();
+        assert!(help.contains("\nConfig:\n  config "), "{help}");
+        assert!(help.contains("  auth:set "), "{help}");
+    }
+
     use super::*;
 
     #[test]

@@ -140,6 +140,10 @@ fn help_lists_the_commands() {
         assert!(out.contains(command), "help does not mention {command}:\n{out}");
     }
     assert!(!out.contains("daemon"), "help shows a server-only command:\n{out}");
+    // Grouped like piku's: each family under its heading, in that order.
+    let at = |heading: &str| out.find(heading).unwrap_or_else(|| panic!("no {heading}:\n{out}"));
+    assert!(at("\nApps:\n") < at("\nConfig:\n") && at("\nConfig:\n") < at("\nAccess:\n"));
+    assert!(at("\nAccess:\n") < at("  auth:set "), "{out}");
 }
 
 #[test]
