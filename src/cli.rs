@@ -1020,7 +1020,6 @@ fn confirm_name(app: &str) -> anyhow::Result<bool> {
     Ok(line.trim() == app)
 }
 
-/// Percent-encodes a query value (process names are plain, but the user typed it).
 /// Prints each line of a streamed answer (a deploy's output, a followed log) as it comes.
 fn echo_lines(stdout: &mut impl Write) -> impl FnMut(&str) + '_ {
     move |line| {
@@ -1029,6 +1028,7 @@ fn echo_lines(stdout: &mut impl Write) -> impl FnMut(&str) + '_ {
     }
 }
 
+/// Percent-encodes a query value (process names are plain, but the user typed it).
 fn encode_query(value: &str) -> String {
     value
         .bytes()

@@ -190,8 +190,7 @@ impl Daemon {
                 // the router, whose access rules are for visitors.
                 let (routes, owner) = (self.routes.clone(), app.to_owned());
                 let instance = cron::InstanceLookup::new(move || {
-                    let backend = routes.load().lookup_app(&owner).cloned()?;
-                    backend.addrs.first().copied()
+                    routes.load().lookup_app(&owner)?.addrs.first().copied()
                 });
                 CronAction::WebRequest {
                     instance,

@@ -131,12 +131,11 @@ impl RouteOptions {
                 Some(config)
             }
         };
-        let allow = match knob("BERTH_ALLOW_IPS") {
-            None => None,
-            Some(list) => Some(
-                berth_router::parse_ip_list(&list).map_err(|e| format!("BERTH_ALLOW_IPS: {e}"))?,
-            ),
-        };
+        let allow = knob("BERTH_ALLOW_IPS")
+            .map(|list| {
+                berth_router::parse_ip_list(&list).map_err(|e| format!("BERTH_ALLOW_IPS: {e}"))
+            })
+            .transpose()?;
         let acme_directory = knob("ACME_ROOT_CA")
             .map(|value| berth_tls::directory_url(&value).map_err(|e| e.to_string()))
             .transpose()?;

@@ -694,9 +694,9 @@ fn error_chain(error: &dyn StdError) -> String {
 ///
 /// Sending consumes the request even when no connection is made, and an `Incoming` body
 /// cannot be recreated, so with a plain `Request<Incoming>` a refused connection would
-/// leave nothing to send to the next instance. Each attempt gets a [`LentBody`] that takes the body out of this slot only
-/// when hyper first polls it, which happens after the connection is up; after a connect
-/// error the body is still here for the next attempt.
+/// leave nothing to send to the next instance. Each attempt gets a [`LentBody`] that takes
+/// the body out of this slot only when hyper first polls it, which happens after the
+/// connection is up; after a connect error the body is still here for the next attempt.
 ///
 /// The slot also keeps the body to the app's size limit and notes when it last made
 /// progress, which the response timeout counts from.

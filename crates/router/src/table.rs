@@ -333,7 +333,9 @@ impl RouteTable {
             return;
         };
         self.apps.insert(backend.app.clone(), Arc::clone(&backend));
-        self.any_path_routing = self.apps.values().any(|backend| backend.path_routing);
+        // A backend replaced by one without path routing may leave this true: that only costs
+        // a lookup that finds nothing path-routed.
+        self.any_path_routing |= backend.path_routing;
         match pattern.strip_prefix("*.") {
             Some(suffix) => self.wildcards.insert(suffix.to_string(), backend),
             None => self.routes.insert(pattern, backend),

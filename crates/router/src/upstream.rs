@@ -216,9 +216,12 @@ where
         instance.pooled.retain(|pooled| !pooled.sender.is_closed() && !is_stale(pooled));
         let ready = instance.pooled.iter().position(|pooled| pooled.sender.is_ready());
         let taken = ready.map(|index| instance.pooled.swap_remove(index).sender);
-        // An instance with nothing pooled and nothing being opened is forgotten: its
-        // address may never be used again.
-        if instance.pooled.is_empty() && instance.opening.available_permits() == MAX_OPENING {
+        // An instance with nothing pooled, nothing being opened and nothing just taken (which
+        // comes back) is forgotten: its address may never be used again.
+        if taken.is_none()
+            && instance.pooled.is_empty()
+            && instance.opening.available_permits() == MAX_OPENING
+        {
             pools.remove(&addr);
         }
         taken
