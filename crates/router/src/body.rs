@@ -6,13 +6,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::fs::File;
 use tokio::io::Take;
 use tokio_stream::Stream;
 use tokio_util::io::ReaderStream;
 
 use crate::cache::Recorder;
+use crate::upstream::UpstreamBody;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -40,9 +41,9 @@ impl Drop for InFlightGuard {
 pub(crate) enum ResponseBody {
     /// The app's response, relayed as it arrives; the guard counts the request as under way
     /// to its instance until the body is done.
-    App { body: Incoming, _in_flight: InFlightGuard },
+    App { body: UpstreamBody, _in_flight: InFlightGuard },
     /// The app's response, relayed as it arrives and copied into the cache on the way.
-    Recording { body: Incoming, recorder: Box<Recorder>, _in_flight: InFlightGuard },
+    Recording { body: UpstreamBody, recorder: Box<Recorder>, _in_flight: InFlightGuard },
     /// Something the router wrote itself: an error page, or nothing (HEAD, 304, 301).
     Page(Full<Bytes>),
     /// A file read from disk in chunks as the client takes them, so a large download
@@ -67,7 +68,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::App { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::App { body, .. } => Pin::new(body).poll_frame(cx),
             ResponseBody::Recording { body, recorder, .. } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -75,7 +76,7 @@ impl Body for ResponseBody {
                 {
                     recorder.observe(data);
                 }
-                polled.map_err(Into::into)
+                polled
             }
             ResponseBody::Page(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::File(chunks) => Pin::new(chunks)

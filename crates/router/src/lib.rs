@@ -35,6 +35,7 @@ mod body;
 mod cache;
 mod connection;
 mod error;
+mod h1;
 mod headers;
 mod limits;
 mod proxy;

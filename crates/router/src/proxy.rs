@@ -35,7 +35,7 @@ use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_ca
 use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
 use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamBody, Upstreams};
 
 /// What HTTPS-only apps tell browsers: use HTTPS for a year (the usual value, and the
 /// minimum for preload lists).
@@ -84,7 +84,7 @@ fn host_port(host: &HeaderValue) -> Option<u16> {
 /// and which instances recently refused connections.
 pub(crate) struct Proxy {
     routes: SharedRoutes,
-    upstreams: Upstreams<LentBody>,
+    upstreams: Upstreams,
     health: PassiveHealth,
     /// Set when the listener serves one app whatever the host; see [`Proxy::for_app`].
     fixed_app: Option<FixedApp>,
@@ -403,11 +403,18 @@ impl Proxy {
 
         let limits = *backend.limits();
         let body = BodySlot::new(body, limits.max_body_bytes);
-        let order = attempt_order(backend, &self.health);
+        // The usual app has one instance: nothing to rank, and nothing to allocate.
+        let ranked;
+        let order: &[usize] = if backend.addrs.len() == 1 {
+            &[0]
+        } else {
+            ranked = attempt_order(backend, &self.health);
+            &ranked
+        };
         let n_attempts = order.len();
         let mut last_error = String::new();
         let mut cache = Some(cache);
-        for (attempt, index) in order.into_iter().enumerate() {
+        for (attempt, &index) in order.iter().enumerate() {
             let addr = backend.addrs[index];
             let guard = InFlightGuard::new(backend.in_flight(index));
             let is_last = attempt + 1 == n_attempts;
@@ -492,7 +499,7 @@ struct Routed {
 /// The body the visitor gets for an app's response, marked and recorded as the cache
 /// decided.
 fn relay(
-    body: Incoming,
+    body: UpstreamBody,
     guard: InFlightGuard,
     cache: CacheUse,
     status: StatusCode,
@@ -600,13 +607,13 @@ fn access_entry(
 /// The tunnel is not bound to the server's shutdown: like a download in progress it is
 /// cut when the process exits, and until then it lives as long as its two ends.
 fn tunnel(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     downstream: OnUpgrade,
     backend: &Backend,
     addr: SocketAddr,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let upstream = hyper::upgrade::on(&mut response);
+    let upstream = response.body_mut().take_upgraded();
     let (mut parts, _empty) = response.into_parts();
     let upgrade = parts.headers.get(UPGRADE).cloned();
     remove_hop_by_hop(&mut parts.headers);
@@ -616,14 +623,22 @@ fn tunnel(
     let app = backend.app.clone();
     let request_id = request_id.to_str().unwrap_or_default().to_string();
     tokio::spawn(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(both) => both,
+        let Some((mut upstream, early)) = upstream else {
+            tracing::debug!(app, %addr, request_id, "a 101 response without its connection");
+            return;
+        };
+        let mut downstream = match downstream.await {
+            Ok(downstream) => TokioIo::new(downstream),
             Err(error) => {
                 tracing::debug!(app, %addr, request_id, "the upgrade did not complete: {error}");
                 return;
             }
         };
-        let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
+        // What the app sent right after its 101 (a first WebSocket frame) goes first.
+        if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut downstream, &early).await {
+            tracing::debug!(app, %addr, request_id, "tunnel failed: {error}");
+            return;
+        }
         match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
             Ok((to_app, to_visitor)) => {
                 tracing::debug!(app, %addr, request_id, to_app, to_visitor, "tunnel closed");
@@ -701,10 +716,15 @@ fn error_chain(error: &dyn StdError) -> String {
 /// The slot also keeps the body to the app's size limit and notes when it last made
 /// progress, which the response timeout counts from.
 struct BodySlot {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    shared: Arc<SlotShared>,
     is_end_stream: bool,
     size_hint: SizeHint,
-    progress: Arc<Progress>,
+}
+
+/// What the slot and its lent bodies share: one allocation per request.
+struct SlotShared {
+    body: Mutex<Option<Incoming>>,
+    progress: Progress,
 }
 
 /// How far the body has come, shared by the slot and the attempt that sends it.
@@ -735,54 +755,48 @@ impl BodySlot {
             max_bytes,
             finished: is_end_stream.into(),
         };
-        BodySlot {
-            slot: Arc::new(Mutex::new(Some(body))),
-            is_end_stream,
-            size_hint,
-            progress: Arc::new(progress),
-        }
+        let shared = SlotShared { body: Mutex::new(Some(body)), progress };
+        BodySlot { shared: Arc::new(shared), is_end_stream, size_hint }
     }
 
     fn lend(&self) -> LentBody {
         LentBody {
-            slot: Arc::clone(&self.slot),
+            shared: Arc::clone(&self.shared),
             taken: None,
             is_end_stream: self.is_end_stream,
             size_hint: self.size_hint,
-            progress: Arc::clone(&self.progress),
         }
     }
 
     /// Whether no attempt has started sending the body, so another attempt may.
     fn is_unsent(&self) -> bool {
-        lock(&self.slot).is_some()
+        lock(&self.shared.body).is_some()
     }
 
     /// Whether the whole body has been sent.
     fn is_finished(&self) -> bool {
-        self.progress.finished.load(Ordering::Relaxed)
+        self.shared.progress.finished.load(Ordering::Relaxed)
     }
 
     /// Counts a new attempt as progress.
     fn restart_clock(&self) {
-        self.progress.touch();
+        self.shared.progress.touch();
     }
 
     fn last_progress(&self) -> Instant {
-        let last = Duration::from_millis(self.progress.last_ms.load(Ordering::Relaxed));
-        self.progress.started + last
+        let progress = &self.shared.progress;
+        progress.started + Duration::from_millis(progress.last_ms.load(Ordering::Relaxed))
     }
 }
 
 /// The request body as one attempt sees it; see [`BodySlot`].
 pub(crate) struct LentBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    shared: Arc<SlotShared>,
     taken: Option<Incoming>,
     /// Answered before the body is taken, because hyper asks while writing the request
     /// head to choose between `Content-Length` and chunked framing.
     is_end_stream: bool,
     size_hint: SizeHint,
-    progress: Arc<Progress>,
 }
 
 impl Body for LentBody {
@@ -795,14 +809,14 @@ impl Body for LentBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.taken.is_none() {
-            this.taken = lock(&this.slot).take();
+            this.taken = lock(&this.shared.body).take();
         }
         let Some(body) = this.taken.as_mut() else {
             // Only one attempt can ever get past connecting, so this means a bug; an error
             // makes hyper abort the request rather than send it with an empty body.
             return Poll::Ready(Some(Err("the request body was already sent elsewhere".into())));
         };
-        let progress = &this.progress;
+        let progress = &this.shared.progress;
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let n_bytes = frame.data_ref().map_or(0, |data| data.len() as u64);

@@ -1,32 +1,45 @@
-//! Connections to the apps: HTTP/1.1 keep-alive connections, pooled per instance address.
+//! Connections to the apps: the router's own HTTP/1.1 client, with keep-alive connections
+//! pooled per instance address.
+//!
+//! The request's own task writes the request and reads the response head: there is no task
+//! per connection and no channel per request, which a general-purpose client (hyper's)
+//! needs to drive a connection on its own. The response body carries its connection and
+//! puts it back into the pool once it has been read to its end, so a connection in the
+//! pool is always idle. The framing rules themselves are in [`crate::h1`].
 //!
 //! One pool belongs to one [`crate::proxy::Proxy`], and so to one listener on one runtime:
 //! with a runtime per core, each core keeps its own connections and the lock below is never
-//! contended. A connection goes back into the pool as soon as the app's response head has
-//! arrived, while its body may still be on the way; it is only handed out again once hyper
-//! says it is ready for the next request (the response read to its end). That spares the
-//! task per request that a pool returning connections on completion would need.
+//! contended.
 //!
 //! New connections are opened a few at a time ([`MAX_OPENING`]); a request that finds no
-//! connection ready waits for a slot to open one or for a busy one to finish, whichever
+//! idle connection waits for a slot to open one or for a busy one to come back, whichever
 //! comes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BoxError;
+use crate::h1::{
+    Decoded, Framing, Malformed, RequestFraming, ResponseHead, encode_request_head,
+    parse_response_head, push_chunk_size,
+};
 
 /// How long to wait for an instance to accept a connection before trying the next one. An
 /// instance on the same machine answers in microseconds or refuses at once; waiting longer
@@ -42,16 +55,29 @@ const MAX_OPENING: usize = 2;
 /// An idle connection older than this is closed rather than used: the app has most likely
 /// given up on it already, and sending on it would only fail.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How much room a read from an app is given when its buffer runs low.
+const READ_CHUNK: usize = 16 * 1024;
+/// Below this much room, a connection's read buffer gets a fresh [`READ_CHUNK`]. Until
+/// then reads go on into what is left of the current one: the heads and bodies read
+/// before still share it, and a fresh buffer per response would be an allocation each.
+const MIN_READ_ROOM: usize = 2048;
 
-/// Open connections to the apps' instances, by address, for requests with bodies of type
-/// `B` (the proxy's [`crate::proxy::LentBody`]).
-pub(crate) struct Upstreams<B> {
-    pools: Mutex<HashMap<SocketAddr, Instance<B>>>,
+/// Open connections to the apps' instances, by address.
+#[derive(Default)]
+pub(crate) struct Upstreams {
+    pools: Arc<Pools>,
+}
+
+#[derive(Default)]
+struct Pools {
+    instances: Mutex<HashMap<SocketAddr, Instance>>,
 }
 
 /// What the pool knows of one instance address.
-struct Instance<B> {
-    pooled: Vec<Pooled<B>>,
+struct Instance {
+    /// Idle connections, the most recently used last: that one is handed out first, and the
+    /// oldest, at the front, is the one checked for going stale.
+    idle: VecDeque<Idle>,
     /// Connections being opened: each holds a permit until its first response head has come
     /// back, which shows the app accepted it.
     opening: Arc<Semaphore>,
@@ -59,26 +85,27 @@ struct Instance<B> {
     returned: Arc<Notify>,
 }
 
-impl<B> Default for Instance<B> {
-    fn default() -> Instance<B> {
+impl Default for Instance {
+    fn default() -> Instance {
         Instance {
-            pooled: Vec::new(),
+            idle: VecDeque::new(),
             opening: Arc::new(Semaphore::new(MAX_OPENING)),
             returned: Arc::default(),
         }
     }
 }
 
-/// A connection in the pool: idle, or still reading the body of its last response.
-struct Pooled<B> {
-    sender: SendRequest<B>,
+struct Idle {
+    connection: Connection,
     since: Instant,
 }
 
-impl<B> Default for Upstreams<B> {
-    fn default() -> Upstreams<B> {
-        Upstreams { pools: Mutex::default() }
-    }
+/// An open connection to an instance, and what has been read from it but not used yet.
+struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    /// The request head being written, kept for the next one.
+    head: Vec<u8>,
 }
 
 /// Why an instance gave no response.
@@ -87,7 +114,13 @@ pub(crate) enum UpstreamError {
     /// No connection could be made: nothing reached the instance.
     Connect(io::Error),
     /// The connection failed while the request was sent or the response awaited.
-    Http(hyper::Error),
+    Io(io::Error),
+    /// The app closed the connection without answering.
+    Closed,
+    /// The app answered something that is not an HTTP/1.1 response.
+    Malformed(Malformed),
+    /// The visitor's request body failed (too large, or broken off) while it was sent.
+    Body(BoxError),
 }
 
 impl UpstreamError {
@@ -101,7 +134,12 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamError::Connect(_) => f.write_str("cannot connect"),
-            UpstreamError::Http(_) => f.write_str("the connection failed"),
+            UpstreamError::Io(_) => f.write_str("the connection failed"),
+            UpstreamError::Closed => {
+                f.write_str("the app closed the connection without sending a response")
+            }
+            UpstreamError::Malformed(malformed) => malformed.fmt(f),
+            UpstreamError::Body(_) => f.write_str("the request body could not be sent"),
         }
     }
 }
@@ -109,162 +147,213 @@ impl fmt::Display for UpstreamError {
 impl StdError for UpstreamError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            UpstreamError::Connect(error) => Some(error),
-            UpstreamError::Http(error) => Some(error),
+            UpstreamError::Connect(error) | UpstreamError::Io(error) => Some(error),
+            UpstreamError::Closed | UpstreamError::Malformed(_) => None,
+            UpstreamError::Body(error) => Some(error.as_ref()),
         }
     }
 }
 
-impl<B> Upstreams<B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+/// A failed exchange, with what is needed to decide whether it may be tried again.
+struct Failure {
+    error: UpstreamError,
+    /// Whether the whole request head went out.
+    head_written: bool,
+    /// Whether any of the request body was taken from the visitor.
+    body_started: bool,
+    /// Whether anything came back.
+    received: bool,
+}
+
+impl Failure {
+    /// On a reused connection, a failure before anything came back usually means the app
+    /// closed the connection as it was being reused. Trying again on another connection
+    /// is safe when the request never fully left, or when it is idempotent (as nginx does):
+    /// a POST that may have been acted on is not sent twice. A body already taken from the
+    /// visitor cannot be sent again at all.
+    fn may_retry(&self, idempotent: bool) -> bool {
+        let connection_lost = matches!(self.error, UpstreamError::Io(_) | UpstreamError::Closed);
+        connection_lost
+            && !self.received
+            && !self.body_started
+            && (!self.head_written || idempotent)
+    }
+}
+
+impl Upstreams {
     /// Sends `request` (in origin form, with its `Host`) to the instance at `addr` on an idle
     /// connection, or on a new one when none is idle and a slot to open one is free (else on
-    /// whichever comes first).
-    pub(crate) async fn send(
-        &self,
-        addr: SocketAddr,
-        mut request: Request<B>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        loop {
-            let sender = match self.take_idle(addr) {
-                Some(sender) => Some(sender),
-                None => match self.opening(addr).try_acquire_owned() {
-                    Ok(slot) => return self.send_on_new(addr, request, slot).await,
-                    Err(_) => self.wait_for_connection(addr).await,
-                },
-            };
-            let Some(mut sender) = sender else {
-                // Nothing to wait on yet: a slot to open a connection, or one coming back.
-                let returned = self.returned(addr);
-                tokio::select! {
-                    slot = self.opening(addr).acquire_owned() => {
-                        let slot = slot.expect("the pool never closes its semaphores");
-                        return self.send_on_new(addr, request, slot).await;
-                    }
-                    () = returned.notified() => continue,
-                }
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.put_back(addr, sender);
-                    return Ok(response);
-                }
-                // Closed by the app before the request was written: it is handed back
-                // untouched, for the next connection.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Http(error.into_error())),
-                },
-            }
-        }
-    }
-
-    /// A connection to `addr` once one is ready: a busy one that finished its response, or
-    /// `None` when a slot to open one freed up first (or there was nothing to wait for).
-    async fn wait_for_connection(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
-        let opening = self.opening(addr);
-        let mut busy = self.take_busy(addr)?;
-        tokio::select! {
-            biased;
-            ready = busy.ready() => ready.ok().map(|()| busy),
-            _ = opening.acquire() => {
-                self.put_back(addr, busy);
-                None
-            }
-        }
-    }
-
-    /// Opens a connection to `addr` and sends `request` on it; the slot is given back once
-    /// the response head is in (or the attempt failed).
-    async fn send_on_new(
+    /// whichever comes first), and returns the response once its head is in.
+    pub(crate) async fn send<B>(
         &self,
         addr: SocketAddr,
         request: Request<B>,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        // Boxed: connecting is rare next to reusing, and its future is large; inline, it
-        // would make every request's future larger, and so slower to move.
-        let mut sender = Box::pin(connect(addr)).await?;
-        let response = sender.send_request(request).await.map_err(UpstreamError::Http)?;
-        drop(slot);
-        self.put_back(addr, sender);
-        Ok(response)
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, mut body) = request.into_parts();
+        let framing = RequestFraming::choose(
+            &parts.method,
+            parts.headers.contains_key(CONTENT_LENGTH),
+            body.is_end_stream(),
+            body.size_hint().exact(),
+        );
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let was_head = parts.method == Method::HEAD;
+        loop {
+            let (mut connection, slot) = self.checkout(addr).await?;
+            let reused = slot.is_none();
+            connection.head.clear();
+            encode_request_head(
+                &parts.method,
+                target,
+                &parts.headers,
+                framing,
+                &mut connection.head,
+            );
+            let exchanged = if body.is_end_stream() {
+                exchange(&mut connection, was_head).await
+            } else {
+                // Boxed: requests with a body are the few, and this future is large.
+                Box::pin(exchange_with_body(&mut connection, &mut body, framing, was_head)).await
+            };
+            match exchanged {
+                Ok(response_head) => {
+                    drop(slot);
+                    return Ok(self.response(addr, connection, response_head));
+                }
+                Err(failure) if reused && failure.may_retry(parts.method.is_idempotent()) => {
+                    tracing::trace!(%addr, "a reused connection failed ({}); trying another", failure.error);
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
     }
 
-    /// The semaphore that limits how many connections to `addr` are opened at once.
-    fn opening(&self, addr: SocketAddr) -> Arc<Semaphore> {
-        Arc::clone(&self.lock().entry(addr).or_default().opening)
+    /// An idle connection to `addr`, or a new one with the slot it was opened under.
+    async fn checkout(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Connection, Option<OwnedSemaphorePermit>), UpstreamError> {
+        loop {
+            if let Some(connection) = self.pools.take_idle(addr) {
+                return Ok((connection, None));
+            }
+            let (opening, returned) = self.pools.waits(addr);
+            let slot = match Arc::clone(&opening).try_acquire_owned() {
+                Ok(slot) => slot,
+                // A connection put back after the look above has left a permit in
+                // `returned`, so it is not missed.
+                Err(_) => tokio::select! {
+                    slot = opening.acquire_owned() => {
+                        slot.expect("the pool never closes its semaphores")
+                    }
+                    () = returned.notified() => continue,
+                },
+            };
+            // Boxed: connecting is rare next to reusing, and its future is large; inline, it
+            // would make every request's future larger, and so slower to move.
+            let connection = Box::pin(connect(addr)).await?;
+            return Ok((connection, Some(slot)));
+        }
     }
 
-    fn returned(&self, addr: SocketAddr) -> Arc<Notify> {
-        Arc::clone(&self.lock().entry(addr).or_default().returned)
-    }
-
-    /// A connection to `addr` that is ready for a request; closed and stale ones found on
-    /// the way are dropped.
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
-        let mut pools = self.lock();
-        let instance = pools.get_mut(&addr)?;
-        let now = Instant::now();
-        let is_stale = |pooled: &Pooled<B>| {
-            pooled.sender.is_ready() && now.duration_since(pooled.since) > IDLE_TIMEOUT
+    fn response(
+        &self,
+        addr: SocketAddr,
+        connection: Connection,
+        head: ResponseHead,
+    ) -> Response<UpstreamBody> {
+        let body = UpstreamBody {
+            framing: head.framing,
+            connection: Some(connection),
+            reusable: head.keep_alive,
+            pools: Arc::clone(&self.pools),
+            addr,
         };
-        instance.pooled.retain(|pooled| !pooled.sender.is_closed() && !is_stale(pooled));
-        let ready = instance.pooled.iter().position(|pooled| pooled.sender.is_ready());
-        let taken = ready.map(|index| instance.pooled.swap_remove(index).sender);
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        response
+    }
+
+    /// How many idle connections to `addr` are pooled.
+    #[cfg(test)]
+    pub(crate) fn pooled(&self, addr: SocketAddr) -> usize {
+        self.pools.lock().get(&addr).map_or(0, |instance| instance.idle.len())
+    }
+}
+
+impl Pools {
+    /// An idle connection to `addr` that is still open; stale and closed ones found on the
+    /// way are dropped.
+    fn take_idle(&self, addr: SocketAddr) -> Option<Connection> {
+        let mut instances = self.lock();
+        let instance = instances.get_mut(&addr)?;
+        let now = Instant::now();
+        let usable = |idle: &Idle| {
+            now.duration_since(idle.since) <= IDLE_TIMEOUT && is_open(&idle.connection.stream)
+        };
+        // The oldest is looked at on every take, so that connections left over from a
+        // burst are closed as they go stale, not kept open for as long as the pool lives.
+        if instance.idle.front().is_some_and(|oldest| !usable(oldest)) {
+            instance.idle.pop_front();
+        }
+        let mut taken = None;
+        while let Some(idle) = instance.idle.pop_back() {
+            if usable(&idle) {
+                taken = Some(idle.connection);
+                break;
+            }
+        }
         // An instance with nothing pooled, nothing being opened and nothing just taken (which
         // comes back) is forgotten: its address may never be used again.
-        if taken.is_none()
-            && instance.pooled.is_empty()
-            && instance.opening.available_permits() == MAX_OPENING
-        {
-            pools.remove(&addr);
+        if taken.is_none() && instance.opening.available_permits() == MAX_OPENING {
+            instances.remove(&addr);
         }
         taken
     }
 
-    /// The connection to `addr` that has been reading its last response the longest.
-    fn take_busy(&self, addr: SocketAddr) -> Option<SendRequest<B>> {
-        let mut pools = self.lock();
-        let pool = &mut pools.get_mut(&addr)?.pooled;
-        let oldest = (pool.iter().enumerate())
-            .filter(|(_, pooled)| !pooled.sender.is_closed())
-            .min_by_key(|(_, pooled)| pooled.since)
-            .map(|(index, _)| index)?;
-        Some(pool.swap_remove(oldest).sender)
+    /// What a request for `addr` waits on: a slot to open a connection, or one coming back.
+    fn waits(&self, addr: SocketAddr) -> (Arc<Semaphore>, Arc<Notify>) {
+        let mut instances = self.lock();
+        let instance = instances.entry(addr).or_default();
+        (Arc::clone(&instance.opening), Arc::clone(&instance.returned))
     }
 
-    fn put_back(&self, addr: SocketAddr, sender: SendRequest<B>) {
-        let pooled = Pooled { sender, since: Instant::now() };
-        let mut pools = self.lock();
-        let instance = pools.entry(addr).or_default();
-        instance.pooled.push(pooled);
+    fn put_back(&self, addr: SocketAddr, connection: Connection) {
+        let idle = Idle { connection, since: Instant::now() };
+        let mut instances = self.lock();
+        let instance = instances.entry(addr).or_default();
+        instance.idle.push_back(idle);
         instance.returned.notify_one();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Instance<B>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Instance>> {
         // A panic elsewhere cannot leave the map half-changed: every change is one call.
-        self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// How many connections to `addr` are pooled, busy or idle.
-    #[cfg(test)]
-    pub(crate) fn pooled(&self, addr: SocketAddr) -> usize {
-        self.lock().get(&addr).map_or(0, |instance| instance.pooled.len())
+        self.instances.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// A new connection to `addr`, driven by a task of its own on the current runtime.
-async fn connect<B>(addr: SocketAddr) -> Result<SendRequest<B>, UpstreamError>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+/// Whether an idle connection is still open: nothing may arrive on one, so anything
+/// readable is the app closing it (or a stray byte, which makes it unusable too). tokio
+/// knows from its last readiness event, so this costs no system call while nothing came.
+fn is_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Makes room in `buf` for the next read; see [`MIN_READ_ROOM`].
+fn reserve_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ_ROOM {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// A new connection to `addr`.
+async fn connect(addr: SocketAddr) -> Result<Connection, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| {
@@ -274,56 +363,389 @@ where
             ))
         })?
         .map_err(UpstreamError::Connect)?;
+    // The request head goes out in one write; Nagle's algorithm would only delay a body's
+    // last small piece.
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    let (sender, connection) =
-        http1::handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Http)?;
-    tokio::spawn(async move {
-        // The app closing a connection is routine; a failed request has its own error.
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::trace!("connection to an instance ended: {error}");
+    Ok(Connection { stream, read: BytesMut::new(), head: Vec::new() })
+}
+
+/// Writes a request without a body (its head is in `connection.head`) and reads the
+/// response head.
+async fn exchange(connection: &mut Connection, was_head: bool) -> Result<ResponseHead, Failure> {
+    let Connection { stream, read, head } = connection;
+    if let Err(error) = stream.write_all(head).await {
+        let error = UpstreamError::Io(error);
+        return Err(Failure { error, head_written: false, body_started: false, received: false });
+    }
+    read_head(stream, read, was_head).await.map_err(|(error, received)| Failure {
+        error,
+        head_written: true,
+        body_started: false,
+        received,
+    })
+}
+
+/// Writes a request with a body and reads the response head. The body is sent while the
+/// response is awaited, so that an app answering early (a 413, say) is heard even if it
+/// stops reading; the connection is then not reused.
+async fn exchange_with_body<B>(
+    connection: &mut Connection,
+    body: &mut B,
+    framing: RequestFraming,
+    was_head: bool,
+) -> Result<ResponseHead, Failure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let Connection { stream, read, head } = connection;
+    // Atomics only because the future must be `Send`; nothing else touches them.
+    let (head_written, body_started) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        writer.write_all(head).await.map_err(UpstreamError::Io)?;
+        head_written.store(true, Ordering::Relaxed);
+        write_body(&mut writer, body, framing, &body_started).await
+    };
+    let mut write = pin!(write);
+    let mut read = pin!(read_head(&mut reader, read, was_head));
+    let mut written: Option<Result<(), UpstreamError>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut write, if written.is_none() => match done {
+                Err(error @ UpstreamError::Body(_)) => {
+                    return Err(Failure { error, head_written: true, body_started: true, received: false });
+                }
+                done => written = Some(done),
+            },
+            response = &mut read => {
+                let failure = |error, received| Failure {
+                    error,
+                    head_written: head_written.load(Ordering::Relaxed),
+                    body_started: body_started.load(Ordering::Relaxed),
+                    received,
+                };
+                return match (response, written) {
+                    (Ok(mut response), written) => {
+                        // The app answered before taking the whole body: what is left of it
+                        // would be read as the next request.
+                        if !matches!(written, Some(Ok(()))) {
+                            response.keep_alive = false;
+                        }
+                        Ok(response)
+                    }
+                    // A write that failed first says more than the read that followed it.
+                    (Err((_, received)), Some(Err(error))) => Err(failure(error, received)),
+                    (Err((error, received)), _) => Err(failure(error, received)),
+                };
+            }
         }
-    });
-    Ok(sender)
+    }
+}
+
+/// Sends the request body as `framing` says; a body error is an [`UpstreamError::Body`].
+async fn write_body<W, B>(
+    writer: &mut W,
+    body: &mut B,
+    framing: RequestFraming,
+    started: &AtomicBool,
+) -> Result<(), UpstreamError>
+where
+    W: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut chunk = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame.map_err(|error| UpstreamError::Body(error.into()))?;
+        // Trailers are dropped, as nginx does: few apps read them.
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        started.store(true, Ordering::Relaxed);
+        if framing == RequestFraming::Chunked {
+            // One write per chunk: its size line, data and CRLF.
+            chunk.clear();
+            push_chunk_size(&mut chunk, data.len());
+            chunk.extend_from_slice(&data);
+            chunk.extend_from_slice(b"\r\n");
+            writer.write_all(&chunk).await.map_err(UpstreamError::Io)?;
+        } else {
+            writer.write_all(&data).await.map_err(UpstreamError::Io)?;
+        }
+    }
+    if framing == RequestFraming::Chunked {
+        writer.write_all(b"0\r\n\r\n").await.map_err(UpstreamError::Io)?;
+    }
+    Ok(())
+}
+
+/// Reads until a final response head is in `buf` (skipping 1xx interim ones, but not a
+/// 101); an error comes with whether anything at all was received.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    was_head: bool,
+) -> Result<ResponseHead, (UpstreamError, bool)> {
+    let mut received = false;
+    loop {
+        if !buf.is_empty() {
+            match parse_response_head(buf, was_head) {
+                // An interim head (100 Continue, 103 Early Hints) is skipped: the final one
+                // may be buffered already.
+                Ok(Some(head))
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    continue;
+                }
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(malformed) => return Err((UpstreamError::Malformed(malformed), true)),
+            }
+        }
+        reserve_room(buf);
+        match reader.read_buf(buf).await {
+            Ok(0) => return Err((UpstreamError::Closed, received)),
+            Ok(_) => received = true,
+            Err(error) => return Err((UpstreamError::Io(error), received)),
+        }
+    }
+}
+
+/// An app's response body, read from its connection as the visitor takes it. Once it has
+/// been read to its end (or if it had none), the connection goes back to the pool; a body
+/// dropped before its end closes the connection, since the rest of it would still come.
+pub(crate) struct UpstreamBody {
+    framing: Framing,
+    /// `None` once the body is over (the connection went back or was closed).
+    connection: Option<Connection>,
+    /// Whether the app allows another request on the connection.
+    reusable: bool,
+    pools: Arc<Pools>,
+    addr: SocketAddr,
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("framing", &self.framing)
+            .field("addr", &self.addr)
+            .field("open", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl UpstreamBody {
+    /// The connection of a 101 response, which has become a tunnel, with any bytes the app
+    /// sent after the head; `None` for any other response.
+    pub(crate) fn take_upgraded(&mut self) -> Option<(TcpStream, BytesMut)> {
+        if self.framing != Framing::Upgraded {
+            return None;
+        }
+        self.connection.take().map(|connection| (connection.stream, connection.read))
+    }
+
+    /// Gives the connection back to the pool if the body is over and the connection can
+    /// carry another request; closes it otherwise.
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && self.framing.is_done()
+            && self.reusable
+            && connection.read.is_empty()
+        {
+            self.pools.put_back(self.addr, connection);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that says it is over (a HEAD's, a 204's, a 304's): such a
+        // connection goes back here.
+        self.release();
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing.decode(&mut connection.read) {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(malformed) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(Box::new(malformed))));
+                }
+            }
+            reserve_room(&mut connection.read);
+            let stream = Pin::new(&mut connection.stream);
+            let read = ready!(tokio_util::io::poll_read_buf(stream, cx, &mut connection.read));
+            match read {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.framing = Framing::Done;
+                    this.reusable = false;
+                    this.connection = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.connection = None;
+                    let cut = "the app closed the connection before the end of its response";
+                    return Poll::Ready(Some(Err(cut.into())));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing.exact_length() {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
     use tokio::time::timeout;
 
     use super::*;
     use crate::test_support::{DEADLINE, counting_upstream, dead_addr, held_upstream, wait_for};
 
-    type Pool = Upstreams<Empty<Bytes>>;
-
     fn get(path: &'static str) -> Request<Empty<Bytes>> {
         Request::builder().uri(path).header("host", "myapp.example.com").body(Empty::new()).unwrap()
     }
 
-    /// Sends a GET and reads the whole answer, as the proxy does for a visitor.
-    async fn fetch(pool: &Pool, addr: SocketAddr) -> String {
+    /// Sends `request` and reads the whole answer, as the proxy does for a visitor.
+    async fn fetch_with<B>(
+        pool: &Upstreams,
+        addr: SocketAddr,
+        request: Request<B>,
+    ) -> (StatusCode, String)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let exchange = async {
-            let response = pool.send(addr, get("/")).await.unwrap();
-            assert_eq!(response.status(), 200);
+            let response = pool.send(addr, request).await.unwrap();
+            let status = response.status();
             let body = response.into_body().collect().await.unwrap().to_bytes();
-            String::from_utf8(body.to_vec()).unwrap()
+            (status, String::from_utf8(body.to_vec()).unwrap())
         };
         timeout(DEADLINE, exchange).await.expect("no answer in time")
     }
 
+    async fn fetch(pool: &Upstreams, addr: SocketAddr) -> String {
+        let (status, body) = fetch_with(pool, addr, get("/")).await;
+        assert_eq!(status, 200);
+        body
+    }
+
     fn accepted(counter: &Arc<AtomicUsize>) -> usize {
-        counter.load(Ordering::SeqCst)
+        counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// An app that, on each connection, reads request heads (and a body of the length
+    /// they announce, if any) and answers them with `answers` in turn, sending every
+    /// request it read on `requests`; after its last answer it closes the connection.
+    async fn scripted_upstream(
+        answers: Vec<&'static [u8]>,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent, requests) = mpsc::unbounded_channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (answers, sent) = (answers.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    for answer in answers {
+                        let Some(request) = read_request(&mut stream, &mut buffer).await else {
+                            return;
+                        };
+                        let _ = sent.send(request);
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, requests, connections)
+    }
+
+    /// One request's bytes: its head, and its body if `Content-Length` gives one, or up to
+    /// the end of the last chunk if it is chunked.
+    async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..at]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map_or(0, |length| length.parse::<usize>().unwrap());
+                let end = if head.contains("transfer-encoding: chunked") {
+                    let body = &buffer[at + 4..];
+                    body.windows(5).position(|w| w == b"0\r\n\r\n").map(|end| at + 4 + end + 5)
+                } else {
+                    (buffer.len() >= at + 4 + length).then_some(at + 4 + length)
+                };
+                if let Some(end) = end {
+                    return Some(buffer.drain(..end).collect());
+                }
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
     }
 
     #[tokio::test]
     async fn requests_one_after_another_share_one_connection() {
         let addr = dead_addr().await;
         let connections = counting_upstream(addr, false).await;
-        let pool = Pool::default();
+        let pool = Upstreams::default();
         for _ in 0..5 {
             assert_eq!(fetch(&pool, addr).await, "revived\n");
         }
@@ -332,33 +754,188 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_busy_connection_is_not_handed_out_and_comes_back_when_done() {
+    async fn a_busy_connection_is_not_handed_out_and_comes_back_once_its_body_is_read() {
         let (slow, started, release) = held_upstream().await;
-        let pool = Arc::new(Pool::default());
-        // The first request is held by the app: its connection is busy.
+        let pool = Arc::new(Upstreams::default());
         let first = tokio::spawn({
             let pool = Arc::clone(&pool);
-            async move { pool.send(slow, get("/held")).await.map(|r| r.status()) }
+            async move { pool.send(slow, get("/held")).await.map(|r| (r.status(), r.into_body())) }
         });
         timeout(DEADLINE, started).await.unwrap().unwrap();
         assert_eq!(pool.pooled(slow), 0, "a connection awaiting its answer is not in the pool");
         release.send(()).unwrap();
-        let status = timeout(DEADLINE, first).await.unwrap().unwrap().unwrap();
+        let (status, body) = timeout(DEADLINE, first).await.unwrap().unwrap().unwrap();
         assert_eq!(status, 200);
-        assert_eq!(pool.pooled(slow), 1, "the connection went back once the head arrived");
+        assert_eq!(pool.pooled(slow), 0, "the body is still to be read");
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"slow");
+        assert_eq!(pool.pooled(slow), 1, "the connection went back once its body was read");
     }
 
     #[tokio::test]
     async fn a_connection_the_app_closed_is_replaced_without_a_failure() {
         let addr = dead_addr().await;
         let connections = counting_upstream(addr, true).await;
-        let pool = Pool::default();
+        let pool = Upstreams::default();
         for n in 1..=4 {
             assert_eq!(fetch(&pool, addr).await, "revived\n");
-            // The closed one is dropped once seen, so the pool never grows.
-            assert!(pool.pooled(addr) <= 1, "{} pooled", pool.pooled(addr));
+            assert_eq!(pool.pooled(addr), 0, "`Connection: close` is not pooled");
             assert_eq!(accepted(&connections), n);
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_app_closed_silently_is_not_reused() {
+        // The app answers one request per connection and then closes, without saying so.
+        let (addr, _requests, connections) =
+            scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await;
+        let pool = Upstreams::default();
+        for n in 1..=3 {
+            assert_eq!(fetch(&pool, addr).await, "ok");
+            wait_for("the app to close", || {
+                let instances = pool.pools.lock();
+                instances
+                    .get(&addr)
+                    .is_none_or(|i| i.idle.iter().all(|c| !is_open(&c.connection.stream)))
+            })
+            .await;
+            assert_eq!(accepted(&connections), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_and_head_responses_leave_the_connection_reusable() {
+        let (addr, mut requests, connections) = scripted_upstream(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
+        ])
+        .await;
+        let pool = Upstreams::default();
+        assert_eq!(
+            fetch_with(&pool, addr, get("/chunked")).await,
+            (StatusCode::OK, "hello world".into())
+        );
+        let head = Request::head("/").header("host", "a").body(Empty::<Bytes>::new()).unwrap();
+        assert_eq!(fetch_with(&pool, addr, head).await, (StatusCode::OK, String::new()));
+        // The 100 is skipped; the 204 has no body even without a length.
+        assert_eq!(
+            fetch_with(&pool, addr, get("/interim")).await,
+            (StatusCode::NO_CONTENT, String::new())
+        );
+        assert_eq!(fetch(&pool, addr).await, "last");
+        assert_eq!(accepted(&connections), 1, "all four on one connection");
+        let first = requests.recv().await.unwrap();
+        assert!(
+            first.starts_with(b"GET /chunked HTTP/1.1\r\n"),
+            "{}",
+            String::from_utf8_lossy(&first)
+        );
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_with_their_length_or_chunked() {
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (addr, mut requests, _) = scripted_upstream(vec![ok, ok, ok]).await;
+        let pool = Upstreams::default();
+        let known = Request::post("/k").body(Full::new(Bytes::from_static(b"abc"))).unwrap();
+        fetch_with(&pool, addr, known).await;
+        let request = String::from_utf8(requests.recv().await.unwrap()).unwrap();
+        assert!(request.ends_with("content-length: 3\r\n\r\nabc"), "{request}");
+
+        let frames = futures_frames(&["hello", ", ", "world"]);
+        let unknown = Request::put("/u").body(StreamBody::new(frames)).unwrap();
+        fetch_with(&pool, addr, unknown).await;
+        let request = String::from_utf8(requests.recv().await.unwrap()).unwrap();
+        assert!(
+            request.ends_with(
+                "transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n2\r\n, \r\n5\r\nworld\r\n0\r\n\r\n"
+            ),
+            "{request}"
+        );
+
+        let empty_post = Request::post("/e").body(Empty::<Bytes>::new()).unwrap();
+        fetch_with(&pool, addr, empty_post).await;
+        let request = String::from_utf8(requests.recv().await.unwrap()).unwrap();
+        assert!(request.ends_with("content-length: 0\r\n\r\n"), "{request}");
+    }
+
+    fn futures_frames(
+        pieces: &[&'static str],
+    ) -> tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>> {
+        let frames: Vec<_> = pieces
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from_static(piece.as_bytes()))))
+            .collect();
+        tokio_stream::iter(frames)
+    }
+
+    use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn an_app_answering_before_reading_the_body_is_heard_and_its_connection_dropped() {
+        // The app reads only the head and answers 413 at once, never reading the body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer).await;
+            stream
+                .write_all(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+                .await
+                .unwrap();
+            // Held open, unread, until the test ends.
+            std::future::pending::<()>().await;
+        });
+        let pool = Upstreams::default();
+        // A body that never ends: without reading the response while sending, this would hang.
+        let (_feed, frames) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
+        let request = Request::post("/upload").body(body).unwrap();
+        assert_eq!(
+            fetch_with(&pool, addr, request).await,
+            (StatusCode::PAYLOAD_TOO_LARGE, "big".into())
+        );
+        assert_eq!(pool.pooled(addr), 0, "a connection with half a request on it is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_the_connection() {
+        let (addr, _requests, _) =
+            scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"]).await;
+        let pool = Upstreams::default();
+        let response = timeout(DEADLINE, pool.send(addr, get("/"))).await.unwrap().unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"half");
+        drop(body);
+        assert_eq!(pool.pooled(addr), 0);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_missing_response_is_an_error_that_says_so() {
+        let (garbage, _r1, _) = scripted_upstream(vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"]).await;
+        let pool = Upstreams::default();
+        let error = pool.send(garbage, get("/")).await.unwrap_err();
+        assert!(error.to_string().contains("does not start with HTTP/1.x"), "{error}");
+
+        let (cut, _r2, _) =
+            scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal"]).await;
+        let response = pool.send(cut, get("/")).await.unwrap();
+        let error = response.into_body().collect().await.unwrap_err();
+        assert!(error.to_string().contains("closed the connection before the end"), "{error}");
+
+        // An app that reads the request and closes without a word, on a fresh connection:
+        // nothing to retry.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_request(&mut stream, &mut Vec::new()).await;
+        });
+        let error = pool.send(silent, get("/")).await.unwrap_err();
+        assert!(error.to_string().contains("without sending a response"), "{error}");
     }
 
     /// An instance that counts the connections it accepts and answers nothing until `release`
@@ -372,7 +949,7 @@ mod tests {
         let counter = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut release = release.clone();
                 tokio::spawn(async move {
                     while crate::test_support::read_message(&mut stream).await.is_some() {
@@ -392,7 +969,7 @@ mod tests {
     async fn a_burst_opens_only_a_few_connections_at_a_time_and_every_request_is_answered() {
         let (release, gate) = tokio::sync::watch::channel(false);
         let (addr, connections) = gated_upstream(gate).await;
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Upstreams::default());
         let burst: Vec<_> = (0..6)
             .map(|_| {
                 let pool = Arc::clone(&pool);
@@ -419,7 +996,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let pool = Pool::default();
+        let pool = Upstreams::default();
         let error = pool.send(dead_addr().await, get("/")).await.unwrap_err();
         assert!(error.is_connect(), "{error:?}");
         assert_eq!(error.to_string(), "cannot connect");
