@@ -3,6 +3,7 @@
 //! busy instance, relay the answer, and for a WebSocket handshake join the two upgraded
 //! connections. The app's limits, HTTPS-only redirect, access log and cache apply here.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -34,7 +35,7 @@ use crate::headers::{
 use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
-use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
+use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host_cow};
 use crate::upstream::Upstreams;
 
 /// What HTTPS-only apps tell browsers: use HTTPS for a year (the usual value, and the
@@ -233,8 +234,7 @@ impl Proxy {
             Some(_) => return Err(ProxyError::UnsupportedTarget),
             None => PathAndQuery::from_static("/"),
         };
-        let Routed { backend, kind, original_host, host } =
-            self.route(&request, &path_and_query)?;
+        let Routed { backend, kind, original_host } = self.route(&request, &path_and_query)?;
         *routed = Some(Arc::clone(&backend));
 
         if !backend.access().is_open() {
@@ -247,6 +247,7 @@ impl Proxy {
             && !downstream.tls
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
         {
+            let host = self.host_name(&original_host);
             return Ok(redirect_to_https(request.method(), &host, &path_and_query));
         }
         // After the redirect, so that a password is only ever asked for over HTTPS there.
@@ -265,7 +266,10 @@ impl Proxy {
         }
 
         // Built only for an app with a cache: most requests need no key.
-        let cache_key = backend.cache().map(|_| format!("{host}{path_and_query}"));
+        let cache_key = backend.cache().map(|_| {
+            let host = self.host_name(&original_host);
+            format!("{host}{path_and_query}")
+        });
         let (prefix, app_path_and_query, uri) = if kind == RouteKind::Path {
             let prefix = format!("/{}", backend.app);
             let stripped = strip_path_prefix(&path_and_query, &prefix)?;
@@ -333,22 +337,15 @@ impl Proxy {
                 Err(ProxyError::MissingHost) => fixed.fallback_host.clone(),
                 other => other?,
             };
-            // Any host reaches the app here; a name that cannot be normalised only matters
-            // for redirects and cache keys, which use the listener's address instead.
-            let host = original_host
-                .to_str()
-                .ok()
-                .and_then(normalize_host)
-                .or_else(|| fixed.fallback_host.to_str().ok().and_then(normalize_host))
-                .unwrap_or_default();
             let backend = self.routes.load().lookup_app(&fixed.name).cloned();
             let backend =
                 backend.ok_or_else(|| ProxyError::UnknownApp { app: fixed.name.clone() })?;
-            return Ok(Routed { backend, kind: RouteKind::Header, original_host, host });
+            return Ok(Routed { backend, kind: RouteKind::Header, original_host });
         }
         let original_host = original_host(request)?;
-        let host =
-            original_host.to_str().ok().and_then(normalize_host).ok_or(ProxyError::InvalidHost)?;
+        let Some(host) = original_host.to_str().ok().and_then(normalize_host_cow) else {
+            return Err(ProxyError::InvalidHost);
+        };
         let x_app = request.headers().get(X_APP).and_then(|value| value.to_str().ok());
         // Only the backend is kept: arc-swap guards are meant to be short-lived, and holding
         // one across the awaits that follow would pin an old table for the whole request.
@@ -357,8 +354,24 @@ impl Proxy {
             .load()
             .route(&host, x_app, path_and_query.path())
             .map(|(backend, kind)| (Arc::clone(backend), kind));
-        let (backend, kind) = routed.ok_or(ProxyError::UnknownHost { host: host.clone() })?;
-        Ok(Routed { backend, kind, original_host, host })
+        let (backend, kind) =
+            routed.ok_or_else(|| ProxyError::UnknownHost { host: host.into_owned() })?;
+        Ok(Routed { backend, kind, original_host })
+    }
+
+    /// The normalised name a routed request asked for, for redirects and cache keys.
+    /// [`Proxy::route`] refused names that cannot be normalised, except on a by-port
+    /// listener, which any name reaches: there the listener's own address stands in.
+    ///
+    /// Worked out again rather than kept from routing, because most requests need it not
+    /// at all and the name routing used borrows from the request.
+    fn host_name<'a>(&'a self, original_host: &'a HeaderValue) -> Cow<'a, str> {
+        let fallback = || {
+            let fixed = self.fixed_app.as_ref()?;
+            fixed.fallback_host.to_str().ok().and_then(normalize_host_cow)
+        };
+        let host = original_host.to_str().ok().and_then(normalize_host_cow);
+        host.or_else(fallback).unwrap_or_default()
     }
 
     /// Forwards to the backend's instances, least busy first, moving on to the next one
@@ -483,10 +496,8 @@ impl Proxy {
 struct Routed {
     backend: Arc<Backend>,
     kind: RouteKind,
-    /// The host as the visitor sent it, for the app.
+    /// The host as the visitor sent it, for the app; [`Proxy::host_name`] normalises it.
     original_host: HeaderValue,
-    /// The same, normalised: for redirects and cache keys.
-    host: String,
 }
 
 /// The body the visitor gets for an app's response, marked and recorded as the cache
