@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, Entry, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, ValueIter,
 };
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -27,7 +27,9 @@ const MAX_REQUEST_ID_LEN: usize = 200;
 ///
 /// `Upgrade` is here too: a WebSocket handshake puts `Connection: upgrade` and `Upgrade` back
 /// with [`keep_upgrade`], since for it they describe the tunnel both hops will become.
-const HOP_BY_HOP: [HeaderName; 9] = [
+///
+/// A `static` rather than a `const`: each use of a `const` array makes and drops a copy.
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -42,30 +44,67 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes the hop-by-hop headers, including any that `Connection` names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One look at each name finds the few to remove (most messages have none, or only a
-    // `Connection: keep-alive`), rather than a hash and a probe for each of the nine.
-    let mut found: Vec<HeaderName> = Vec::new();
+    // `Connection: keep-alive`), rather than a hash and a probe for each of the nine. A bit
+    // per entry of `HOP_BY_HOP` remembers them without an allocation.
+    let mut found: u16 = 0;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            found.push(name.clone());
+        if let Some(index) = hop_by_hop_index(name) {
+            found |= 1 << index;
         }
     }
-    if found.is_empty() {
+    if found == 0 {
         return;
     }
-    let listed = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        // `keep-alive` is in the list already; `close` names no header.
-        .filter(|token| {
-            !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close")
-        })
-        .filter_map(|token| HeaderName::from_bytes(token).ok());
-    // Collected first because the names borrow from the map that is then changed.
-    let listed: Vec<HeaderName> = listed.collect();
-    for name in found.into_iter().chain(listed) {
+    // `Connection` is `HOP_BY_HOP[0]`: taken out with its values in one probe of the map.
+    let mut listed = Vec::new();
+    if found & 1 != 0
+        && let Entry::Occupied(connection) = headers.entry(CONNECTION)
+    {
+        for value in connection.remove_entry_mult().1 {
+            push_listed_names(&mut listed, &value);
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if found & (1 << index) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in listed {
         headers.remove(name);
+    }
+}
+
+/// The position of `name` in [`HOP_BY_HOP`]. A `match` on the text is a few comparisons of
+/// lengths for most names, where comparing with each of the nine names costs several times
+/// as much; this runs for every header of every request and response.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let index = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authorization" => 7,
+        "proxy-authenticate" => 8,
+        _ => return None,
+    };
+    Some(index)
+}
+
+/// Adds to `listed` the headers that a `Connection` value names besides the ones everyone
+/// knows: usually none (`keep-alive`, `close`), which takes no allocation.
+fn push_listed_names(listed: &mut Vec<HeaderName>, connection: &HeaderValue) {
+    for token in connection.as_bytes().split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        // `keep-alive` is in the list already; `close` names no header.
+        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            listed.push(name);
+        }
     }
 }
 
@@ -195,27 +234,25 @@ fn push_token_or_quoted(out: &mut Vec<u8>, value: &str) {
 /// The `Upgrade` value of a WebSocket handshake (`Connection: upgrade` and an `Upgrade`
 /// that lists `websocket`), or `None` for any other request.
 pub(crate) fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let has_token = |name: HeaderName, wanted: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
-    };
+    // Most requests have no `Upgrade` at all, which makes `Connection` not worth a look.
+    let upgrade = headers.get_all(UPGRADE);
     // `Upgrade: websocket/13` would name a version; only the protocol name matters here.
-    let lists_websocket = headers
-        .get_all(UPGRADE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| {
-            let name = token.trim().split('/').next().unwrap_or_default();
-            name.eq_ignore_ascii_case("websocket")
-        });
-    (has_token(CONNECTION, "upgrade") && lists_websocket)
-        .then(|| headers.get(UPGRADE).cloned())
-        .flatten()
+    let lists_websocket = list_tokens(upgrade.iter()).any(|token| {
+        let name = token.split('/').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("websocket")
+    });
+    if !lists_websocket {
+        return None;
+    }
+    let connection_upgrades = list_tokens(headers.get_all(CONNECTION).iter())
+        .any(|token| token.eq_ignore_ascii_case("upgrade"));
+    connection_upgrades.then(|| upgrade.iter().next().cloned()).flatten()
+}
+
+/// The trimmed items of the comma-separated lists that `values` hold (those that are text).
+fn list_tokens<'a>(values: ValueIter<'a, HeaderValue>) -> impl Iterator<Item = &'a str> {
+    let values = values.filter_map(|value| value.to_str().ok());
+    values.flat_map(|value| value.split(',')).map(str::trim)
 }
 
 /// Puts back the two headers that [`remove_hop_by_hop`] took from a message that switches
@@ -370,6 +407,35 @@ mod tests {
             let mut out = b"x".to_vec();
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), format!("x{ip}"));
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_index_finds_each_listed_name_and_no_other() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        for other in ["host", "connections", "x-te", "upgrade-insecure-requests", "keep-alive2"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_removal_table() {
+        // (headers, the names left)
+        type Case = (&'static [(&'static str, &'static str)], &'static [&'static str]);
+        let cases: &[Case] = &[
+            (&[("host", "a"), ("accept", "*/*")], &["accept", "host"]),
+            (&[("connection", "keep-alive"), ("date", "x")], &["date"]),
+            (&[("Connection", "Close"), ("te", "trailers")], &[]),
+            (&[("connection", " x-a ,, keep-alive"), ("x-a", "1"), ("x-b", "2")], &["x-b"]),
+            (&[("connection", "not a name, x-a"), ("x-a", "1"), ("upgrade", "h2c")], &[]),
+            (&[("x-a", "1"), ("upgrade", "websocket"), ("keep-alive", "5")], &["x-a"]),
+        ];
+        for (pairs, left) in cases {
+            let mut map = headers(pairs);
+            remove_hop_by_hop(&mut map);
+            assert_eq!(names(&map), *left, "{pairs:?}");
         }
     }
 
