@@ -1,5 +1,6 @@
 //! Header rewriting at the proxy hop: what must not cross it, and what the app is told.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -127,107 +128,222 @@ pub(crate) struct Forwarding<'a> {
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>) {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; apps expect a.b.c.d.
     let client = forwarding.client.to_canonical();
-    // Built byte by byte: this runs for every request, and `format!` and `to_string` cost
-    // more here than everything else the proxy does to the headers.
-    let mut item = Vec::with_capacity(48);
-    write_ip(&mut item, client);
-    append_to_list(headers, X_FORWARDED_FOR, item);
+    // Built byte by byte, each value in an allocation of exactly its size: this runs for
+    // every request, and `format!` and `to_string` cost more here than everything else the
+    // proxy does to the headers.
+    let ip = IpText::new(client);
+    append_to_list(headers, X_FORWARDED_FOR, ip.as_bytes().len(), |item| {
+        item.extend_from_slice(ip.as_bytes());
+    });
 
     // RFC 7239 section 6: an IPv6 node is bracketed, and so quoted.
-    let mut item = Vec::with_capacity(96);
-    item.extend_from_slice(b"for=");
-    match client {
-        IpAddr::V4(_) => write_ip(&mut item, client),
-        IpAddr::V6(_) => {
-            item.extend_from_slice(b"\"[");
-            write_ip(&mut item, client);
-            item.extend_from_slice(b"]\"");
+    let (before_ip, after_ip): (&[u8], &[u8]) = match client {
+        IpAddr::V4(_) => (b"for=", b";proto="),
+        IpAddr::V6(_) => (b"for=\"[", b"]\";proto="),
+    };
+    let host = forwarding.host.to_str().ok();
+    let host_len = host.map_or(0, |host| b";host=".len() + token_or_quoted_len(host));
+    let len =
+        before_ip.len() + ip.as_bytes().len() + after_ip.len() + forwarding.proto.len() + host_len;
+    append_to_list(headers, FORWARDED, len, |item| {
+        item.extend_from_slice(before_ip);
+        item.extend_from_slice(ip.as_bytes());
+        item.extend_from_slice(after_ip);
+        item.extend_from_slice(forwarding.proto.as_bytes());
+        if let Some(host) = host {
+            item.extend_from_slice(b";host=");
+            push_token_or_quoted(item, host);
         }
-    }
-    item.extend_from_slice(b";proto=");
-    item.extend_from_slice(forwarding.proto.as_bytes());
-    if let Ok(host) = forwarding.host.to_str() {
-        item.extend_from_slice(b";host=");
-        push_token_or_quoted(&mut item, host);
-    }
-    append_to_list(headers, FORWARDED, item);
+    });
 
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
     headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(forwarding.port));
+    headers.insert(X_FORWARDED_PORT, port_value(forwarding.port));
+}
+
+/// A port as a header value: the usual two without an allocation, the others in one of
+/// exactly their size (`HeaderValue::from(u16)` makes two for a port of 4 digits or fewer).
+fn port_value(port: u16) -> HeaderValue {
+    match port {
+        80 => HeaderValue::from_static("80"),
+        443 => HeaderValue::from_static("443"),
+        _ => {
+            let mut digits = [0u8; 5];
+            let mut start = digits.len();
+            let mut rest = port;
+            loop {
+                start -= 1;
+                digits[start] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            HeaderValue::from_bytes(&digits[start..]).expect("digits are a valid header value")
+        }
+    }
+}
+
+/// An IP address as text, on the stack.
+struct IpText {
+    bytes: [u8; IpText::MAX_LEN],
+    len: usize,
+}
+
+impl IpText {
+    /// The longest is an IPv6 address with an IPv4 tail, `ffff:...:ffff:255.255.255.255`.
+    const MAX_LEN: usize = 45;
+
+    fn new(ip: IpAddr) -> IpText {
+        let mut bytes = [0u8; IpText::MAX_LEN];
+        let mut rest = &mut bytes[..];
+        write_ip(&mut rest, ip);
+        let len = IpText::MAX_LEN - rest.len();
+        IpText { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Writes `ip` as text: IPv4 digit by digit (`Display` goes through the formatting
 /// machinery, which is slow for something done on every request), IPv6 by `Display`.
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
+fn write_ip(out: &mut impl Write, ip: IpAddr) {
+    // Writing to a Vec, or to a buffer as long as any address, cannot fail.
+    let _ = match ip {
         IpAddr::V4(ip) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (n, octet) in ip.octets().into_iter().enumerate() {
                 if n > 0 {
-                    out.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            out.write_all(&text[..len])
         }
-        IpAddr::V6(ip) => {
-            use std::io::Write as _;
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{ip}");
-        }
-    }
+        IpAddr::V6(ip) => write!(out, "{ip}"),
+    };
 }
 
-/// Appends `item` to the comma-separated list that the `name` headers hold, leaving one
-/// header.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
-    let mut values = headers.get_all(&name).iter().filter_map(|value| {
-        let value = value.as_bytes().trim_ascii();
-        (!value.is_empty()).then_some(value)
-    });
-    let list = match values.next() {
+/// Appends an item of `item_len` bytes, which `write_item` writes, to the comma-separated
+/// list that the `name` headers hold, leaving one header.
+fn append_to_list(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    item_len: usize,
+    write_item: impl FnOnce(&mut Vec<u8>),
+) {
+    // One probe of the map, whether the header is there or not.
+    let mut entry = match headers.entry(name) {
         // The usual case: the visitor came straight here, and the item is the whole list.
-        None => item,
-        Some(first) => {
-            let mut list = first.to_vec();
-            for value in values {
-                list.extend_from_slice(b", ");
-                list.extend_from_slice(value);
+        Entry::Vacant(entry) => {
+            if let Some(item) = exact_value(item_len, write_item) {
+                entry.insert(item);
             }
-            list.extend_from_slice(b", ");
-            list.extend_from_slice(&item);
-            list
+            return;
         }
+        Entry::Occupied(entry) => entry,
     };
-    // The bytes become the value as they are, without a copy. Every part is a header
-    // value's bytes or made here, so this cannot fail; if it somehow did, no list at all
-    // beats one that leaves this hop out.
-    match HeaderValue::from_maybe_shared(Bytes::from(list)) {
-        Ok(value) => headers.insert(name, value),
-        Err(_) => headers.remove(name),
+    let values = || {
+        entry.iter().map(|value| value.as_bytes().trim_ascii()).filter(|value| !value.is_empty())
     };
+    let len = values().map(|value| value.len() + b", ".len()).sum::<usize>() + item_len;
+    let list = exact_value(len, |list| {
+        for value in values() {
+            list.extend_from_slice(value);
+            list.extend_from_slice(b", ");
+        }
+        write_item(list);
+    });
+    // Every part is a header value's bytes or made here, so the list is a valid value; if
+    // it somehow were not, no list at all beats one that leaves this hop out.
+    match list {
+        Some(list) => entry.insert(list),
+        None => entry.remove(),
+    };
+}
+
+/// The header value that `write` makes of `len` bytes. They are written to an allocation of
+/// exactly that size, which the value takes over as it is: `Bytes` would need a second
+/// allocation to take over one with room to spare. `None` if they cannot be a header value.
+fn exact_value(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<HeaderValue> {
+    let mut bytes = Vec::with_capacity(len);
+    write(&mut bytes);
+    debug_assert_eq!(bytes.len(), len, "the length worked out for a header value is off");
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+/// Whether `value` is an RFC 7230 token, which may go into a list unquoted.
+fn is_token(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(is_tchar)
+}
+
+/// Whether `b` may be part of an RFC 7230 token: a look-up, because it is asked of every
+/// byte of every request's host.
+fn is_tchar(b: u8) -> bool {
+    static TCHAR: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < table.len() {
+            table[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let punctuation = b"!#$%&'*+-.^_`|~";
+        let mut n = 0;
+        while n < punctuation.len() {
+            table[punctuation[n] as usize] = true;
+            n += 1;
+        }
+        table
+    };
+    TCHAR[usize::from(b)]
+}
+
+/// Whether `b` needs a backslash before it in a quoted string.
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\'
+}
+
+/// How many bytes [`push_token_or_quoted`] appends for `value`.
+fn token_or_quoted_len(value: &str) -> usize {
+    // One pass for both questions, rather than `is_token` and then a count.
+    let mut is_token = !value.is_empty();
+    let mut n_escaped = 0;
+    for b in value.bytes() {
+        is_token &= is_tchar(b);
+        n_escaped += usize::from(needs_escape(b));
+    }
+    if is_token { value.len() } else { value.len() + n_escaped + 2 }
 }
 
 /// Appends `value` as an RFC 7230 token when it is one, else as a quoted string (a host with
 /// a port has a `:`, which a token may not contain).
 fn push_token_or_quoted(out: &mut Vec<u8>, value: &str) {
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !value.is_empty() && value.bytes().all(is_tchar) {
+    if is_token(value) {
         out.extend_from_slice(value.as_bytes());
         return;
     }
     out.push(b'"');
-    for b in value.bytes() {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
+    // Copied a run at a time: there is seldom anything to escape.
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| needs_escape(b)) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(&[b'\\', rest[at]]);
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -436,6 +552,63 @@ mod tests {
             let mut map = headers(pairs);
             remove_hop_by_hop(&mut map);
             assert_eq!(names(&map), *left, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_lists_skip_blank_values_and_quote_odd_hosts() {
+        let mut map =
+            headers(&[("x-forwarded-for", " "), ("forwarded", "for=a"), ("forwarded", "")]);
+        let host = HeaderValue::from_static("a\"b\\c");
+        set_forwarded(&mut map, forwarding("10.1.2.3", &host));
+        assert_eq!(map["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(map["forwarded"], "for=a, for=10.1.2.3;proto=http;host=\"a\\\"b\\\\c\"");
+        assert_eq!(map.get_all("forwarded").iter().count(), 1);
+
+        // A host that is not text is left out of `Forwarded`, not mangled.
+        let mut map = HeaderMap::new();
+        let host = HeaderValue::from_bytes(b"caf\xe9.example").unwrap();
+        set_forwarded(&mut map, forwarding("1.2.3.4", &host));
+        assert_eq!(map["forwarded"], "for=1.2.3.4;proto=http");
+        assert_eq!(map["x-forwarded-host"], host);
+    }
+
+    #[test]
+    fn token_or_quoted_len_is_what_push_token_or_quoted_appends() {
+        for value in ["example.com", "example.com:80", "[::1]:80", "a\"b\\c", "", "\"\""] {
+            let mut out = Vec::new();
+            push_token_or_quoted(&mut out, value);
+            assert_eq!(token_or_quoted_len(value), out.len(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn tchar_is_rfc_9110s() {
+        for b in 0..=u8::MAX {
+            let expected = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), expected, "{b:#04x}");
+        }
+    }
+
+    #[test]
+    fn port_value_table() {
+        for port in [0, 7, 80, 99, 443, 1000, 8080, 10000, 65535] {
+            assert_eq!(port_value(port), port.to_string().as_str(), "{port}");
+        }
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        let ips = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "::",
+            "1111:2222:3333:4444:5555:6666:7777:8888",
+            "::ffff:255.255.255.255",
+            "fe80::1",
+        ];
+        for ip in ips.map(|ip| ip.parse::<IpAddr>().unwrap()) {
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
         }
     }
 
