@@ -378,21 +378,52 @@ pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(UPGRADE, upgrade);
 }
 
-/// The request's id: the incoming `X-Request-Id` when there is exactly one and it looks
-/// like an id (1 to 200 visible ASCII characters), so a request can be followed through
-/// several proxies, else a new one.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut values = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(value), None) = (values.next(), values.next()) {
-        let bytes = value.as_bytes();
-        let is_sane = !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(|b| b.is_ascii_graphic());
-        if is_sane {
-            return value.clone();
+/// The request's id, which the request then carries as its one `X-Request-Id`: the
+/// incoming `X-Request-Id` when there is exactly one and it looks like an id (1 to 200
+/// visible ASCII characters), so a request can be followed through several proxies, else a
+/// new one.
+///
+/// One probe of the map, through its entry: a lookup and then an insert would make two.
+pub(crate) fn set_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Vacant(entry) => entry.insert(generated_request_id()).clone(),
+        Entry::Occupied(mut entry) => {
+            if let Some(incoming) = kept_request_id(entry.iter()) {
+                return incoming.clone();
+            }
+            let id = generated_request_id();
+            entry.insert(id.clone());
+            id
         }
     }
-    let id = HeaderValue::from_bytes(&new_request_id());
+}
+
+/// The id that [`set_request_id`] gives a request with these headers, without setting it.
+#[cfg(test)]
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let incoming = kept_request_id(headers.get_all(&X_REQUEST_ID).iter());
+    incoming.cloned().unwrap_or_else(generated_request_id)
+}
+
+/// The incoming id among the `X-Request-Id` `values`, if there is one worth keeping.
+fn kept_request_id<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Option<&'a HeaderValue> {
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let bytes = value.as_bytes();
+    let is_sane = !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes.iter().all(|b| b.is_ascii_graphic());
+    is_sane.then_some(value)
+}
+
+/// A new id as a header value whose clones (for the request, the response and the access
+/// log) share one allocation; a value copied from a slice would make a second one when it
+/// is first cloned.
+fn generated_request_id() -> HeaderValue {
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(new_request_id()));
     id.expect("hex digits are a valid header value")
 }
 
@@ -609,6 +640,24 @@ mod tests {
         ];
         for ip in ips.map(|ip| ip.parse::<IpAddr>().unwrap()) {
             assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn set_request_id_leaves_the_id_as_the_one_value() {
+        let mut map = headers(&[("x-request-id", "abc-123")]);
+        assert_eq!(set_request_id(&mut map), "abc-123");
+        assert_eq!(map["x-request-id"], "abc-123");
+
+        for pairs in [
+            &[][..],
+            &[("x-request-id", "two words")][..],
+            &[("x-request-id", "a"), ("x-request-id", "b")][..],
+        ] {
+            let mut map = headers(pairs);
+            let id = set_request_id(&mut map);
+            assert_eq!(id.len(), 16, "{pairs:?}");
+            assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id], "{pairs:?}");
         }
     }
 

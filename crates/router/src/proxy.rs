@@ -30,7 +30,7 @@ use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
 use crate::headers::{
     Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
-    request_id, set_forwarded, websocket_upgrade,
+    set_forwarded, set_request_id, websocket_upgrade,
 };
 use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
@@ -185,8 +185,7 @@ impl Proxy {
             referer: request.headers().get(REFERER).cloned(),
             user_agent: request.headers().get(USER_AGENT).cloned(),
         };
-        let request_id = request_id(request.headers());
-        request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        let request_id = set_request_id(request.headers_mut());
         let mut routed = None;
         let mut client = downstream.peer.ip();
         let forwarded = self.forward(request, downstream, &request_id, &mut routed, &mut client);
