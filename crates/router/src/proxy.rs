@@ -177,18 +177,20 @@ impl Proxy {
         mut request: Request<Incoming>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
-        let summary = RequestSummary {
+        // `forward` adds the referer and user agent if the app turns out to log them.
+        let mut summary = RequestSummary {
             started: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            referer: request.headers().get(REFERER).cloned(),
-            user_agent: request.headers().get(USER_AGENT).cloned(),
+            referer: None,
+            user_agent: None,
         };
         let request_id = set_request_id(request.headers_mut());
         let mut routed = None;
         let mut client = downstream.peer.ip();
-        let forwarded = self.forward(request, downstream, &request_id, &mut routed, &mut client);
+        let forwarded =
+            self.forward(request, downstream, &request_id, &mut summary, &mut routed, &mut client);
         let mut response = match forwarded.await {
             Ok(response) => response,
             Err(error) => {
@@ -213,13 +215,15 @@ impl Proxy {
         response
     }
 
-    /// Finds the request's app (recording it in `routed`) and answers for it; `client` is
-    /// the visitor's address, which the app's access rules may take from Cloudflare.
+    /// Finds the request's app (recording it in `routed`, and in `summary` what its access
+    /// log needs) and answers for it; `client` is the visitor's address, which the app's
+    /// access rules may take from Cloudflare.
     async fn forward(
         &self,
         request: Request<Incoming>,
         downstream: Downstream,
         request_id: &HeaderValue,
+        summary: &mut RequestSummary,
         routed: &mut Option<Arc<Backend>>,
         client: &mut IpAddr,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -235,6 +239,11 @@ impl Proxy {
         };
         let Routed { backend, kind, original_host } = self.route(&request, &path_and_query)?;
         *routed = Some(Arc::clone(&backend));
+        // Only an access log reads these: for an app without one, two lookups saved.
+        if backend.access_log().is_some() {
+            summary.referer = request.headers().get(REFERER).cloned();
+            summary.user_agent = request.headers().get(USER_AGENT).cloned();
+        }
 
         if !backend.access().is_open() {
             *client = backend
@@ -269,18 +278,19 @@ impl Proxy {
             let host = self.host_name(&original_host);
             format!("{host}{path_and_query}")
         });
+        let stripped_uri;
         let (prefix, app_path_and_query, uri) = if kind == RouteKind::Path {
             let prefix = format!("/{}", backend.app);
             let stripped = strip_path_prefix(&path_and_query, &prefix)?;
-            let uri = Uri::from(stripped.clone());
-            (Some(prefix), stripped, uri)
+            stripped_uri = Uri::from(stripped.clone());
+            (Some(prefix), stripped, &stripped_uri)
         } else {
-            (None, path_and_query, request.uri().clone())
+            (None, path_and_query, request.uri())
         };
 
         let (method, headers) = (request.method(), request.headers());
         if let Some(mut response) =
-            static_files::serve_from_mounts(&backend, method, &uri, headers).await?
+            static_files::serve_from_mounts(&backend, method, uri, headers).await?
         {
             if let Some(prefix) = &prefix {
                 prefix_location(&mut response, prefix);
