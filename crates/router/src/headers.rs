@@ -1,13 +1,14 @@
 //! Header rewriting at the proxy hop: what must not cross it, and what the app is told.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, Entry, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, ValueIter,
 };
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -27,7 +28,9 @@ const MAX_REQUEST_ID_LEN: usize = 200;
 ///
 /// `Upgrade` is here too: a WebSocket handshake puts `Connection: upgrade` and `Upgrade` back
 /// with [`keep_upgrade`], since for it they describe the tunnel both hops will become.
-const HOP_BY_HOP: [HeaderName; 9] = [
+///
+/// A `static` rather than a `const`: each use of a `const` array makes and drops a copy.
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -42,30 +45,67 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes the hop-by-hop headers, including any that `Connection` names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One look at each name finds the few to remove (most messages have none, or only a
-    // `Connection: keep-alive`), rather than a hash and a probe for each of the nine.
-    let mut found: Vec<HeaderName> = Vec::new();
+    // `Connection: keep-alive`), rather than a hash and a probe for each of the nine. A bit
+    // per entry of `HOP_BY_HOP` remembers them without an allocation.
+    let mut found: u16 = 0;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            found.push(name.clone());
+        if let Some(index) = hop_by_hop_index(name) {
+            found |= 1 << index;
         }
     }
-    if found.is_empty() {
+    if found == 0 {
         return;
     }
-    let listed = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        // `keep-alive` is in the list already; `close` names no header.
-        .filter(|token| {
-            !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close")
-        })
-        .filter_map(|token| HeaderName::from_bytes(token).ok());
-    // Collected first because the names borrow from the map that is then changed.
-    let listed: Vec<HeaderName> = listed.collect();
-    for name in found.into_iter().chain(listed) {
+    // `Connection` is `HOP_BY_HOP[0]`: taken out with its values in one probe of the map.
+    let mut listed = Vec::new();
+    if found & 1 != 0
+        && let Entry::Occupied(connection) = headers.entry(CONNECTION)
+    {
+        for value in connection.remove_entry_mult().1 {
+            push_listed_names(&mut listed, &value);
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if found & (1 << index) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in listed {
         headers.remove(name);
+    }
+}
+
+/// The position of `name` in [`HOP_BY_HOP`]. A `match` on the text is a few comparisons of
+/// lengths for most names, where comparing with each of the nine names costs several times
+/// as much; this runs for every header of every request and response.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let index = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authorization" => 7,
+        "proxy-authenticate" => 8,
+        _ => return None,
+    };
+    Some(index)
+}
+
+/// Adds to `listed` the headers that a `Connection` value names besides the ones everyone
+/// knows: usually none (`keep-alive`, `close`), which takes no allocation.
+fn push_listed_names(listed: &mut Vec<HeaderName>, connection: &HeaderValue) {
+    for token in connection.as_bytes().split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        // `keep-alive` is in the list already; `close` names no header.
+        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            listed.push(name);
+        }
     }
 }
 
@@ -88,134 +128,247 @@ pub(crate) struct Forwarding<'a> {
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>) {
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; apps expect a.b.c.d.
     let client = forwarding.client.to_canonical();
-    // Built byte by byte: this runs for every request, and `format!` and `to_string` cost
-    // more here than everything else the proxy does to the headers.
-    let mut item = Vec::with_capacity(48);
-    write_ip(&mut item, client);
-    append_to_list(headers, X_FORWARDED_FOR, item);
+    // Built byte by byte, each value in an allocation of exactly its size: this runs for
+    // every request, and `format!` and `to_string` cost more here than everything else the
+    // proxy does to the headers.
+    let ip = IpText::new(client);
+    append_to_list(headers, X_FORWARDED_FOR, ip.as_bytes().len(), |item| {
+        item.extend_from_slice(ip.as_bytes());
+    });
 
     // RFC 7239 section 6: an IPv6 node is bracketed, and so quoted.
-    let mut item = Vec::with_capacity(96);
-    item.extend_from_slice(b"for=");
-    match client {
-        IpAddr::V4(_) => write_ip(&mut item, client),
-        IpAddr::V6(_) => {
-            item.extend_from_slice(b"\"[");
-            write_ip(&mut item, client);
-            item.extend_from_slice(b"]\"");
+    let (before_ip, after_ip): (&[u8], &[u8]) = match client {
+        IpAddr::V4(_) => (b"for=", b";proto="),
+        IpAddr::V6(_) => (b"for=\"[", b"]\";proto="),
+    };
+    let host = forwarding.host.to_str().ok();
+    let host_len = host.map_or(0, |host| b";host=".len() + token_or_quoted_len(host));
+    let len =
+        before_ip.len() + ip.as_bytes().len() + after_ip.len() + forwarding.proto.len() + host_len;
+    append_to_list(headers, FORWARDED, len, |item| {
+        item.extend_from_slice(before_ip);
+        item.extend_from_slice(ip.as_bytes());
+        item.extend_from_slice(after_ip);
+        item.extend_from_slice(forwarding.proto.as_bytes());
+        if let Some(host) = host {
+            item.extend_from_slice(b";host=");
+            push_token_or_quoted(item, host);
         }
-    }
-    item.extend_from_slice(b";proto=");
-    item.extend_from_slice(forwarding.proto.as_bytes());
-    if let Ok(host) = forwarding.host.to_str() {
-        item.extend_from_slice(b";host=");
-        push_token_or_quoted(&mut item, host);
-    }
-    append_to_list(headers, FORWARDED, item);
+    });
 
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
     headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(forwarding.port));
+    headers.insert(X_FORWARDED_PORT, port_value(forwarding.port));
+}
+
+/// A port as a header value: the usual two without an allocation, the others in one of
+/// exactly their size (`HeaderValue::from(u16)` makes two for a port of 4 digits or fewer).
+fn port_value(port: u16) -> HeaderValue {
+    match port {
+        80 => HeaderValue::from_static("80"),
+        443 => HeaderValue::from_static("443"),
+        _ => {
+            let mut digits = [0u8; 5];
+            let mut start = digits.len();
+            let mut rest = port;
+            loop {
+                start -= 1;
+                digits[start] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            HeaderValue::from_bytes(&digits[start..]).expect("digits are a valid header value")
+        }
+    }
+}
+
+/// An IP address as text, on the stack.
+struct IpText {
+    bytes: [u8; IpText::MAX_LEN],
+    len: usize,
+}
+
+impl IpText {
+    /// The longest is an IPv6 address with an IPv4 tail, `ffff:...:ffff:255.255.255.255`.
+    const MAX_LEN: usize = 45;
+
+    fn new(ip: IpAddr) -> IpText {
+        let mut bytes = [0u8; IpText::MAX_LEN];
+        let mut rest = &mut bytes[..];
+        write_ip(&mut rest, ip);
+        let len = IpText::MAX_LEN - rest.len();
+        IpText { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Writes `ip` as text: IPv4 digit by digit (`Display` goes through the formatting
 /// machinery, which is slow for something done on every request), IPv6 by `Display`.
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
+fn write_ip(out: &mut impl Write, ip: IpAddr) {
+    // Writing to a Vec, or to a buffer as long as any address, cannot fail.
+    let _ = match ip {
         IpAddr::V4(ip) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (n, octet) in ip.octets().into_iter().enumerate() {
                 if n > 0 {
-                    out.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            out.write_all(&text[..len])
         }
-        IpAddr::V6(ip) => {
-            use std::io::Write as _;
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{ip}");
-        }
-    }
+        IpAddr::V6(ip) => write!(out, "{ip}"),
+    };
 }
 
-/// Appends `item` to the comma-separated list that the `name` headers hold, leaving one
-/// header.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: Vec<u8>) {
-    let mut values = headers.get_all(&name).iter().filter_map(|value| {
-        let value = value.as_bytes().trim_ascii();
-        (!value.is_empty()).then_some(value)
-    });
-    let list = match values.next() {
+/// Appends an item of `item_len` bytes, which `write_item` writes, to the comma-separated
+/// list that the `name` headers hold, leaving one header.
+fn append_to_list(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    item_len: usize,
+    write_item: impl FnOnce(&mut Vec<u8>),
+) {
+    // One probe of the map, whether the header is there or not.
+    let mut entry = match headers.entry(name) {
         // The usual case: the visitor came straight here, and the item is the whole list.
-        None => item,
-        Some(first) => {
-            let mut list = first.to_vec();
-            for value in values {
-                list.extend_from_slice(b", ");
-                list.extend_from_slice(value);
+        Entry::Vacant(entry) => {
+            if let Some(item) = exact_value(item_len, write_item) {
+                entry.insert(item);
             }
-            list.extend_from_slice(b", ");
-            list.extend_from_slice(&item);
-            list
+            return;
         }
+        Entry::Occupied(entry) => entry,
     };
-    // The bytes become the value as they are, without a copy. Every part is a header
-    // value's bytes or made here, so this cannot fail; if it somehow did, no list at all
-    // beats one that leaves this hop out.
-    match HeaderValue::from_maybe_shared(Bytes::from(list)) {
-        Ok(value) => headers.insert(name, value),
-        Err(_) => headers.remove(name),
+    let values = || {
+        entry.iter().map(|value| value.as_bytes().trim_ascii()).filter(|value| !value.is_empty())
     };
+    let len = values().map(|value| value.len() + b", ".len()).sum::<usize>() + item_len;
+    let list = exact_value(len, |list| {
+        for value in values() {
+            list.extend_from_slice(value);
+            list.extend_from_slice(b", ");
+        }
+        write_item(list);
+    });
+    // Every part is a header value's bytes or made here, so the list is a valid value; if
+    // it somehow were not, no list at all beats one that leaves this hop out.
+    match list {
+        Some(list) => entry.insert(list),
+        None => entry.remove(),
+    };
+}
+
+/// The header value that `write` makes of `len` bytes. They are written to an allocation of
+/// exactly that size, which the value takes over as it is: `Bytes` would need a second
+/// allocation to take over one with room to spare. `None` if they cannot be a header value.
+fn exact_value(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<HeaderValue> {
+    let mut bytes = Vec::with_capacity(len);
+    write(&mut bytes);
+    debug_assert_eq!(bytes.len(), len, "the length worked out for a header value is off");
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+/// Whether `value` is an RFC 7230 token, which may go into a list unquoted.
+fn is_token(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(is_tchar)
+}
+
+/// Whether `b` may be part of an RFC 7230 token: a look-up, because it is asked of every
+/// byte of every request's host.
+fn is_tchar(b: u8) -> bool {
+    static TCHAR: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < table.len() {
+            table[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let punctuation = b"!#$%&'*+-.^_`|~";
+        let mut n = 0;
+        while n < punctuation.len() {
+            table[punctuation[n] as usize] = true;
+            n += 1;
+        }
+        table
+    };
+    TCHAR[usize::from(b)]
+}
+
+/// Whether `b` needs a backslash before it in a quoted string.
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\'
+}
+
+/// How many bytes [`push_token_or_quoted`] appends for `value`.
+fn token_or_quoted_len(value: &str) -> usize {
+    // One pass for both questions, rather than `is_token` and then a count.
+    let mut is_token = !value.is_empty();
+    let mut n_escaped = 0;
+    for b in value.bytes() {
+        is_token &= is_tchar(b);
+        n_escaped += usize::from(needs_escape(b));
+    }
+    if is_token { value.len() } else { value.len() + n_escaped + 2 }
 }
 
 /// Appends `value` as an RFC 7230 token when it is one, else as a quoted string (a host with
 /// a port has a `:`, which a token may not contain).
 fn push_token_or_quoted(out: &mut Vec<u8>, value: &str) {
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !value.is_empty() && value.bytes().all(is_tchar) {
+    if is_token(value) {
         out.extend_from_slice(value.as_bytes());
         return;
     }
     out.push(b'"');
-    for b in value.bytes() {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
+    // Copied a run at a time: there is seldom anything to escape.
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| needs_escape(b)) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(&[b'\\', rest[at]]);
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
 /// The `Upgrade` value of a WebSocket handshake (`Connection: upgrade` and an `Upgrade`
 /// that lists `websocket`), or `None` for any other request.
 pub(crate) fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let has_token = |name: HeaderName, wanted: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
-    };
+    // Most requests have no `Upgrade` at all, which makes `Connection` not worth a look.
+    let upgrade = headers.get_all(UPGRADE);
     // `Upgrade: websocket/13` would name a version; only the protocol name matters here.
-    let lists_websocket = headers
-        .get_all(UPGRADE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| {
-            let name = token.trim().split('/').next().unwrap_or_default();
-            name.eq_ignore_ascii_case("websocket")
-        });
-    (has_token(CONNECTION, "upgrade") && lists_websocket)
-        .then(|| headers.get(UPGRADE).cloned())
-        .flatten()
+    let lists_websocket = list_tokens(upgrade.iter()).any(|token| {
+        let name = token.split('/').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("websocket")
+    });
+    if !lists_websocket {
+        return None;
+    }
+    let connection_upgrades = list_tokens(headers.get_all(CONNECTION).iter())
+        .any(|token| token.eq_ignore_ascii_case("upgrade"));
+    connection_upgrades.then(|| upgrade.iter().next().cloned()).flatten()
+}
+
+/// The trimmed items of the comma-separated lists that `values` hold (those that are text).
+fn list_tokens<'a>(values: ValueIter<'a, HeaderValue>) -> impl Iterator<Item = &'a str> {
+    let values = values.filter_map(|value| value.to_str().ok());
+    values.flat_map(|value| value.split(',')).map(str::trim)
 }
 
 /// Puts back the two headers that [`remove_hop_by_hop`] took from a message that switches
@@ -225,21 +378,52 @@ pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(UPGRADE, upgrade);
 }
 
-/// The request's id: the incoming `X-Request-Id` when there is exactly one and it looks
-/// like an id (1 to 200 visible ASCII characters), so a request can be followed through
-/// several proxies, else a new one.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut values = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(value), None) = (values.next(), values.next()) {
-        let bytes = value.as_bytes();
-        let is_sane = !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(|b| b.is_ascii_graphic());
-        if is_sane {
-            return value.clone();
+/// The request's id, which the request then carries as its one `X-Request-Id`: the
+/// incoming `X-Request-Id` when there is exactly one and it looks like an id (1 to 200
+/// visible ASCII characters), so a request can be followed through several proxies, else a
+/// new one.
+///
+/// One probe of the map, through its entry: a lookup and then an insert would make two.
+pub(crate) fn set_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Vacant(entry) => entry.insert(generated_request_id()).clone(),
+        Entry::Occupied(mut entry) => {
+            if let Some(incoming) = kept_request_id(entry.iter()) {
+                return incoming.clone();
+            }
+            let id = generated_request_id();
+            entry.insert(id.clone());
+            id
         }
     }
-    let id = HeaderValue::from_bytes(&new_request_id());
+}
+
+/// The id that [`set_request_id`] gives a request with these headers, without setting it.
+#[cfg(test)]
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let incoming = kept_request_id(headers.get_all(&X_REQUEST_ID).iter());
+    incoming.cloned().unwrap_or_else(generated_request_id)
+}
+
+/// The incoming id among the `X-Request-Id` `values`, if there is one worth keeping.
+fn kept_request_id<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Option<&'a HeaderValue> {
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let bytes = value.as_bytes();
+    let is_sane = !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes.iter().all(|b| b.is_ascii_graphic());
+    is_sane.then_some(value)
+}
+
+/// A new id as a header value whose clones (for the request, the response and the access
+/// log) share one allocation; a value copied from a slice would make a second one when it
+/// is first cloned.
+fn generated_request_id() -> HeaderValue {
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(new_request_id()));
     id.expect("hex digits are a valid header value")
 }
 
@@ -370,6 +554,110 @@ mod tests {
             let mut out = b"x".to_vec();
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), format!("x{ip}"));
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_index_finds_each_listed_name_and_no_other() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        for other in ["host", "connections", "x-te", "upgrade-insecure-requests", "keep-alive2"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_removal_table() {
+        // (headers, the names left)
+        type Case = (&'static [(&'static str, &'static str)], &'static [&'static str]);
+        let cases: &[Case] = &[
+            (&[("host", "a"), ("accept", "*/*")], &["accept", "host"]),
+            (&[("connection", "keep-alive"), ("date", "x")], &["date"]),
+            (&[("Connection", "Close"), ("te", "trailers")], &[]),
+            (&[("connection", " x-a ,, keep-alive"), ("x-a", "1"), ("x-b", "2")], &["x-b"]),
+            (&[("connection", "not a name, x-a"), ("x-a", "1"), ("upgrade", "h2c")], &[]),
+            (&[("x-a", "1"), ("upgrade", "websocket"), ("keep-alive", "5")], &["x-a"]),
+        ];
+        for (pairs, left) in cases {
+            let mut map = headers(pairs);
+            remove_hop_by_hop(&mut map);
+            assert_eq!(names(&map), *left, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_lists_skip_blank_values_and_quote_odd_hosts() {
+        let mut map =
+            headers(&[("x-forwarded-for", " "), ("forwarded", "for=a"), ("forwarded", "")]);
+        let host = HeaderValue::from_static("a\"b\\c");
+        set_forwarded(&mut map, forwarding("10.1.2.3", &host));
+        assert_eq!(map["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(map["forwarded"], "for=a, for=10.1.2.3;proto=http;host=\"a\\\"b\\\\c\"");
+        assert_eq!(map.get_all("forwarded").iter().count(), 1);
+
+        // A host that is not text is left out of `Forwarded`, not mangled.
+        let mut map = HeaderMap::new();
+        let host = HeaderValue::from_bytes(b"caf\xe9.example").unwrap();
+        set_forwarded(&mut map, forwarding("1.2.3.4", &host));
+        assert_eq!(map["forwarded"], "for=1.2.3.4;proto=http");
+        assert_eq!(map["x-forwarded-host"], host);
+    }
+
+    #[test]
+    fn token_or_quoted_len_is_what_push_token_or_quoted_appends() {
+        for value in ["example.com", "example.com:80", "[::1]:80", "a\"b\\c", "", "\"\""] {
+            let mut out = Vec::new();
+            push_token_or_quoted(&mut out, value);
+            assert_eq!(token_or_quoted_len(value), out.len(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn tchar_is_rfc_9110s() {
+        for b in 0..=u8::MAX {
+            let expected = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), expected, "{b:#04x}");
+        }
+    }
+
+    #[test]
+    fn port_value_table() {
+        for port in [0, 7, 80, 99, 443, 1000, 8080, 10000, 65535] {
+            assert_eq!(port_value(port), port.to_string().as_str(), "{port}");
+        }
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        let ips = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "::",
+            "1111:2222:3333:4444:5555:6666:7777:8888",
+            "::ffff:255.255.255.255",
+            "fe80::1",
+        ];
+        for ip in ips.map(|ip| ip.parse::<IpAddr>().unwrap()) {
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn set_request_id_leaves_the_id_as_the_one_value() {
+        let mut map = headers(&[("x-request-id", "abc-123")]);
+        assert_eq!(set_request_id(&mut map), "abc-123");
+        assert_eq!(map["x-request-id"], "abc-123");
+
+        for pairs in [
+            &[][..],
+            &[("x-request-id", "two words")][..],
+            &[("x-request-id", "a"), ("x-request-id", "b")][..],
+        ] {
+            let mut map = headers(pairs);
+            let id = set_request_id(&mut map);
+            assert_eq!(id.len(), 16, "{pairs:?}");
+            assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id], "{pairs:?}");
         }
     }
 

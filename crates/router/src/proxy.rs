@@ -3,6 +3,7 @@
 //! busy instance, relay the answer, and for a WebSocket handshake join the two upgraded
 //! connections. The app's limits, HTTPS-only redirect, access log and cache apply here.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -29,12 +30,12 @@ use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
 use crate::headers::{
     Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
-    request_id, set_forwarded, websocket_upgrade,
+    set_forwarded, set_request_id, websocket_upgrade,
 };
 use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
 use crate::static_files;
-use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host};
+use crate::table::{Backend, RouteKind, SharedRoutes, normalize_host_cow};
 use crate::upstream::{UpstreamBody, Upstreams};
 
 /// What HTTPS-only apps tell browsers: use HTTPS for a year (the usual value, and the
@@ -176,19 +177,20 @@ impl Proxy {
         mut request: Request<Incoming>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
-        let summary = RequestSummary {
+        // `forward` adds the referer and user agent if the app turns out to log them.
+        let mut summary = RequestSummary {
             started: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            referer: request.headers().get(REFERER).cloned(),
-            user_agent: request.headers().get(USER_AGENT).cloned(),
+            referer: None,
+            user_agent: None,
         };
-        let request_id = request_id(request.headers());
-        request.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+        let request_id = set_request_id(request.headers_mut());
         let mut routed = None;
         let mut client = downstream.peer.ip();
-        let forwarded = self.forward(request, downstream, &request_id, &mut routed, &mut client);
+        let forwarded =
+            self.forward(request, downstream, &request_id, &mut summary, &mut routed, &mut client);
         let mut response = match forwarded.await {
             Ok(response) => response,
             Err(error) => {
@@ -213,13 +215,15 @@ impl Proxy {
         response
     }
 
-    /// Finds the request's app (recording it in `routed`) and answers for it; `client` is
-    /// the visitor's address, which the app's access rules may take from Cloudflare.
+    /// Finds the request's app (recording it in `routed`, and in `summary` what its access
+    /// log needs) and answers for it; `client` is the visitor's address, which the app's
+    /// access rules may take from Cloudflare.
     async fn forward(
         &self,
         request: Request<Incoming>,
         downstream: Downstream,
         request_id: &HeaderValue,
+        summary: &mut RequestSummary,
         routed: &mut Option<Arc<Backend>>,
         client: &mut IpAddr,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -233,9 +237,13 @@ impl Proxy {
             Some(_) => return Err(ProxyError::UnsupportedTarget),
             None => PathAndQuery::from_static("/"),
         };
-        let Routed { backend, kind, original_host, host } =
-            self.route(&request, &path_and_query)?;
+        let Routed { backend, kind, original_host } = self.route(&request, &path_and_query)?;
         *routed = Some(Arc::clone(&backend));
+        // Only an access log reads these: for an app without one, two lookups saved.
+        if backend.access_log().is_some() {
+            summary.referer = request.headers().get(REFERER).cloned();
+            summary.user_agent = request.headers().get(USER_AGENT).cloned();
+        }
 
         if !backend.access().is_open() {
             *client = backend
@@ -247,6 +255,7 @@ impl Proxy {
             && !downstream.tls
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
         {
+            let host = self.host_name(&original_host);
             return Ok(redirect_to_https(request.method(), &host, &path_and_query));
         }
         // After the redirect, so that a password is only ever asked for over HTTPS there.
@@ -265,19 +274,23 @@ impl Proxy {
         }
 
         // Built only for an app with a cache: most requests need no key.
-        let cache_key = backend.cache().map(|_| format!("{host}{path_and_query}"));
+        let cache_key = backend.cache().map(|_| {
+            let host = self.host_name(&original_host);
+            format!("{host}{path_and_query}")
+        });
+        let stripped_uri;
         let (prefix, app_path_and_query, uri) = if kind == RouteKind::Path {
             let prefix = format!("/{}", backend.app);
             let stripped = strip_path_prefix(&path_and_query, &prefix)?;
-            let uri = Uri::from(stripped.clone());
-            (Some(prefix), stripped, uri)
+            stripped_uri = Uri::from(stripped.clone());
+            (Some(prefix), stripped, &stripped_uri)
         } else {
-            (None, path_and_query, request.uri().clone())
+            (None, path_and_query, request.uri())
         };
 
         let (method, headers) = (request.method(), request.headers());
         if let Some(mut response) =
-            static_files::serve_from_mounts(&backend, method, &uri, headers).await?
+            static_files::serve_from_mounts(&backend, method, uri, headers).await?
         {
             if let Some(prefix) = &prefix {
                 prefix_location(&mut response, prefix);
@@ -333,22 +346,15 @@ impl Proxy {
                 Err(ProxyError::MissingHost) => fixed.fallback_host.clone(),
                 other => other?,
             };
-            // Any host reaches the app here; a name that cannot be normalised only matters
-            // for redirects and cache keys, which use the listener's address instead.
-            let host = original_host
-                .to_str()
-                .ok()
-                .and_then(normalize_host)
-                .or_else(|| fixed.fallback_host.to_str().ok().and_then(normalize_host))
-                .unwrap_or_default();
             let backend = self.routes.load().lookup_app(&fixed.name).cloned();
             let backend =
                 backend.ok_or_else(|| ProxyError::UnknownApp { app: fixed.name.clone() })?;
-            return Ok(Routed { backend, kind: RouteKind::Header, original_host, host });
+            return Ok(Routed { backend, kind: RouteKind::Header, original_host });
         }
         let original_host = original_host(request)?;
-        let host =
-            original_host.to_str().ok().and_then(normalize_host).ok_or(ProxyError::InvalidHost)?;
+        let Some(host) = original_host.to_str().ok().and_then(normalize_host_cow) else {
+            return Err(ProxyError::InvalidHost);
+        };
         let x_app = request.headers().get(X_APP).and_then(|value| value.to_str().ok());
         // Only the backend is kept: arc-swap guards are meant to be short-lived, and holding
         // one across the awaits that follow would pin an old table for the whole request.
@@ -357,8 +363,24 @@ impl Proxy {
             .load()
             .route(&host, x_app, path_and_query.path())
             .map(|(backend, kind)| (Arc::clone(backend), kind));
-        let (backend, kind) = routed.ok_or(ProxyError::UnknownHost { host: host.clone() })?;
-        Ok(Routed { backend, kind, original_host, host })
+        let (backend, kind) =
+            routed.ok_or_else(|| ProxyError::UnknownHost { host: host.into_owned() })?;
+        Ok(Routed { backend, kind, original_host })
+    }
+
+    /// The normalised name a routed request asked for, for redirects and cache keys.
+    /// [`Proxy::route`] refused names that cannot be normalised, except on a by-port
+    /// listener, which any name reaches: there the listener's own address stands in.
+    ///
+    /// Worked out again rather than kept from routing, because most requests need it not
+    /// at all and the name routing used borrows from the request.
+    fn host_name<'a>(&'a self, original_host: &'a HeaderValue) -> Cow<'a, str> {
+        let fallback = || {
+            let fixed = self.fixed_app.as_ref()?;
+            fixed.fallback_host.to_str().ok().and_then(normalize_host_cow)
+        };
+        let host = original_host.to_str().ok().and_then(normalize_host_cow);
+        host.or_else(fallback).unwrap_or_default()
     }
 
     /// Forwards to the backend's instances, least busy first, moving on to the next one
@@ -490,10 +512,8 @@ impl Proxy {
 struct Routed {
     backend: Arc<Backend>,
     kind: RouteKind,
-    /// The host as the visitor sent it, for the app.
+    /// The host as the visitor sent it, for the app; [`Proxy::host_name`] normalises it.
     original_host: HeaderValue,
-    /// The same, normalised: for redirects and cache keys.
-    host: String,
 }
 
 /// The body the visitor gets for an app's response, marked and recorded as the cache

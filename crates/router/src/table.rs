@@ -17,6 +17,7 @@
 //! ever read a snapshot, so a request never waits for the daemon and never sees a table
 //! that is half updated.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,12 @@ use crate::static_files::{StaticMount, longest_prefix_first};
 
 /// DNS limits a name to 253 characters; anything longer cannot be a host we serve.
 const MAX_HOST_LEN: usize = 253;
+
+/// A map keyed by names that visitors choose (hosts, `X-App`, a path's first segment), looked
+/// up on every request. foldhash costs a fraction of the standard SipHash on such short keys,
+/// and its `RandomState` is seeded per process, so a visitor cannot precompute names that
+/// collide.
+type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// One app as the router sees it: where its web instances listen, and which files the
 /// router serves for it from disk.
@@ -284,10 +291,10 @@ impl Backend {
 /// backends by app name for the `X-App` header and path routing.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    routes: HashMap<String, Arc<Backend>>,
+    routes: NameMap<Arc<Backend>>,
     /// `*.example.com` is kept as `example.com`.
-    wildcards: HashMap<String, Arc<Backend>>,
-    apps: HashMap<String, Arc<Backend>>,
+    wildcards: NameMap<Arc<Backend>>,
+    apps: NameMap<Arc<Backend>>,
     /// Whether any app is path-routed: when none is, a request's path needs no lookup.
     any_path_routing: bool,
 }
@@ -345,7 +352,7 @@ impl RouteTable {
     /// The backend for `host`, which is normalised first: its exact name, else the
     /// wildcard with the longest matching suffix.
     pub fn lookup(&self, host: &str) -> Option<&Arc<Backend>> {
-        self.lookup_normalized(&normalize_host(host)?)
+        self.lookup_normalized(&normalize_host_cow(host)?)
     }
 
     /// The backend for a host that is already normalised; the proxy normalises once and
@@ -426,6 +433,13 @@ pub fn shared_routes() -> SharedRoutes {
 /// `"[::1]"` (IPv6 literals are also put in their shortest form). Empty or malformed values,
 /// and names with characters outside letters, digits, `-` and `_`, give `None`.
 pub fn normalize_host(raw: &str) -> Option<String> {
+    normalize_host_cow(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_host`] without a copy when `raw` needs none: a lower-case name, with or
+/// without a port or a trailing dot, is borrowed from `raw`. The proxy normalises the host
+/// of every request, and most arrive in this form.
+pub(crate) fn normalize_host_cow(raw: &str) -> Option<Cow<'_, str>> {
     if let Some(rest) = raw.strip_prefix('[') {
         let (literal, after) = rest.split_once(']')?;
         let port = if after.is_empty() { "" } else { after.strip_prefix(':')? };
@@ -433,23 +447,71 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             return None;
         }
         let ip: Ipv6Addr = literal.parse().ok()?;
-        return Some(format!("[{ip}]"));
+        return Some(Cow::Owned(format!("[{ip}]")));
     }
 
-    let (name, port) = raw.rsplit_once(':').unwrap_or((raw, ""));
+    // The port is short and at the end: a loop finds its `:` sooner than `memrchr`.
+    let colon = raw.bytes().rposition(|b| b == b':');
+    let (name, port) = colon.map_or((raw, ""), |colon| (&raw[..colon], &raw[colon + 1..]));
     if !is_valid_port(port) {
         return None;
     }
     // "example.com." is the fully qualified spelling of "example.com"; both must match.
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_HOST_LEN {
+    if name.len() > MAX_HOST_LEN {
         return None;
     }
-    let labels_are_valid = name.split('.').all(|label| {
-        !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    labels_are_valid.then(|| name.to_ascii_lowercase())
+    // One pass over the bytes: every label is non-empty and made of letters, digits, `-`
+    // and `_`. Starting as if after a dot refuses an empty name and a leading dot.
+    let mut after_dot = true;
+    let mut has_upper_case = false;
+    for &b in name.as_bytes() {
+        let kind = HostByte::of(b);
+        match kind {
+            HostByte::Invalid => return None,
+            HostByte::Dot if after_dot => return None,
+            HostByte::UpperCase => has_upper_case = true,
+            HostByte::Dot | HostByte::Other => {}
+        }
+        after_dot = kind == HostByte::Dot;
+    }
+    if after_dot {
+        return None;
+    }
+    Some(if has_upper_case { Cow::Owned(name.to_ascii_lowercase()) } else { Cow::Borrowed(name) })
+}
+
+/// What a byte is to a host name: every byte of every request's host is asked, so the
+/// answer is looked up rather than worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostByte {
+    /// Not allowed in a name.
+    Invalid,
+    /// Between two labels.
+    Dot,
+    UpperCase,
+    /// A lower-case letter, a digit, `-` or `_`.
+    Other,
+}
+
+impl HostByte {
+    fn of(b: u8) -> HostByte {
+        static KINDS: [HostByte; 256] = {
+            let mut kinds = [HostByte::Invalid; 256];
+            let mut b = 0;
+            while b < kinds.len() {
+                kinds[b] = match b as u8 {
+                    b'.' => HostByte::Dot,
+                    b'A'..=b'Z' => HostByte::UpperCase,
+                    b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => HostByte::Other,
+                    _ => HostByte::Invalid,
+                };
+                b += 1;
+            }
+            kinds
+        };
+        KINDS[usize::from(b)]
+    }
 }
 
 /// [`normalize_host`] for a name in the route table, which may also be a wildcard:
@@ -465,9 +527,20 @@ pub fn normalize_host_pattern(raw: &str) -> Option<String> {
     }
 }
 
-/// An empty port is allowed by RFC 3986 (`example.com:` means the default port).
+/// An empty port is allowed by RFC 3986 (`example.com:` means the default port). Only
+/// digits count, unlike for `str::parse`, which also takes a `+`.
 fn is_valid_port(port: &str) -> bool {
-    port.is_empty() || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+    let mut value: u32 = 0;
+    for b in port.bytes() {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        value = value * 10 + u32::from(b - b'0');
+        if value > u32::from(u16::MAX) {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -511,6 +584,31 @@ mod tests {
         }
         assert_eq!(normalize_host(&"a".repeat(254)), None);
         assert!(normalize_host(&"a".repeat(253)).is_some());
+    }
+
+    #[test]
+    fn normalize_host_cow_borrows_names_that_need_no_change() {
+        // (raw, normalised, whether it is borrowed from `raw`)
+        let cases: &[(&str, Option<&str>, bool)] = &[
+            ("example.com", Some("example.com"), true),
+            ("myapp.example.com:8080", Some("myapp.example.com"), true),
+            ("myapp.example.com.", Some("myapp.example.com"), true),
+            ("myapp.example.com.:443", Some("myapp.example.com"), true),
+            ("127.0.0.1:8000", Some("127.0.0.1"), true),
+            ("my_app-1.local", Some("my_app-1.local"), true),
+            ("MyApp.example.com", Some("myapp.example.com"), false),
+            ("myapp.example.COM:80", Some("myapp.example.com"), false),
+            ("[::1]:80", Some("[::1]"), false),
+            ("", None, false),
+            ("example..com", None, false),
+            ("example.com..", None, false),
+            ("exa mple.com", None, false),
+        ];
+        for (raw, expected, borrowed) in cases {
+            let found = normalize_host_cow(raw);
+            assert_eq!(found.as_deref(), *expected, "normalize_host_cow({raw:?})");
+            assert_eq!(matches!(found, Some(Cow::Borrowed(_))), *borrowed, "{raw:?} borrowed");
+        }
     }
 
     #[test]
