@@ -69,24 +69,53 @@ impl RequestFraming {
     }
 }
 
+/// A request for an app, as the router sends it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a Method,
+    /// The request target in origin form (`/path?query`).
+    pub(crate) target: &'a str,
+    /// Passed on as they are, except the framing headers (which the body decides) and the
+    /// ones `added` replaces.
+    pub(crate) headers: &'a HeaderMap,
+    /// Header lines the router adds, each ending in CRLF.
+    pub(crate) added: &'a [u8],
+    /// Which names of `headers` the lines in `added` replace.
+    pub(crate) replaced: fn(&HeaderName) -> bool,
+}
+
+#[cfg(test)]
+impl<'a> RequestHead<'a> {
+    /// `method` to `target` with `headers` as they are.
+    pub(crate) fn plain(
+        method: &'a Method,
+        target: &'a str,
+        headers: &'a HeaderMap,
+    ) -> RequestHead<'a> {
+        RequestHead { method, target, headers, added: b"", replaced: |_| false }
+    }
+}
+
 /// Writes a request head to `out`: the request line, every header but the framing ones
-/// (`Content-Length` and `Transfer-Encoding`, which `framing` decides), then the framing.
+/// (`Content-Length` and `Transfer-Encoding`, which `framing` decides) and the replaced
+/// ones, the added lines, then the framing.
 ///
 /// Nothing here can inject a line: `http` has already refused CR and LF in names, values,
-/// methods and targets.
+/// methods and targets, and the added lines are the router's own.
 pub(crate) fn encode_request_head(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
+    head: &RequestHead<'_>,
     framing: RequestFraming,
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+    for (name, value) in head.headers {
+        if name == CONTENT_LENGTH
+            || name == http::header::TRANSFER_ENCODING
+            || (head.replaced)(name)
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -94,6 +123,7 @@ pub(crate) fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(head.added);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(length) => {
@@ -482,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn request_head_has_every_header_but_the_framing_ones() {
+    fn request_head_has_every_header_but_the_framing_and_replaced_ones() {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("myapp.example.com"));
         headers.append("x-tag", HeaderValue::from_static("a"));
@@ -490,24 +520,32 @@ mod tests {
         headers.insert("content-length", HeaderValue::from_static("999"));
         headers.insert("transfer-encoding", HeaderValue::from_static("gzip, chunked"));
         let mut out = Vec::new();
-        encode_request_head(&Method::PUT, "/a?b=c", &headers, RequestFraming::Length(5), &mut out);
+        let head = RequestHead::plain(&Method::PUT, "/a?b=c", &headers);
+        encode_request_head(&head, RequestFraming::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "PUT /a?b=c HTTP/1.1\r\nhost: myapp.example.com\r\nx-tag: a\r\nx-tag: b\r\n\
              content-length: 5\r\n\r\n"
         );
+        let replaced = RequestHead {
+            added: b"host: other.example.com\r\n",
+            replaced: |name| name == "host",
+            ..RequestHead::plain(&Method::GET, "/", &headers)
+        };
+        let mut out = Vec::new();
+        encode_request_head(&replaced, RequestFraming::None, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nx-tag: a\r\nx-tag: b\r\nhost: other.example.com\r\n\r\n"
+        );
+        let empty = HeaderMap::new();
         let mut out = Vec::new();
         encode_request_head(
-            &Method::GET,
-            "/",
-            &HeaderMap::new(),
+            &RequestHead::plain(&Method::GET, "/", &empty),
             RequestFraming::Chunked,
             &mut out,
         );
         assert_eq!(out, b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
-        let mut out = Vec::new();
-        encode_request_head(&Method::GET, "/", &HeaderMap::new(), RequestFraming::None, &mut out);
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 
     #[test]

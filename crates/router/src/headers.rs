@@ -11,11 +11,7 @@ use http::header::{
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, ValueIter,
 };
 
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub(crate) const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub(crate) const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_APP: HeaderName = HeaderName::from_static("x-app");
 
@@ -121,67 +117,107 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) port: u16,
 }
 
-/// Tells the app who asked and how: the client's address is appended to any
-/// `X-Forwarded-For` chain and a `for=...;proto=...;host=...` element to any `Forwarded`
-/// list (RFC 7239), while the scheme, host and port are set outright so that a client cannot
-/// claim, say, `https` on a plain connection.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: Forwarding<'_>) {
+/// Writes the header lines that tell the app who asked and how, in HTTP/1.1 form (each
+/// ending in CRLF), for the request head that goes to the app: `Host`, the client's address
+/// appended to the visitor's `X-Forwarded-For` chain and a `for=...;proto=...;host=...`
+/// element to its `Forwarded` list (RFC 7239), and `X-Forwarded-Proto`, `-Host`, `-Port`
+/// and (for a path-routed app) `-Prefix` set outright, so that a client cannot claim, say,
+/// `https` on a plain connection. Those of `visitor`'s headers that these replace
+/// ([`is_set_by_router`]) must be left out of the head.
+///
+/// Written as bytes, not put into the request's header map: the map would hash each name,
+/// grow, and take each value in an allocation of its own, all on every request.
+pub(crate) fn write_forwarding(
+    out: &mut Vec<u8>,
+    visitor: &HeaderMap,
+    forwarding: Forwarding<'_>,
+    prefix: Option<&str>,
+) {
+    line(out, b"host", forwarding.host.as_bytes());
+
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; apps expect a.b.c.d.
     let client = forwarding.client.to_canonical();
-    // Built byte by byte, each value in an allocation of exactly its size: this runs for
-    // every request, and `format!` and `to_string` cost more here than everything else the
-    // proxy does to the headers.
     let ip = IpText::new(client);
-    append_to_list(headers, X_FORWARDED_FOR, ip.as_bytes().len(), |item| {
-        item.extend_from_slice(ip.as_bytes());
-    });
+    out.extend_from_slice(b"x-forwarded-for: ");
+    push_list_so_far(out, visitor, &X_FORWARDED_FOR);
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
 
     // RFC 7239 section 6: an IPv6 node is bracketed, and so quoted.
     let (before_ip, after_ip): (&[u8], &[u8]) = match client {
         IpAddr::V4(_) => (b"for=", b";proto="),
         IpAddr::V6(_) => (b"for=\"[", b"]\";proto="),
     };
-    let host = forwarding.host.to_str().ok();
-    let host_len = host.map_or(0, |host| b";host=".len() + token_or_quoted_len(host));
-    let len =
-        before_ip.len() + ip.as_bytes().len() + after_ip.len() + forwarding.proto.len() + host_len;
-    append_to_list(headers, FORWARDED, len, |item| {
-        item.extend_from_slice(before_ip);
-        item.extend_from_slice(ip.as_bytes());
-        item.extend_from_slice(after_ip);
-        item.extend_from_slice(forwarding.proto.as_bytes());
-        if let Some(host) = host {
-            item.extend_from_slice(b";host=");
-            push_token_or_quoted(item, host);
-        }
-    });
+    out.extend_from_slice(b"forwarded: ");
+    push_list_so_far(out, visitor, &FORWARDED);
+    out.extend_from_slice(before_ip);
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(after_ip);
+    out.extend_from_slice(forwarding.proto.as_bytes());
+    // A host that is not text is left out of `Forwarded`, not mangled.
+    if let Ok(host) = forwarding.host.to_str() {
+        out.extend_from_slice(b";host=");
+        push_token_or_quoted(out, host);
+    }
+    out.extend_from_slice(b"\r\n");
 
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarding.proto));
-    headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
-    headers.insert(X_FORWARDED_PORT, port_value(forwarding.port));
+    line(out, b"x-forwarded-proto", forwarding.proto.as_bytes());
+    line(out, b"x-forwarded-host", forwarding.host.as_bytes());
+    let mut digits = [0u8; 5];
+    line(out, b"x-forwarded-port", decimal(forwarding.port, &mut digits));
+    // Apps build links from the prefix, so a visitor must never choose it: theirs is left
+    // out whether or not the router sets one. An app name is always a valid value.
+    if let Some(prefix) = prefix.filter(|prefix| HeaderValue::from_str(prefix).is_ok()) {
+        line(out, b"x-forwarded-prefix", prefix.as_bytes());
+    }
 }
 
-/// A port as a header value: the usual two without an allocation, the others in one of
-/// exactly their size (`HeaderValue::from(u16)` makes two for a port of 4 digits or fewer).
-fn port_value(port: u16) -> HeaderValue {
-    match port {
-        80 => HeaderValue::from_static("80"),
-        443 => HeaderValue::from_static("443"),
-        _ => {
-            let mut digits = [0u8; 5];
-            let mut start = digits.len();
-            let mut rest = port;
-            loop {
-                start -= 1;
-                digits[start] = b'0' + (rest % 10) as u8;
-                rest /= 10;
-                if rest == 0 {
-                    break;
-                }
-            }
-            HeaderValue::from_bytes(&digits[start..]).expect("digits are a valid header value")
+/// Whether [`write_forwarding`] writes the header `name` itself, so the visitor's must not
+/// reach the app. One length check for most names.
+pub(crate) fn is_set_by_router(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    match name.len() {
+        4 => name == "host",
+        9 => name == "forwarded",
+        15 => name == "x-forwarded-for",
+        16 => name == "x-forwarded-host" || name == "x-forwarded-port",
+        17 => name == "x-forwarded-proto",
+        18 => name == "x-forwarded-prefix",
+        _ => false,
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the visitor's `name` values as the start of a comma-separated list, each followed
+/// by `, ` so that the router's item comes next; blank values are skipped.
+fn push_list_so_far(out: &mut Vec<u8>, visitor: &HeaderMap, name: &HeaderName) {
+    for value in visitor.get_all(name) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
         }
     }
+}
+
+/// `n` in decimal, written at the end of `digits`.
+fn decimal(mut n: u16, digits: &mut [u8; 5]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[start..]
 }
 
 /// An IP address as text, on the stack.
@@ -237,54 +273,6 @@ fn write_ip(out: &mut impl Write, ip: IpAddr) {
     };
 }
 
-/// Appends an item of `item_len` bytes, which `write_item` writes, to the comma-separated
-/// list that the `name` headers hold, leaving one header.
-fn append_to_list(
-    headers: &mut HeaderMap,
-    name: HeaderName,
-    item_len: usize,
-    write_item: impl FnOnce(&mut Vec<u8>),
-) {
-    // One probe of the map, whether the header is there or not.
-    let mut entry = match headers.entry(name) {
-        // The usual case: the visitor came straight here, and the item is the whole list.
-        Entry::Vacant(entry) => {
-            if let Some(item) = exact_value(item_len, write_item) {
-                entry.insert(item);
-            }
-            return;
-        }
-        Entry::Occupied(entry) => entry,
-    };
-    let values = || {
-        entry.iter().map(|value| value.as_bytes().trim_ascii()).filter(|value| !value.is_empty())
-    };
-    let len = values().map(|value| value.len() + b", ".len()).sum::<usize>() + item_len;
-    let list = exact_value(len, |list| {
-        for value in values() {
-            list.extend_from_slice(value);
-            list.extend_from_slice(b", ");
-        }
-        write_item(list);
-    });
-    // Every part is a header value's bytes or made here, so the list is a valid value; if
-    // it somehow were not, no list at all beats one that leaves this hop out.
-    match list {
-        Some(list) => entry.insert(list),
-        None => entry.remove(),
-    };
-}
-
-/// The header value that `write` makes of `len` bytes. They are written to an allocation of
-/// exactly that size, which the value takes over as it is: `Bytes` would need a second
-/// allocation to take over one with room to spare. `None` if they cannot be a header value.
-fn exact_value(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<HeaderValue> {
-    let mut bytes = Vec::with_capacity(len);
-    write(&mut bytes);
-    debug_assert_eq!(bytes.len(), len, "the length worked out for a header value is off");
-    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
-}
-
 /// Whether `value` is an RFC 7230 token, which may go into a list unquoted.
 fn is_token(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(is_tchar)
@@ -314,18 +302,6 @@ fn is_tchar(b: u8) -> bool {
 /// Whether `b` needs a backslash before it in a quoted string.
 fn needs_escape(b: u8) -> bool {
     b == b'"' || b == b'\\'
-}
-
-/// How many bytes [`push_token_or_quoted`] appends for `value`.
-fn token_or_quoted_len(value: &str) -> usize {
-    // One pass for both questions, rather than `is_token` and then a count.
-    let mut is_token = !value.is_empty();
-    let mut n_escaped = 0;
-    for b in value.bytes() {
-        is_token &= is_tchar(b);
-        n_escaped += usize::from(needs_escape(b));
-    }
-    if is_token { value.len() } else { value.len() + n_escaped + 2 }
 }
 
 /// Appends `value` as an RFC 7230 token when it is one, else as a quoted string (a host with
@@ -485,6 +461,72 @@ mod tests {
         assert_eq!(names(&map), ["accept", "content-length"]);
     }
 
+    /// The headers the app gets: `visitor`'s but those the router sets, and the lines
+    /// [`write_forwarding`] writes, read back as an app would.
+    fn set_forwarded(visitor: &mut HeaderMap, forwarding: Forwarding<'_>) {
+        set_forwarded_with_prefix(visitor, forwarding, None);
+    }
+
+    fn set_forwarded_with_prefix(
+        visitor: &mut HeaderMap,
+        forwarding: Forwarding<'_>,
+        prefix: Option<&str>,
+    ) {
+        let mut lines = Vec::new();
+        write_forwarding(&mut lines, visitor, forwarding, prefix);
+        assert!(lines.ends_with(b"\r\n"), "{}", String::from_utf8_lossy(&lines));
+        let mut map = HeaderMap::new();
+        for (name, value) in visitor.iter().filter(|(name, _)| !is_set_by_router(name)) {
+            map.append(name, value.clone());
+        }
+        for line in lines.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let line = line.strip_suffix(b"\r").expect("lines end in CRLF");
+            let at = line.iter().position(|&b| b == b':').expect("a name and a value");
+            let name = HeaderName::from_bytes(&line[..at]).unwrap();
+            let value = line[at + 1..].strip_prefix(b" ").expect("a space after the colon");
+            map.append(name, HeaderValue::from_bytes(value).unwrap());
+        }
+        *visitor = map;
+    }
+
+    #[test]
+    fn the_router_sets_host_and_the_prefix_and_leaves_out_the_visitors() {
+        let mut map = headers(&[
+            ("host", "spoofed.example.com"),
+            ("x-forwarded-prefix", "/evil"),
+            ("accept", "*/*"),
+        ]);
+        let host = HeaderValue::from_static("myapp.example.com");
+        set_forwarded_with_prefix(&mut map, forwarding("10.0.0.9", &host), Some("/myapp"));
+        assert_eq!(map.get_all("host").iter().collect::<Vec<_>>(), [&host]);
+        assert_eq!(map["x-forwarded-prefix"], "/myapp");
+        assert_eq!(map["accept"], "*/*");
+        let mut map = headers(&[("x-forwarded-prefix", "/evil")]);
+        set_forwarded(&mut map, forwarding("10.0.0.9", &host));
+        assert!(map.get("x-forwarded-prefix").is_none(), "a visitor's prefix never passes");
+    }
+
+    #[test]
+    fn is_set_by_router_table() {
+        for name in [
+            "host",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-forwarded-prefix",
+            "X-Forwarded-Proto",
+        ] {
+            assert!(is_set_by_router(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+        }
+        for name in
+            ["hosts", "x-forwarded", "x-forwarded-fort", "x-request-id", "accept", "x-forwarded-by"]
+        {
+            assert!(!is_set_by_router(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+        }
+    }
+
     fn forwarding<'a>(client: &str, host: &'a HeaderValue) -> Forwarding<'a> {
         Forwarding { client: client.parse().unwrap(), proto: "http", host, port: 8080 }
     }
@@ -605,15 +647,6 @@ mod tests {
     }
 
     #[test]
-    fn token_or_quoted_len_is_what_push_token_or_quoted_appends() {
-        for value in ["example.com", "example.com:80", "[::1]:80", "a\"b\\c", "", "\"\""] {
-            let mut out = Vec::new();
-            push_token_or_quoted(&mut out, value);
-            assert_eq!(token_or_quoted_len(value), out.len(), "{value:?}");
-        }
-    }
-
-    #[test]
     fn tchar_is_rfc_9110s() {
         for b in 0..=u8::MAX {
             let expected = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -622,9 +655,9 @@ mod tests {
     }
 
     #[test]
-    fn port_value_table() {
+    fn decimal_table() {
         for port in [0, 7, 80, 99, 443, 1000, 8080, 10000, 65535] {
-            assert_eq!(port_value(port), port.to_string().as_str(), "{port}");
+            assert_eq!(decimal(port, &mut [0; 5]), port.to_string().as_bytes(), "{port}");
         }
     }
 

@@ -28,9 +28,10 @@ use crate::balance::{PassiveHealth, UNHEALTHY_FOR, attempt_order};
 use crate::body::{BoxError, InFlightGuard, ResponseBody};
 use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
+use crate::h1::RequestHead;
 use crate::headers::{
-    Forwarding, X_APP, X_FORWARDED_PREFIX, X_REQUEST_ID, keep_upgrade, remove_hop_by_hop,
-    set_forwarded, set_request_id, websocket_upgrade,
+    Forwarding, X_APP, X_REQUEST_ID, is_set_by_router, keep_upgrade, remove_hop_by_hop,
+    set_request_id, websocket_upgrade, write_forwarding,
 };
 use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
@@ -400,7 +401,6 @@ impl Proxy {
         let mut downstream_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut request));
 
         let (parts, body) = request.into_parts();
-        let method = parts.method;
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
         if let Some(upgrade) = websocket {
@@ -412,16 +412,19 @@ impl Proxy {
             host: &original_host,
             port: downstream.port(&original_host),
         };
-        set_forwarded(&mut headers, forwarding);
-        // Apps build links from the prefix, so a visitor must not be able to choose it.
-        headers.remove(X_FORWARDED_PREFIX);
-        if let Some(prefix) = prefix.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
-            headers.insert(X_FORWARDED_PREFIX, prefix);
-        }
         // The request goes to the instance in origin form, so `Host` is the only place the
         // app can see the name it was asked for; for an absolute-form request that is the
-        // URI's authority, which RFC 9112 says wins over any Host header.
-        headers.insert(HOST, original_host);
+        // URI's authority, which RFC 9112 says wins over any Host header. It is written with
+        // the forwarding headers, which replace the visitor's.
+        let mut added = Vec::with_capacity(256);
+        write_forwarding(&mut added, &headers, forwarding, prefix.as_deref());
+        let upstream = RequestHead {
+            method: &parts.method,
+            target: path_and_query.as_str(),
+            headers: &headers,
+            added: &added,
+            replaced: is_set_by_router,
+        };
 
         let limits = *backend.limits();
         let body = BodySlot::new(body, limits.max_body_bytes);
@@ -433,22 +436,14 @@ impl Proxy {
             ranked = attempt_order(backend, &self.health);
             &ranked
         };
-        let n_attempts = order.len();
         let mut last_error = String::new();
         let mut cache = Some(cache);
-        for (attempt, &index) in order.iter().enumerate() {
+        for &index in order {
             let addr = backend.addrs[index];
             let guard = InFlightGuard::new(backend.in_flight(index));
-            let is_last = attempt + 1 == n_attempts;
-            let mut upstream = Request::new(body.lend());
-            *upstream.method_mut() = method.clone();
-            *upstream.uri_mut() = Uri::from(path_and_query.clone());
-            *upstream.headers_mut() =
-                if is_last { std::mem::take(&mut headers) } else { headers.clone() };
-
             // Pinned here rather than moved into the timeout's future, which would then hold
             // it twice: every byte of a request's future is copied as it is moved around.
-            let send = std::pin::pin!(self.upstreams.send(addr, upstream));
+            let send = std::pin::pin!(self.upstreams.send(addr, &upstream, body.lend()));
             let answered = within_response_timeout(send, &body, limits.response_timeout).await;
             let Some(result) = answered else {
                 tracing::debug!(app = %backend.app, %addr, request_id = request_id_text, body_sent = body.is_finished(), "no answer in time");

@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,7 +36,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BoxError;
 use crate::h1::{
-    Decoded, Framing, Malformed, RequestFraming, ResponseHead, encode_request_head,
+    Decoded, Framing, Malformed, RequestFraming, RequestHead, ResponseHead, encode_request_head,
     parse_response_head, push_chunk_size,
 };
 
@@ -181,38 +180,32 @@ impl Failure {
 }
 
 impl Upstreams {
-    /// Sends `request` (in origin form, with its `Host`) to the instance at `addr` on an idle
+    /// Sends `request` (in origin form, with its `Host`) and `body` to the instance at `addr` on an idle
     /// connection, or on a new one when none is idle and a slot to open one is free (else on
     /// whichever comes first), and returns the response once its head is in.
     pub(crate) async fn send<B>(
         &self,
         addr: SocketAddr,
-        request: Request<B>,
+        request: &RequestHead<'_>,
+        mut body: B,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let (parts, mut body) = request.into_parts();
+        let method = request.method;
         let framing = RequestFraming::choose(
-            &parts.method,
-            parts.headers.contains_key(CONTENT_LENGTH),
+            method,
+            request.headers.contains_key(CONTENT_LENGTH),
             body.is_end_stream(),
             body.size_hint().exact(),
         );
-        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let was_head = parts.method == Method::HEAD;
+        let was_head = *method == Method::HEAD;
         loop {
             let (mut connection, slot) = self.checkout(addr).await?;
             let reused = slot.is_none();
             connection.head.clear();
-            encode_request_head(
-                &parts.method,
-                target,
-                &parts.headers,
-                framing,
-                &mut connection.head,
-            );
+            encode_request_head(request, framing, &mut connection.head);
             let exchanged = if body.is_end_stream() {
                 exchange(&mut connection, was_head).await
             } else {
@@ -224,7 +217,7 @@ impl Upstreams {
                     drop(slot);
                     return Ok(self.response(addr, connection, response_head));
                 }
-                Err(failure) if reused && failure.may_retry(parts.method.is_idempotent()) => {
+                Err(failure) if reused && failure.may_retry(method.is_idempotent()) => {
                     tracing::trace!(%addr, "a reused connection failed ({}); trying another", failure.error);
                 }
                 Err(failure) => return Err(failure.error),
@@ -639,6 +632,7 @@ impl Body for UpstreamBody {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
+    use http::Request;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
@@ -646,6 +640,23 @@ mod tests {
 
     use super::*;
     use crate::test_support::{DEADLINE, counting_upstream, dead_addr, held_upstream, wait_for};
+
+    impl Upstreams {
+        /// [`Upstreams::send`] for a whole `http::Request`, sent as it is.
+        async fn send_request<B>(
+            &self,
+            addr: SocketAddr,
+            request: Request<B>,
+        ) -> Result<Response<UpstreamBody>, UpstreamError>
+        where
+            B: Body<Data = Bytes> + Unpin,
+            B::Error: Into<BoxError>,
+        {
+            let (parts, body) = request.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |target| target.as_str());
+            self.send(addr, &RequestHead::plain(&parts.method, target, &parts.headers), body).await
+        }
+    }
 
     fn get(path: &'static str) -> Request<Empty<Bytes>> {
         Request::builder().uri(path).header("host", "myapp.example.com").body(Empty::new()).unwrap()
@@ -662,7 +673,7 @@ mod tests {
         B::Error: Into<BoxError>,
     {
         let exchange = async {
-            let response = pool.send(addr, request).await.unwrap();
+            let response = pool.send_request(addr, request).await.unwrap();
             let status = response.status();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             (status, String::from_utf8(body.to_vec()).unwrap())
@@ -759,7 +770,9 @@ mod tests {
         let pool = Arc::new(Upstreams::default());
         let first = tokio::spawn({
             let pool = Arc::clone(&pool);
-            async move { pool.send(slow, get("/held")).await.map(|r| (r.status(), r.into_body())) }
+            async move {
+                pool.send_request(slow, get("/held")).await.map(|r| (r.status(), r.into_body()))
+            }
         });
         timeout(DEADLINE, started).await.unwrap().unwrap();
         assert_eq!(pool.pooled(slow), 0, "a connection awaiting its answer is not in the pool");
@@ -905,7 +918,7 @@ mod tests {
         let (addr, _requests, _) =
             scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"]).await;
         let pool = Upstreams::default();
-        let response = timeout(DEADLINE, pool.send(addr, get("/"))).await.unwrap().unwrap();
+        let response = timeout(DEADLINE, pool.send_request(addr, get("/"))).await.unwrap().unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"half");
@@ -917,12 +930,12 @@ mod tests {
     async fn a_malformed_or_missing_response_is_an_error_that_says_so() {
         let (garbage, _r1, _) = scripted_upstream(vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"]).await;
         let pool = Upstreams::default();
-        let error = pool.send(garbage, get("/")).await.unwrap_err();
+        let error = pool.send_request(garbage, get("/")).await.unwrap_err();
         assert!(error.to_string().contains("does not start with HTTP/1.x"), "{error}");
 
         let (cut, _r2, _) =
             scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal"]).await;
-        let response = pool.send(cut, get("/")).await.unwrap();
+        let response = pool.send_request(cut, get("/")).await.unwrap();
         let error = response.into_body().collect().await.unwrap_err();
         assert!(error.to_string().contains("closed the connection before the end"), "{error}");
 
@@ -934,7 +947,7 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             read_request(&mut stream, &mut Vec::new()).await;
         });
-        let error = pool.send(silent, get("/")).await.unwrap_err();
+        let error = pool.send_request(silent, get("/")).await.unwrap_err();
         assert!(error.to_string().contains("without sending a response"), "{error}");
     }
 
@@ -974,7 +987,7 @@ mod tests {
             .map(|_| {
                 let pool = Arc::clone(&pool);
                 tokio::spawn(async move {
-                    let response = pool.send(addr, get("/")).await.unwrap();
+                    let response = pool.send_request(addr, get("/")).await.unwrap();
                     response.into_body().collect().await.unwrap().to_bytes()
                 })
             })
@@ -997,7 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let pool = Upstreams::default();
-        let error = pool.send(dead_addr().await, get("/")).await.unwrap_err();
+        let error = pool.send_request(dead_addr().await, get("/")).await.unwrap_err();
         assert!(error.is_connect(), "{error:?}");
         assert_eq!(error.to_string(), "cannot connect");
     }
