@@ -8,7 +8,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 /// The most headers a response may have; more is refused rather than half-read.
@@ -183,6 +183,9 @@ pub(crate) struct ResponseHead {
 /// more bytes are needed. `request_was_head` says the request was a HEAD, whose response
 /// has no body whatever its headers say.
 ///
+/// The hop-by-hop headers (and those `Connection` names) are read for the framing but left
+/// out of the head's map, except in a 101, whose `Upgrade` the tunnel passes on.
+///
 /// A 1xx other than 101 is returned like any head (its framing is `Done`): the caller
 /// skips it and parses again.
 pub(crate) fn parse_response_head(
@@ -229,35 +232,59 @@ pub(crate) fn parse_response_head(
     let mut content_length: Option<u64> = None;
     let mut chunked = None;
     let (mut close, mut keep_alive_token) = (false, false);
+    let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
+    // Names that `Connection` lists, which are hop-by-hop too; seldom any.
+    let mut listed: Vec<&[u8]> = Vec::new();
     for &(name_start, name_end, value_start, value_end) in &spans[..n_headers] {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-            .map_err(|_| Malformed("a header name is invalid"))?;
-        let value_bytes = head.slice(value_start as usize..value_end as usize);
-        if name == CONTENT_LENGTH {
-            let length = parse_content_length(&value_bytes)?;
+        let raw_name = &head[name_start as usize..name_end as usize];
+        let value = &head[value_start as usize..value_end as usize];
+        // The framing and connection headers are read here, and (but for a 101's, which the
+        // tunnel needs) not passed on: they describe the connection to the app, which ends
+        // at the router.
+        let hop_by_hop = is_hop_by_hop(raw_name);
+        if raw_name.eq_ignore_ascii_case(b"content-length") {
+            let length = parse_content_length(value)?;
             if content_length.is_some_and(|seen| seen != length) {
                 return Err(Malformed("the response has conflicting Content-Length values"));
             }
             content_length = Some(length);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if hop_by_hop && raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides: chunked must be the final one.
-            if let Some(last) = value_bytes.rsplit(|&b| b == b',').next() {
+            if let Some(last) = value.rsplit(|&b| b == b',').next() {
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-        } else if name == CONNECTION {
-            for token in value_bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+        } else if hop_by_hop && raw_name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else if !token.is_empty() && !is_hop_by_hop(token) {
+                    listed.push(token);
+                }
             }
         }
-        let value = HeaderValue::from_maybe_shared(value_bytes)
-            .map_err(|_| Malformed("a header value is invalid"))?;
+        if hop_by_hop && !upgrading {
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw_name).map_err(|_| Malformed("a header name is invalid"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+                .map_err(|_| Malformed("a header value is invalid"))?;
         headers.append(name, value);
+    }
+    if !upgrading {
+        for name in listed {
+            if let Ok(name) = HeaderName::from_bytes(name) {
+                headers.remove(name);
+            }
+        }
     }
 
     let mut keep_alive =
         if version == Version::HTTP_11 { !close } else { keep_alive_token && !close };
-    let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
+    let framing = if upgrading {
         keep_alive = false;
         Framing::Upgraded
     } else if status.is_informational()
@@ -286,6 +313,23 @@ pub(crate) fn parse_response_head(
         Framing::UntilClose
     };
     Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
+}
+
+/// Whether a header of this name describes one connection rather than the message (RFC
+/// 9110 section 7.6.1), with the non-standard `Keep-Alive` and `Proxy-Connection`. One
+/// length check for most names.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    let is = |hop_by_hop: &[u8]| name.eq_ignore_ascii_case(hop_by_hop);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// A Content-Length value: digits, or a list of identical ones (RFC 9110 section 8.6).
@@ -652,6 +696,44 @@ mod tests {
             both.headers.get(CONTENT_LENGTH).is_none(),
             "a length that chunking overrides is not passed on"
         );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_read_but_not_passed_on_except_in_a_101() {
+        let head = parsed(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+             X-Secret: 1\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x-sum\r\n\
+             Upgrade: h2c\r\nProxy-Authenticate: Basic\r\nProxy-Connection: close\r\n\
+             Content-Type: text/plain\r\n\r\n",
+        );
+        let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+        assert_eq!(
+            head.framing,
+            Framing::Chunked(Chunk::Size),
+            "read for the framing all the same"
+        );
+        let upgrade = parsed(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        assert_eq!(upgrade.headers["upgrade"], "websocket");
+        assert_eq!(upgrade.headers["connection"], "Upgrade");
+        for name in [
+            "te",
+            "Trailer",
+            "UPGRADE",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in ["tee", "trailers", "content-length", "x-connection", "keep-alive2", "host"] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -77,9 +77,14 @@ impl Downstream {
 
 /// The port in a `Host` value (`example.com:8080`, `[::1]:8080`), if it names one.
 fn host_port(host: &HeaderValue) -> Option<u16> {
-    let host = host.to_str().ok()?;
-    let after_literal = host.rsplit_once(']').map_or(host, |(_, after)| after);
-    after_literal.rsplit_once(':')?.1.parse().ok()
+    // Byte by byte: this runs for every plain-HTTP request.
+    let host = host.as_bytes();
+    let colon = host.iter().rposition(|&b| b == b':' || b == b']')?;
+    let digits = (host[colon] == b':').then(|| &host[colon + 1..])?;
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    u16::try_from(digits.iter().fold(0u32, |n, &digit| n * 10 + u32::from(digit - b'0'))).ok()
 }
 
 /// What every connection shares: the route table, the pool of connections to the apps,
@@ -465,8 +470,8 @@ impl Proxy {
                         drop(guard);
                         return Ok(tunnel(response, downstream_upgrade, backend, addr, request_id));
                     }
+                    // Its hop-by-hop headers were left out as it was read.
                     let (mut parts, body) = response.into_parts();
-                    remove_hop_by_hop(&mut parts.headers);
                     // The app's protocol version is between it and the router: the visitor
                     // gets the version of its own connection (an HTTP/1.0 app behind an
                     // HTTP/1.1 or HTTP/2 visitor).
@@ -917,6 +922,10 @@ mod tests {
             ("[::1]:8443", Some(8443)),
             ("[::1]", None),
             ("127.0.0.1:81", Some(81)),
+            ("example.com:65535", Some(65535)),
+            ("example.com:65536", None),
+            ("example.com:+80", None),
+            ("example.com:080800", None),
         ];
         for (host, expected) in cases {
             assert_eq!(host_port(&HeaderValue::from_static(host)), expected, "{host:?}");

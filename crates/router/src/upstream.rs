@@ -69,8 +69,11 @@ pub(crate) struct Upstreams {
 
 #[derive(Default)]
 struct Pools {
-    instances: Mutex<HashMap<SocketAddr, Instance>>,
+    instances: Mutex<AddrMap>,
 }
+
+/// Looked up twice per request: foldhash (seeded per process) costs a fraction of SipHash.
+type AddrMap = HashMap<SocketAddr, Instance, foldhash::fast::RandomState>;
 
 /// What the pool knows of one instance address.
 struct Instance {
@@ -325,7 +328,7 @@ impl Pools {
         instance.returned.notify_one();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Instance>> {
+    fn lock(&self) -> MutexGuard<'_, AddrMap> {
         // A panic elsewhere cannot leave the map half-changed: every change is one call.
         self.instances.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
