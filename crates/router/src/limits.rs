@@ -14,9 +14,10 @@
 //! | app slow to answer            | 504 page                                                   |
 //!
 //! A slow request head gets a close rather than a 408: hyper owns the connection until the
-//! head is parsed and closes it on its header timeout without writing anything. nginx
-//! behaves the same in practice (it logs a 408 but does not send one), and browsers retry
-//! a request that met a closed keep-alive connection.
+//! head is parsed, so the router (on plain HTTP) or hyper's own header timeout (over TLS)
+//! closes it without writing anything. nginx behaves the same in practice (it logs a 408
+//! but does not send one), and browsers retry a request that met a closed keep-alive
+//! connection.
 //!
 //! A body refused by its `Content-Length` is read and thrown away first, up to
 //! [`DISCARD_BYTES`] and [`DISCARD_TIME`] (nginx's lingering close): a response sent while
@@ -94,8 +95,8 @@ pub struct ServerLimits {
     /// twice what nginx's default `large_client_header_buffers` allow.
     pub max_header_bytes: usize,
     /// How long a client has to send a complete request head, counted from when the
-    /// connection is ready for one (accepted, or done with the previous response); then
-    /// the connection is closed. Because the clock also runs while an HTTP/1.1 connection
+    /// connection is ready for one (accepted, or done with the previous response and done
+    /// writing it); then the connection is closed. Because the clock also runs while an HTTP/1.1 connection
     /// waits idle for its next request, this also caps [`ServerLimits::idle_timeout`] there.
     /// Default 30 s.
     pub header_read_timeout: Duration,
