@@ -299,20 +299,10 @@ struct Shared {
 }
 
 impl Shared {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        if let Some(challenges) = &self.challenges
-            && let Some(response) = answer_challenge(challenges.as_ref(), &request)
-        {
-            return response;
-        }
-        if !self.tls {
-            return self.proxy.handle(request, peer).await;
-        }
-        // The local address is left out on purpose, here as on plain HTTP: behind a port
-        // redirect (443 to 8443) the port the visitor used is the one in `Host`, or the
-        // scheme's default, not the one the router listens on.
-        let downstream = Downstream { peer, local: None, tls: true };
-        self.proxy.handle_from(request, downstream).await
+    /// The answer to `request` if the router gives it itself (an ACME HTTP-01 validation),
+    /// before any routing.
+    fn own_answer(&self, request: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+        answer_challenge(self.challenges.as_deref()?, request)
     }
 }
 
@@ -376,8 +366,21 @@ fn service(
         // Counted from the moment the head is in until the response body is done, so that
         // a slow app or a long download never looks like an idle connection.
         let busy = activity.busy();
+        // The proxy's future is awaited right here rather than through a function of
+        // `Shared`: every async layer copies the request in and the response out.
         async move {
-            let response = shared.handle(request, peer).await;
+            let response = match shared.own_answer(&request) {
+                Some(response) => response,
+                None if !shared.tls => shared.proxy.handle(request, peer).await,
+                None => {
+                    // The local address is left out on purpose, here as on plain HTTP:
+                    // behind a port redirect (443 to 8443) the port the visitor used is the
+                    // one in `Host`, or the scheme's default, not the one the router listens
+                    // on.
+                    let downstream = Downstream { peer, local: None, tls: true };
+                    shared.proxy.handle_from(request, downstream).await
+                }
+            };
             Ok::<_, Infallible>(response.map(|body| ServedBody::new(body, busy)))
         }
     })
