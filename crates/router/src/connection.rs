@@ -60,11 +60,13 @@ impl Activity {
     }
 
     /// Notes bytes read.
+    #[inline]
     fn touch(&self) {
         self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Notes bytes written or a request ended: the connection is ready for the next head.
+    #[inline]
     fn touch_ready(&self) {
         let now = self.now_ms();
         self.last_ms.fetch_max(now, Ordering::Relaxed);
@@ -141,6 +143,10 @@ impl Drop for BusyGuard {
 
 /// A connection's stream, noting each read or write that moved bytes in its [`Activity`]
 /// (writes also as the connection being ready for its next request head).
+///
+/// Every read and write hyper makes goes through this, and the wrapper alone (without the
+/// clock reads) costs about 0.4k instructions a request, by what it changes in how hyper's
+/// I/O code is compiled; `#[inline]` on its methods wins back half of that.
 #[derive(Debug)]
 pub(crate) struct Watched<S> {
     inner: S,
@@ -154,6 +160,7 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -169,6 +176,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    #[inline]
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,6 +189,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         polled
     }
 
+    #[inline]
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,14 +202,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         polled
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    #[inline]
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
