@@ -333,6 +333,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_next_head_on_a_keep_alive_connection_has_the_header_timeout_too() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let header_read_timeout = Duration::from_millis(500);
+        let limits = ServerLimits { header_read_timeout, ..ServerLimits::default() };
+        let proxy = start_server(Server::new(routes).with_limits(limits)).await;
+
+        // The first head comes half the timeout after the connection opened: the clock for
+        // the next one runs from the end of the response, not from the connection's start.
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::time::sleep(header_read_timeout / 2).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: myapp.example.com\r\n\r\n").await.unwrap();
+        let (head, _) = timeout(DEADLINE, read_message(&mut stream)).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let answered = Instant::now();
+        let (mut reader, mut writer) = stream.into_split();
+        let dripper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            for byte in b"GET / HTTP/1.1\r\nX-Slow: ".iter().cycle().take(400) {
+                ticks.tick().await;
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rest = Vec::new();
+        timeout(DEADLINE, reader.read_to_end(&mut rest)).await.unwrap().unwrap();
+        let elapsed = answered.elapsed();
+        // The clock started at the response's last byte, a moment before it was read.
+        assert!(elapsed >= header_read_timeout * 9 / 10, "closed after {elapsed:?}");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        dripper.abort();
+    }
+
+    #[tokio::test]
     async fn an_app_that_does_not_answer_in_time_gets_504() {
         // An instance that takes the request and never answers.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
