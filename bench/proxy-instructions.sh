@@ -8,7 +8,7 @@
 # from just before wrk starts (callgrind_control zeroes the counts, so that start-up is left
 # out) to its exit, and the Berth/nginx ratio. With 8 connections, runs of one build still
 # differ by about 1% (how many requests each wake-up finds ready depends on timing); with
-# CONNECTIONS=1 every request takes the same path and runs agree within 0.1%, which is the
+# CONNECTIONS=1 every request takes the same path and runs agree within about 0.5%, the
 # setting for comparing builds.
 # Two runs of DURATION s plus start-up, about half a minute with the defaults.
 #
