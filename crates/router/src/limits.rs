@@ -14,9 +14,10 @@
 //! | app slow to answer            | 504 page                                                   |
 //!
 //! A slow request head gets a close rather than a 408: hyper owns the connection until the
-//! head is parsed and closes it on its header timeout without writing anything. nginx
-//! behaves the same in practice (it logs a 408 but does not send one), and browsers retry
-//! a request that met a closed keep-alive connection.
+//! head is parsed, so the router (on plain HTTP) or hyper's own header timeout (over TLS)
+//! closes it without writing anything. nginx behaves the same in practice (it logs a 408
+//! but does not send one), and browsers retry a request that met a closed keep-alive
+//! connection.
 //!
 //! A body refused by its `Content-Length` is read and thrown away first, up to
 //! [`DISCARD_BYTES`] and [`DISCARD_TIME`] (nginx's lingering close): a response sent while
@@ -94,8 +95,8 @@ pub struct ServerLimits {
     /// twice what nginx's default `large_client_header_buffers` allow.
     pub max_header_bytes: usize,
     /// How long a client has to send a complete request head, counted from when the
-    /// connection is ready for one (accepted, or done with the previous response); then
-    /// the connection is closed. Because the clock also runs while an HTTP/1.1 connection
+    /// connection is ready for one (accepted, or done with the previous response and done
+    /// writing it); then the connection is closed. Because the clock also runs while an HTTP/1.1 connection
     /// waits idle for its next request, this also caps [`ServerLimits::idle_timeout`] there.
     /// Default 30 s.
     pub header_read_timeout: Duration,
@@ -328,6 +329,41 @@ mod tests {
         let raw = String::from_utf8_lossy(&raw);
         // hyper closes without an answer; a 408 would be as good.
         assert!(raw.is_empty() || status_of(&raw) == Some(408), "{raw}");
+        dripper.abort();
+    }
+
+    #[tokio::test]
+    async fn the_next_head_on_a_keep_alive_connection_has_the_header_timeout_too() {
+        let upstream = echo_upstream("web.1").await;
+        let routes = routes_with(&[("myapp.example.com", "myapp", vec![upstream])]);
+        let header_read_timeout = Duration::from_millis(500);
+        let limits = ServerLimits { header_read_timeout, ..ServerLimits::default() };
+        let proxy = start_server(Server::new(routes).with_limits(limits)).await;
+
+        // The first head comes half the timeout after the connection opened: the clock for
+        // the next one runs from the end of the response, not from the connection's start.
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::time::sleep(header_read_timeout / 2).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: myapp.example.com\r\n\r\n").await.unwrap();
+        let (head, _) = timeout(DEADLINE, read_message(&mut stream)).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let answered = Instant::now();
+        let (mut reader, mut writer) = stream.into_split();
+        let dripper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            for byte in b"GET / HTTP/1.1\r\nX-Slow: ".iter().cycle().take(400) {
+                ticks.tick().await;
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rest = Vec::new();
+        timeout(DEADLINE, reader.read_to_end(&mut rest)).await.unwrap().unwrap();
+        let elapsed = answered.elapsed();
+        // The clock started at the response's last byte, a moment before it was read.
+        assert!(elapsed >= header_read_timeout * 9 / 10, "closed after {elapsed:?}");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         dripper.abort();
     }
 

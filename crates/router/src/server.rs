@@ -10,7 +10,9 @@ use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ResponseBody;
-use crate::connection::{Activity, ServedBody, Watched};
+use crate::connection::{Activity, Expiry, ServedBody, Watched};
 use crate::limits::ServerLimits;
 use crate::proxy::{Downstream, Proxy};
 use crate::table::SharedRoutes;
@@ -225,10 +227,11 @@ impl Server {
     ) -> io::Result<()> {
         let shared = self.into_shared(&listener, false)?;
         let limits = shared.limits;
+        // No timer and no header timeout in hyper: each connection's watchdog (`drive`)
+        // enforces the header timeout, at no cost per request, where hyper's boxes a timer
+        // for every request head, registers it, and removes it again once the head is in.
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.header_bytes());
+        http.header_read_timeout(None).max_buf_size(limits.header_bytes());
         let http = Arc::new(http);
         accept_loop(listener, shutdown, move |stream, peer, stop| {
             let shared = Arc::clone(&shared);
@@ -241,7 +244,12 @@ impl Server {
                 // take the connection over once its 101 response is written.
                 let connection =
                     http.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                let watch = Watch { stop, activity, idle_timeout: limits.idle_timeout };
+                let watch = Watch {
+                    stop,
+                    activity,
+                    idle_timeout: limits.idle_timeout,
+                    head_timeout: Some(limits.header_read_timeout),
+                };
                 drive(connection, watch, peer, |connection| connection.graceful_shutdown()).await;
             }
         })
@@ -291,20 +299,10 @@ struct Shared {
 }
 
 impl Shared {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        if let Some(challenges) = &self.challenges
-            && let Some(response) = answer_challenge(challenges.as_ref(), &request)
-        {
-            return response;
-        }
-        if !self.tls {
-            return self.proxy.handle(request, peer).await;
-        }
-        // The local address is left out on purpose, here as on plain HTTP: behind a port
-        // redirect (443 to 8443) the port the visitor used is the one in `Host`, or the
-        // scheme's default, not the one the router listens on.
-        let downstream = Downstream { peer, local: None, tls: true };
-        self.proxy.handle_from(request, downstream).await
+    /// The answer to `request` if the router gives it itself (an ACME HTTP-01 validation),
+    /// before any routing.
+    fn own_answer(&self, request: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+        answer_challenge(self.challenges.as_deref()?, request)
     }
 }
 
@@ -344,7 +342,10 @@ async fn serve_tls_connection(
     let service = service(shared, peer, Arc::clone(&activity));
     let stream = Watched::new(stream, Arc::clone(&activity));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let watch = Watch { stop, activity, idle_timeout };
+    // hyper's own header timeout holds HTTP/1.1 here: which protocol the auto builder picks
+    // is not known out here, and the header timeout is HTTP/1.1's alone (an HTTP/2
+    // connection waiting for a request is only idle).
+    let watch = Watch { stop, activity, idle_timeout, head_timeout: None };
     drive(connection, watch, peer, |connection| connection.graceful_shutdown()).await;
 }
 
@@ -365,24 +366,43 @@ fn service(
         // Counted from the moment the head is in until the response body is done, so that
         // a slow app or a long download never looks like an idle connection.
         let busy = activity.busy();
+        // The proxy's future is awaited right here rather than through a function of
+        // `Shared`: every async layer copies the request in and the response out.
         async move {
-            let response = shared.handle(request, peer).await;
+            let response = match shared.own_answer(&request) {
+                Some(response) => response,
+                None if !shared.tls => shared.proxy.handle(request, peer).await,
+                None => {
+                    // The local address is left out on purpose, here as on plain HTTP:
+                    // behind a port redirect (443 to 8443) the port the visitor used is the
+                    // one in `Host`, or the scheme's default, not the one the router listens
+                    // on.
+                    let downstream = Downstream { peer, local: None, tls: true };
+                    shared.proxy.handle_from(request, downstream).await
+                }
+            };
             Ok::<_, Infallible>(response.map(|body| ServedBody::new(body, busy)))
         }
     })
 }
 
-/// What ends a connection early: the server stopping, or the connection going idle.
+/// What ends a connection early: the server stopping, the connection going idle, or (when
+/// `head_timeout` is set) a request head that takes too long.
 struct Watch {
     stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    head_timeout: Option<Duration>,
 }
 
-/// Runs one connection to its end; when `stop` turns true or the connection has been idle
+/// Runs one connection to its end. When `stop` turns true or the connection has been idle
 /// too long, asks it to finish what it is doing and close (hyper's graceful shutdown: idle
 /// HTTP/1.1 connections close at once, HTTP/2 ones send GOAWAY), and keeps driving it until
-/// it has.
+/// it has. A connection whose request head is late is dropped, closing it without an
+/// answer as hyper's own header timeout does; no request is under way on it by then.
+///
+/// The watchdog is polled only when one of its own timers or `stop` wakes it, not on every
+/// wake-up of the connection's task (two or more a request): see [`race`].
 async fn drive<C, E>(
     connection: C,
     watch: Watch,
@@ -392,25 +412,113 @@ async fn drive<C, E>(
     C: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let Watch { mut stop, activity, idle_timeout } = watch;
+    let Watch { mut stop, activity, idle_timeout, head_timeout } = watch;
     let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        () = until_stopped(&mut stop) => None,
-        () = activity.idle_for(idle_timeout) => {
-            tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
-            None
+    let watchdog = async {
+        tokio::select! {
+            () = until_stopped(&mut stop) => None,
+            expiry = activity.expiry(Some(idle_timeout), head_timeout) => Some(expiry),
         }
     };
-    let result = match result {
-        Some(result) => result,
-        None => {
+    let result = match race(connection.as_mut(), watchdog).await {
+        Ok(result) => result,
+        Err(ending) => {
+            match ending {
+                Some(Expiry::HeadTimeout) => return head_timed_out(peer, head_timeout),
+                Some(Expiry::Idle) => {
+                    tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+                }
+                None => {}
+            }
             begin_shutdown(connection.as_mut());
-            connection.await
+            // A graceful shutdown does not end a connection part way through its first
+            // request head, so the header timeout holds until the connection ends.
+            match race(connection.as_mut(), activity.expiry(None, head_timeout)).await {
+                Ok(result) => result,
+                Err(_) => return head_timed_out(peer, head_timeout),
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(%peer, "connection ended with an error: {error}");
+    }
+}
+
+/// Notes a connection dropped by [`drive`] for a late request head.
+fn head_timed_out(peer: SocketAddr, head_timeout: Option<Duration>) {
+    let limit = head_timeout.unwrap_or_default();
+    tracing::debug!(%peer, "closing a connection whose request head took over {limit:?}");
+}
+
+/// Drives `connection` until it ends (`Ok`) or `watchdog` resolves first (`Err`), polling
+/// `watchdog` only after its own waker was woken (and once at the start). A `tokio::select!`
+/// would poll both on every wake-up of the task, and the connection's task wakes for every
+/// read, write and upstream response, while a watchdog's timers fire a few times a minute.
+async fn race<C: Future, W: Future>(
+    mut connection: Pin<&mut C>,
+    watchdog: W,
+) -> Result<C::Output, W::Output> {
+    let watchdog = std::pin::pin!(watchdog);
+    let mut watchdog = OnWake::new(watchdog);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        watchdog.poll(cx).map(Err)
+    })
+    .await
+}
+
+/// A future that is polled only when its own waker has been woken since it was last polled;
+/// see [`race`].
+struct OnWake<'a, F> {
+    future: Pin<&'a mut F>,
+    woken: Arc<Woken>,
+    /// `woken` as a waker, for the future's context.
+    waker: Waker,
+    /// The waker of the task last seen polling this, a copy of the one in `woken`, so that
+    /// an unchanged task costs a comparison rather than a lock.
+    task: Option<Waker>,
+}
+
+/// Whether an [`OnWake`]'s future was woken, and the task to wake when it is.
+struct Woken {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<'a, F: Future> OnWake<'a, F> {
+    fn new(future: Pin<&'a mut F>) -> OnWake<'a, F> {
+        // Woken to begin with, so that the first poll starts the future's timers.
+        let woken = Arc::new(Woken { woken: AtomicBool::new(true), task: Mutex::new(None) });
+        let waker = Waker::from(Arc::clone(&woken));
+        OnWake { future, woken, waker, task: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if !self.task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
+            let task = cx.waker().clone();
+            *self.woken.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+            self.task = Some(task);
+        }
+        if !self.woken.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        self.future.as_mut().poll(&mut Context::from_waker(&self.waker))
     }
 }
 
