@@ -70,7 +70,7 @@ impl RequestFraming {
 }
 
 /// A request for an app, as the router sends it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) struct RequestHead<'a> {
     pub(crate) method: &'a Method,
     /// The request target in origin form (`/path?query`).
@@ -78,8 +78,9 @@ pub(crate) struct RequestHead<'a> {
     /// Passed on as they are, except the framing headers (which the body decides) and the
     /// ones `added` replaces.
     pub(crate) headers: &'a HeaderMap,
-    /// Header lines the router adds, each ending in CRLF.
-    pub(crate) added: &'a [u8],
+    /// Writes the header lines the router adds, each ending in CRLF. A writer rather than
+    /// bytes, so that they go straight into the head with no buffer of their own.
+    pub(crate) added: &'a (dyn Fn(&mut Vec<u8>) + Sync),
     /// Which names of `headers` the lines in `added` replace.
     pub(crate) replaced: fn(&HeaderName) -> bool,
 }
@@ -92,7 +93,7 @@ impl<'a> RequestHead<'a> {
         target: &'a str,
         headers: &'a HeaderMap,
     ) -> RequestHead<'a> {
-        RequestHead { method, target, headers, added: b"", replaced: |_| false }
+        RequestHead { method, target, headers, added: &|_| {}, replaced: |_| false }
     }
 }
 
@@ -123,7 +124,7 @@ pub(crate) fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(head.added);
+    (head.added)(out);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(length) => {
@@ -572,7 +573,7 @@ mod tests {
              content-length: 5\r\n\r\n"
         );
         let replaced = RequestHead {
-            added: b"host: other.example.com\r\n",
+            added: &|out| out.extend_from_slice(b"host: other.example.com\r\n"),
             replaced: |name| name == "host",
             ..RequestHead::plain(&Method::GET, "/", &headers)
         };

@@ -116,6 +116,8 @@ struct Target<'a> {
     prefix: Option<String>,
     request_id: &'a HeaderValue,
     cache: CacheUse,
+    /// When the request came in: the response timeout counts from here.
+    started: Instant,
 }
 
 /// What the cache makes of a request that goes to the app.
@@ -323,6 +325,7 @@ impl Proxy {
                 prefix,
                 request_id,
                 cache,
+                started: summary.started,
             };
             // Boxed: this future is most of a request's state, and every future it would sit
             // inside (down to hyper's) is copied whole at least once as it starts.
@@ -397,8 +400,16 @@ impl Proxy {
         downstream: Downstream,
         target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let Target { backend, client, original_host, path_and_query, prefix, request_id, cache } =
-            target;
+        let Target {
+            backend,
+            client,
+            original_host,
+            path_and_query,
+            prefix,
+            request_id,
+            cache,
+            started,
+        } = target;
         let request_id_text = request_id.to_str().unwrap_or_default();
         let websocket = websocket_upgrade(request.headers());
         // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
@@ -421,18 +432,17 @@ impl Proxy {
         // app can see the name it was asked for; for an absolute-form request that is the
         // URI's authority, which RFC 9112 says wins over any Host header. It is written with
         // the forwarding headers, which replace the visitor's.
-        let mut added = Vec::with_capacity(256);
-        write_forwarding(&mut added, &headers, forwarding, prefix.as_deref());
+        let prefix = prefix.as_deref();
         let upstream = RequestHead {
             method: &parts.method,
             target: path_and_query.as_str(),
             headers: &headers,
-            added: &added,
+            added: &|out| write_forwarding(out, &headers, forwarding, prefix),
             replaced: is_set_by_router,
         };
 
         let limits = *backend.limits();
-        let body = BodySlot::new(body, limits.max_body_bytes);
+        let body = BodySlot::new(body, limits.max_body_bytes, started);
         // The usual app has one instance: nothing to rank, and nothing to allocate.
         let ranked;
         let order: &[usize] = if backend.addrs.len() == 1 {
@@ -443,8 +453,12 @@ impl Proxy {
         };
         let mut last_error = String::new();
         let mut cache = Some(cache);
-        for &index in order {
+        for (attempt, &index) in order.iter().enumerate() {
             let addr = backend.addrs[index];
+            // The first attempt starts the clock as the request came in.
+            if attempt > 0 {
+                body.restart_clock();
+            }
             let guard = InFlightGuard::new(backend.in_flight(index));
             // Pinned here rather than moved into the timeout's future, which would then hold
             // it twice: every byte of a request's future is copied as it is moved around.
@@ -552,7 +566,6 @@ async fn within_response_timeout<F: Future>(
     body: &BodySlot,
     timeout: Duration,
 ) -> Option<F::Output> {
-    body.restart_clock();
     loop {
         let deadline = body.last_progress() + timeout;
         tokio::select! {
@@ -736,12 +749,16 @@ fn error_chain(error: &dyn StdError) -> String {
 /// The slot also keeps the body to the app's size limit and notes when it last made
 /// progress, which the response timeout counts from.
 struct BodySlot {
-    shared: Arc<SlotShared>,
+    /// `None` for a request without a body: nothing to hold back, and no attempt can use
+    /// it up.
+    shared: Option<Arc<SlotShared>>,
+    /// The progress of a request without a body, which no lent body needs to share.
+    progress: Progress,
     is_end_stream: bool,
     size_hint: SizeHint,
 }
 
-/// What the slot and its lent bodies share: one allocation per request.
+/// What the slot and its lent bodies share: one allocation per request with a body.
 struct SlotShared {
     body: Mutex<Option<Incoming>>,
     progress: Progress,
@@ -765,56 +782,64 @@ impl Progress {
 }
 
 impl BodySlot {
-    fn new(body: Incoming, max_bytes: u64) -> BodySlot {
+    /// A slot for the body of a request that began at `started`.
+    fn new(body: Incoming, max_bytes: u64, started: Instant) -> BodySlot {
         let is_end_stream = body.is_end_stream();
         let size_hint = body.size_hint();
-        let progress = Progress {
-            started: Instant::now(),
+        let progress = || Progress {
+            started,
             last_ms: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
             max_bytes,
             finished: is_end_stream.into(),
         };
-        let shared = SlotShared { body: Mutex::new(Some(body)), progress };
-        BodySlot { shared: Arc::new(shared), is_end_stream, size_hint }
+        let shared = (!is_end_stream)
+            .then(|| Arc::new(SlotShared { body: Mutex::new(Some(body)), progress: progress() }));
+        BodySlot { shared, progress: progress(), is_end_stream, size_hint }
+    }
+
+    fn progress(&self) -> &Progress {
+        self.shared.as_ref().map_or(&self.progress, |shared| &shared.progress)
     }
 
     fn lend(&self) -> LentBody {
         LentBody {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.clone(),
             taken: None,
             is_end_stream: self.is_end_stream,
             size_hint: self.size_hint,
         }
     }
 
-    /// Whether no attempt has started sending the body, so another attempt may.
+    /// Whether no attempt has started sending the body, so another attempt may. An empty
+    /// body can be sent any number of times.
     fn is_unsent(&self) -> bool {
-        lock(&self.shared.body).is_some()
+        self.shared.as_ref().is_none_or(|shared| lock(&shared.body).is_some())
     }
 
     /// Whether the whole body has been sent.
     fn is_finished(&self) -> bool {
-        self.shared.progress.finished.load(Ordering::Relaxed)
+        self.progress().finished.load(Ordering::Relaxed)
     }
 
     /// Counts a new attempt as progress.
     fn restart_clock(&self) {
-        self.shared.progress.touch();
+        self.progress().touch();
     }
 
     fn last_progress(&self) -> Instant {
-        let progress = &self.shared.progress;
+        let progress = self.progress();
         progress.started + Duration::from_millis(progress.last_ms.load(Ordering::Relaxed))
     }
 }
 
 /// The request body as one attempt sees it; see [`BodySlot`].
 pub(crate) struct LentBody {
-    shared: Arc<SlotShared>,
+    /// `None` for a request without a body.
+    shared: Option<Arc<SlotShared>>,
     taken: Option<Incoming>,
-    /// Answered before the body is taken, because hyper asks while writing the request
-    /// head to choose between `Content-Length` and chunked framing.
+    /// Answered before the body is taken, because the client asks while writing the
+    /// request head to choose between `Content-Length` and chunked framing.
     is_end_stream: bool,
     size_hint: SizeHint,
 }
@@ -828,22 +853,25 @@ impl Body for LentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
         if this.taken.is_none() {
-            this.taken = lock(&this.shared.body).take();
+            this.taken = lock(&shared.body).take();
         }
         let Some(body) = this.taken.as_mut() else {
             // Only one attempt can ever get past connecting, so this means a bug; an error
-            // makes hyper abort the request rather than send it with an empty body.
+            // aborts the request rather than send it with an empty body.
             return Poll::Ready(Some(Err("the request body was already sent elsewhere".into())));
         };
-        let progress = &this.shared.progress;
+        let progress = &shared.progress;
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let n_bytes = frame.data_ref().map_or(0, |data| data.len() as u64);
                 let sent = progress.sent_bytes.fetch_add(n_bytes, Ordering::Relaxed) + n_bytes;
                 if sent > progress.max_bytes {
-                    // hyper aborts the request to the app; the proxy finds this error in
-                    // the chain and answers 413.
+                    // The request to the app is aborted; the proxy finds this error in the
+                    // chain and answers 413.
                     return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                         limit: progress.max_bytes,
                     }))));
