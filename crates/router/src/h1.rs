@@ -12,7 +12,7 @@ use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 /// The most headers a response may have; more is refused rather than half-read.
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 /// The largest response head accepted. Apps send a few hundred bytes; a head that never
 /// ends must not grow the buffer without bound.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -206,7 +206,7 @@ pub(crate) fn parse_response_head(
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(Malformed("the response has more than 128 headers"));
+                return Err(Malformed("the response has more than 100 headers"));
             }
             Err(httparse::Error::Status) => return Err(Malformed("the status line is invalid")),
             Err(httparse::Error::Version) => {
@@ -242,34 +242,45 @@ pub(crate) fn parse_response_head(
         // The framing and connection headers are read here, and (but for a 101's, which the
         // tunnel needs) not passed on: they describe the connection to the app, which ends
         // at the router.
-        let hop_by_hop = is_hop_by_hop(raw_name);
-        if raw_name.eq_ignore_ascii_case(b"content-length") {
-            let length = parse_content_length(value)?;
-            if content_length.is_some_and(|seen| seen != length) {
-                return Err(Malformed("the response has conflicting Content-Length values"));
+        let class = classify(raw_name);
+        match class {
+            Class::ContentLength => {
+                let length = parse_content_length(value)?;
+                if content_length.is_some_and(|seen| seen != length) {
+                    return Err(Malformed("the response has conflicting Content-Length values"));
+                }
+                content_length = Some(length);
             }
-            content_length = Some(length);
-        } else if hop_by_hop && raw_name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only the last coding decides: chunked must be the final one.
-            if let Some(last) = value.rsplit(|&b| b == b',').next() {
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-        } else if hop_by_hop && raw_name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                } else if !token.is_empty() && !is_hop_by_hop(token) {
-                    listed.push(token);
+            Class::TransferEncoding => {
+                // Only the last coding decides: chunked must be the final one.
+                if let Some(last) = value.rsplit(|&b| b == b',').next() {
+                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 }
             }
+            Class::Connection => {
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    } else if !token.is_empty() && !is_hop_by_hop(token) {
+                        listed.push(token);
+                    }
+                }
+            }
+            Class::HopByHop | Class::Known(_) | Class::Other => {}
         }
+        let hop_by_hop =
+            matches!(class, Class::TransferEncoding | Class::Connection | Class::HopByHop);
         if hop_by_hop && !upgrading {
             continue;
         }
-        let name =
-            HeaderName::from_bytes(raw_name).map_err(|_| Malformed("a header name is invalid"))?;
+        let name = match class {
+            Class::Known(name) => name,
+            Class::ContentLength => CONTENT_LENGTH,
+            _ => HeaderName::from_bytes(raw_name)
+                .map_err(|_| Malformed("a header name is invalid"))?,
+        };
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .map_err(|_| Malformed("a header value is invalid"))?;
@@ -330,6 +341,46 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         18 => is(b"proxy-authenticate"),
         19 => is(b"proxy-authorization"),
         _ => false,
+    }
+}
+
+/// What a response header is to the parser.
+enum Class {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop header ([`is_hop_by_hop`]).
+    HopByHop,
+    /// A header most responses have, whose name needs no parsing.
+    Known(HeaderName),
+    Other,
+}
+
+/// Sorts a header name with one length check and a comparison or two, where
+/// `HeaderName::from_bytes` would lower-case and search every standard name.
+fn classify(name: &[u8]) -> Class {
+    use http::header::{
+        CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, DATE, ETAG, EXPIRES, LAST_MODIFIED,
+        LOCATION, SERVER, SET_COOKIE, VARY,
+    };
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        4 if is(b"date") => Class::Known(DATE),
+        4 if is(b"etag") => Class::Known(ETAG),
+        4 if is(b"vary") => Class::Known(VARY),
+        6 if is(b"server") => Class::Known(SERVER),
+        7 if is(b"expires") => Class::Known(EXPIRES),
+        8 if is(b"location") => Class::Known(LOCATION),
+        10 if is(b"connection") => Class::Connection,
+        10 if is(b"set-cookie") => Class::Known(SET_COOKIE),
+        12 if is(b"content-type") => Class::Known(CONTENT_TYPE),
+        13 if is(b"cache-control") => Class::Known(CACHE_CONTROL),
+        13 if is(b"last-modified") => Class::Known(LAST_MODIFIED),
+        14 if is(b"content-length") => Class::ContentLength,
+        16 if is(b"content-encoding") => Class::Known(CONTENT_ENCODING),
+        17 if is(b"transfer-encoding") => Class::TransferEncoding,
+        _ if is_hop_by_hop(name) => Class::HopByHop,
+        _ => Class::Other,
     }
 }
 
@@ -738,6 +789,32 @@ mod tests {
     }
 
     #[test]
+    fn classify_knows_its_names_in_any_case_and_agrees_with_the_http_crate() {
+        for name in [
+            "date",
+            "ETag",
+            "vary",
+            "Server",
+            "expires",
+            "location",
+            "set-cookie",
+            "Content-Type",
+            "cache-control",
+            "last-modified",
+            "content-encoding",
+        ] {
+            let Class::Known(known) = classify(name.as_bytes()) else { panic!("{name}") };
+            assert_eq!(known, HeaderName::from_bytes(name.as_bytes()).unwrap(), "{name}");
+        }
+        assert!(matches!(classify(b"Content-Length"), Class::ContentLength));
+        assert!(matches!(classify(b"transfer-encoding"), Class::TransferEncoding));
+        assert!(matches!(classify(b"CONNECTION"), Class::Connection));
+        assert!(matches!(classify(b"keep-alive"), Class::HopByHop));
+        assert!(matches!(classify(b"x-dates"), Class::Other));
+        assert!(matches!(classify(b"dat"), Class::Other));
+    }
+
+    #[test]
     fn malformed_heads_are_refused_with_the_reason() {
         let cases: &[(&str, &str)] = &[
             ("SSH-2.0-OpenSSH\r\n\r\n", "does not start with HTTP/1.x"),
@@ -759,7 +836,7 @@ mod tests {
             assert!(error.to_string().contains(want), "{raw:?}: {error}");
         }
         let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
-        assert!(head(&many).unwrap_err().to_string().contains("more than 128 headers"));
+        assert!(head(&many).unwrap_err().to_string().contains("more than 100 headers"));
         let endless = format!("HTTP/1.1 200 OK\r\nX-A: {}", "a".repeat(MAX_HEAD_BYTES));
         assert!(head(&endless).unwrap_err().to_string().contains("larger than 64 KiB"));
     }
