@@ -115,10 +115,12 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) host: &'a HeaderValue,
     /// The port the visitor connected to.
     pub(crate) port: u16,
+    /// The request's id ([`request_id`]).
+    pub(crate) request_id: &'a HeaderValue,
 }
 
 /// Writes the header lines that tell the app who asked and how, in HTTP/1.1 form (each
-/// ending in CRLF), for the request head that goes to the app: `Host`, the client's address
+/// ending in CRLF), for the request head that goes to the app: `Host`, `X-Request-Id`, the client's address
 /// appended to the visitor's `X-Forwarded-For` chain and a `for=...;proto=...;host=...`
 /// element to its `Forwarded` list (RFC 7239), and `X-Forwarded-Proto`, `-Host`, `-Port`
 /// and (for a path-routed app) `-Prefix` set outright, so that a client cannot claim, say,
@@ -134,6 +136,7 @@ pub(crate) fn write_forwarding(
     prefix: Option<&str>,
 ) {
     line(out, b"host", forwarding.host.as_bytes());
+    line(out, b"x-request-id", forwarding.request_id.as_bytes());
 
     // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d; apps expect a.b.c.d.
     let client = forwarding.client.to_canonical();
@@ -179,6 +182,7 @@ pub(crate) fn is_set_by_router(name: &HeaderName) -> bool {
     match name.len() {
         4 => name == "host",
         9 => name == "forwarded",
+        12 => name == "x-request-id",
         15 => name == "x-forwarded-for",
         16 => name == "x-forwarded-host" || name == "x-forwarded-port",
         17 => name == "x-forwarded-proto",
@@ -357,28 +361,10 @@ pub(crate) fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(UPGRADE, upgrade);
 }
 
-/// The request's id, which the request then carries as its one `X-Request-Id`: the
-/// incoming `X-Request-Id` when there is exactly one and it looks like an id (1 to 200
-/// visible ASCII characters), so a request can be followed through several proxies, else a
-/// new one.
-///
-/// One probe of the map, through its entry: a lookup and then an insert would make two.
-pub(crate) fn set_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    match headers.entry(X_REQUEST_ID) {
-        Entry::Vacant(entry) => entry.insert(generated_request_id()).clone(),
-        Entry::Occupied(mut entry) => {
-            if let Some(incoming) = kept_request_id(entry.iter()) {
-                return incoming.clone();
-            }
-            let id = generated_request_id();
-            entry.insert(id.clone());
-            id
-        }
-    }
-}
-
-/// The id that [`set_request_id`] gives a request with these headers, without setting it.
-#[cfg(test)]
+/// The request's id, which the app is then sent as its one `X-Request-Id` (by
+/// [`write_forwarding`]): the incoming `X-Request-Id` when there is exactly one and it
+/// looks like an id (1 to 200 visible ASCII characters), so a request can be followed
+/// through several proxies, else a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     let incoming = kept_request_id(headers.get_all(&X_REQUEST_ID).iter());
     incoming.cloned().unwrap_or_else(generated_request_id)
@@ -523,15 +509,27 @@ mod tests {
         ] {
             assert!(is_set_by_router(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
         }
-        for name in
-            ["hosts", "x-forwarded", "x-forwarded-fort", "x-request-id", "accept", "x-forwarded-by"]
-        {
+        for name in [
+            "hosts",
+            "x-forwarded",
+            "x-forwarded-fort",
+            "x-request-ids",
+            "accept",
+            "x-forwarded-by",
+        ] {
             assert!(!is_set_by_router(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
         }
     }
 
     fn forwarding<'a>(client: &str, host: &'a HeaderValue) -> Forwarding<'a> {
-        Forwarding { client: client.parse().unwrap(), proto: "http", host, port: 8080 }
+        static ID: HeaderValue = HeaderValue::from_static("test-id");
+        Forwarding {
+            client: client.parse().unwrap(),
+            proto: "http",
+            host,
+            port: 8080,
+            request_id: &ID,
+        }
     }
 
     #[test]
@@ -680,10 +678,13 @@ mod tests {
     }
 
     #[test]
-    fn set_request_id_leaves_the_id_as_the_one_value() {
+    fn the_request_id_reaches_the_app_as_the_one_value() {
         let mut map = headers(&[("x-request-id", "abc-123")]);
-        assert_eq!(set_request_id(&mut map), "abc-123");
-        assert_eq!(map["x-request-id"], "abc-123");
+        let id = request_id(&map);
+        assert_eq!(id, "abc-123");
+        let host = HeaderValue::from_static("a.example.com");
+        set_forwarded(&mut map, Forwarding { request_id: &id, ..forwarding("10.0.0.1", &host) });
+        assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
 
         for pairs in [
             &[][..],
@@ -691,8 +692,12 @@ mod tests {
             &[("x-request-id", "a"), ("x-request-id", "b")][..],
         ] {
             let mut map = headers(pairs);
-            let id = set_request_id(&mut map);
+            let id = request_id(&map);
             assert_eq!(id.len(), 16, "{pairs:?}");
+            set_forwarded(
+                &mut map,
+                Forwarding { request_id: &id, ..forwarding("10.0.0.1", &host) },
+            );
             assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id], "{pairs:?}");
         }
     }

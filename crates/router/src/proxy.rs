@@ -30,8 +30,8 @@ use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
 use crate::h1::RequestHead;
 use crate::headers::{
-    Forwarding, X_APP, X_REQUEST_ID, is_set_by_router, keep_upgrade, remove_hop_by_hop,
-    set_request_id, websocket_upgrade, write_forwarding,
+    Forwarding, X_APP, X_REQUEST_ID, is_set_by_router, keep_upgrade, remove_hop_by_hop, request_id,
+    websocket_upgrade, write_forwarding,
 };
 use crate::limits::{BodyTooLarge, ClientBodyError, discard_refused_body, find_cause};
 use crate::server::ACME_CHALLENGE_PREFIX;
@@ -182,7 +182,7 @@ impl Proxy {
     /// app's access log gets its line when the response head is ready.
     pub(crate) async fn handle_from(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
         // `forward` adds the referer and user agent if the app turns out to log them.
@@ -194,7 +194,7 @@ impl Proxy {
             referer: None,
             user_agent: None,
         };
-        let request_id = set_request_id(request.headers_mut());
+        let request_id = request_id(request.headers());
         let mut routed = None;
         let mut client = downstream.peer.ip();
         let forwarded =
@@ -427,6 +427,7 @@ impl Proxy {
             proto: downstream.proto(),
             host: &original_host,
             port: downstream.port(&original_host),
+            request_id,
         };
         // The request goes to the instance in origin form, so `Host` is the only place the
         // app can see the name it was asked for; for an absolute-form request that is the
