@@ -6,6 +6,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
@@ -197,9 +198,16 @@ pub(crate) fn parse_response_head(
     // from one shared copy of it once the parser's borrow has ended.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, code, minor, n_headers) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(buf) {
+        // Left uninitialised for the parser to fill: initialising a hundred headers would
+        // cost more than parsing the few a response has.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                 return Err(Malformed("the response head is larger than 64 KiB"));
