@@ -24,7 +24,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -51,9 +51,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// later. Requests that find no connection ready and no slot to open one wait for whichever
 /// comes first. With a pool per core, the whole router opens at most this many per core.
 const MAX_OPENING: usize = 2;
-/// An idle connection older than this is closed rather than used: the app has most likely
-/// given up on it already, and sending on it would only fail.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most idle connections kept to one instance (per core, like nginx's usual `keepalive
+/// 64` per worker): after a burst, the ones beyond are closed as they come back. Idle ones
+/// are otherwise kept until the app closes them, which is seen before one is used.
+const MAX_IDLE: usize = 64;
 /// How much room a read from an app is given when its buffer runs low.
 const READ_CHUNK: usize = 16 * 1024;
 /// Below this much room, a connection's read buffer gets a fresh [`READ_CHUNK`]. Until
@@ -79,7 +80,7 @@ type AddrMap = HashMap<SocketAddr, Instance, foldhash::fast::RandomState>;
 struct Instance {
     /// Idle connections, the most recently used last: that one is handed out first, and the
     /// oldest, at the front, is the one checked for going stale.
-    idle: VecDeque<Idle>,
+    idle: VecDeque<Connection>,
     /// Connections being opened: each holds a permit until its first response head has come
     /// back, which shows the app accepted it.
     opening: Arc<Semaphore>,
@@ -95,11 +96,6 @@ impl Default for Instance {
             returned: Arc::default(),
         }
     }
-}
-
-struct Idle {
-    connection: Connection,
-    since: Instant,
 }
 
 /// An open connection to an instance, and what has been read from it but not used yet.
@@ -284,24 +280,20 @@ impl Upstreams {
 }
 
 impl Pools {
-    /// An idle connection to `addr` that is still open; stale and closed ones found on the
-    /// way are dropped.
+    /// An idle connection to `addr` that is still open; closed ones found on the way are
+    /// dropped.
     fn take_idle(&self, addr: SocketAddr) -> Option<Connection> {
         let mut instances = self.lock();
         let instance = instances.get_mut(&addr)?;
-        let now = Instant::now();
-        let usable = |idle: &Idle| {
-            now.duration_since(idle.since) <= IDLE_TIMEOUT && is_open(&idle.connection.stream)
-        };
-        // The oldest is looked at on every take, so that connections left over from a
-        // burst are closed as they go stale, not kept open for as long as the pool lives.
-        if instance.idle.front().is_some_and(|oldest| !usable(oldest)) {
+        // The oldest is looked at on every take too, so that connections left over from a
+        // burst are let go once the app closes them, not kept for as long as the pool lives.
+        if instance.idle.front().is_some_and(|oldest| !is_open(&oldest.stream)) {
             instance.idle.pop_front();
         }
         let mut taken = None;
-        while let Some(idle) = instance.idle.pop_back() {
-            if usable(&idle) {
-                taken = Some(idle.connection);
+        while let Some(connection) = instance.idle.pop_back() {
+            if is_open(&connection.stream) {
+                taken = Some(connection);
                 break;
             }
         }
@@ -321,11 +313,12 @@ impl Pools {
     }
 
     fn put_back(&self, addr: SocketAddr, connection: Connection) {
-        let idle = Idle { connection, since: Instant::now() };
         let mut instances = self.lock();
         let instance = instances.entry(addr).or_default();
-        instance.idle.push_back(idle);
-        instance.returned.notify_one();
+        if instance.idle.len() < MAX_IDLE {
+            instance.idle.push_back(connection);
+            instance.returned.notify_one();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, AddrMap> {
@@ -809,9 +802,7 @@ mod tests {
             assert_eq!(fetch(&pool, addr).await, "ok");
             wait_for("the app to close", || {
                 let instances = pool.pools.lock();
-                instances
-                    .get(&addr)
-                    .is_none_or(|i| i.idle.iter().all(|c| !is_open(&c.connection.stream)))
+                instances.get(&addr).is_none_or(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
             })
             .await;
             assert_eq!(accepted(&connections), n);
@@ -1008,6 +999,27 @@ mod tests {
             assert_eq!(&body[..], b"ok");
         }
         assert!(accepted(&connections) <= 6, "{} connections", accepted(&connections));
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_idle_connections_are_kept_after_a_burst() {
+        let addr = dead_addr().await;
+        let connections = counting_upstream(addr, false).await;
+        let pool = Upstreams::default();
+        // Answers whose bodies are not read yet keep their connections busy, so the burst
+        // needs a connection each.
+        let mut held = Vec::new();
+        for _ in 0..MAX_IDLE + 6 {
+            let response = timeout(DEADLINE, pool.send_request(addr, get("/"))).await.unwrap();
+            held.push(response.unwrap().into_body());
+        }
+        assert_eq!(accepted(&connections), MAX_IDLE + 6);
+        for body in held {
+            assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"revived\n");
+        }
+        assert_eq!(pool.pooled(addr), MAX_IDLE, "the ones beyond the cap were closed");
+        assert_eq!(fetch(&pool, addr).await, "revived\n");
+        assert_eq!(accepted(&connections), MAX_IDLE + 6, "a kept one was reused");
     }
 
     #[tokio::test]
