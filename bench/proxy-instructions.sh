@@ -57,46 +57,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# Polls until `url` answers "hello", for at most 60 s (start-up under valgrind is slow);
-# fails if the process `pid` has exited.
-wait_ready() {
-  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + 60))
-  until [ "$(curl -sf --max-time 5 "$url" 2>/dev/null)" = hello ]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "proxy-instructions: $name exited" >&2
-      cat "$work/$name.err" "$work/$name/error.log" 2>/dev/null >&2
-      exit 1
-    fi
-    [ $SECONDS -lt $deadline ] || {
-      echo "proxy-instructions: $name did not answer $url in 60 s" >&2
-      exit 1
-    }
-    sleep 0.2
-  done
-}
-
-# Writes nginx's configuration `conf` under its own prefix, with everything (temp paths,
-# pid, logs) in it; Debian's build would otherwise use /var/lib/nginx and /var/log/nginx.
-nginx_config() {
-  local name=$1 conf=$2 dir=$work/$1
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-$conf
-EOF
-}
-
-temp_paths() {
-  local dir=$work/$1
-  echo "client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;"
-  echo "fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;"
-}
+# Start-up under valgrind is slow.
+me=proxy-instructions ready_timeout=60
+# shellcheck source=bench/nginx-common.sh
+. bench/nginx-common.sh
 
 # Runs `command...` under callgrind in a background job, recording into
 # target/bench-proxy/callgrind.NAME.out.
@@ -143,23 +107,8 @@ forget() {
 names=()
 declare -A requests instructions
 
-# 1. The backend: nginx answering from memory, one worker, not under valgrind.
-backend_port=$(free_port)
-nginx_config backend "worker_processes 1;
-events { worker_connections 4096; }
-http {
-  $(temp_paths backend)
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$backend_port;
-    location / { default_type text/plain; return 200 \"hello\n\"; }
-  }
-}"
-"$nginx" -p "$work/backend" -c "$work/backend/nginx.conf" -e "$work/backend/error.log" \
-  -g 'daemon off;' &
-pids+=($!)
-wait_ready backend "${pids[-1]}" "http://127.0.0.1:$backend_port/"
+# 1. The backend, not under valgrind.
+start_backend
 
 # 2. Each Berth build, which prints its port once it listens.
 n=0

@@ -43,66 +43,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# Polls until `url` answers "hello", for at most 10 s; fails if the process `pid` has exited.
-wait_ready() {
-  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + 10))
-  until [ "$(curl -sf --max-time 1 "$url" 2>/dev/null)" = hello ]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "proxy: $name exited" >&2
-      cat "$work/$name.err" "$work/$name/error.log" 2>/dev/null >&2
-      exit 1
-    fi
-    [ $SECONDS -lt $deadline ] || { echo "proxy: $name did not answer $url in 10 s" >&2; exit 1; }
-    sleep 0.1
-  done
-}
-
-# Runs nginx in the foreground of a background job, with everything (temp paths, pid, logs)
-# under its own prefix; Debian's build would otherwise use /var/lib/nginx and /var/log/nginx.
-start_nginx() {
-  local name=$1 conf=$2 dir=$work/$1
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-$conf
-EOF
-  "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' &
-  pids+=($!)
-}
-
-temp_paths() {
-  local dir=$work/$1
-  echo "client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;"
-  echo "fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;"
-}
+me=proxy ready_timeout=10
+# shellcheck source=bench/nginx-common.sh
+. bench/nginx-common.sh
 
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 
-# 1. The backend: nginx answering from memory, one worker. keepalive_requests is raised so
-# that neither wrk nor the proxies' pools are made to reconnect every 1000 requests.
-backend_port=$(free_port)
-start_nginx backend "worker_processes 1;
-events { worker_connections 4096; }
-http {
-  $(temp_paths backend)
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$backend_port;
-    location / { default_type text/plain; return 200 \"hello\n\"; }
-  }
-}"
-wait_ready backend "${pids[-1]}" "http://127.0.0.1:$backend_port/"
+# 1. The backend.
+start_backend
 
 # 2. nginx as the reverse proxy, with keep-alive connections to the backend.
 nginx_port=$(free_port)
-start_nginx nginx "worker_processes auto;
+nginx_config nginx "worker_processes auto;
 events { worker_connections 4096; }
 http {
   $(temp_paths nginx)
@@ -122,6 +74,7 @@ http {
     }
   }
 }"
+run_nginx nginx
 wait_ready nginx "${pids[-1]}" "http://127.0.0.1:$nginx_port/"
 
 # 3. Berth's router, which prints its port once it listens.
