@@ -12,6 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::headers::hop_by_hop_position;
+
 /// The most headers a response may have; more is refused rather than half-read.
 const MAX_HEADERS: usize = 100;
 /// The largest response head accepted. Apps send a few hundred bytes; a head that never
@@ -138,7 +140,8 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+/// Writes `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -336,20 +339,9 @@ pub(crate) fn parse_response_head(
 }
 
 /// Whether a header of this name describes one connection rather than the message (RFC
-/// 9110 section 7.6.1), with the non-standard `Keep-Alive` and `Proxy-Connection`. One
-/// length check for most names.
+/// 9110 section 7.6.1), with the non-standard `Keep-Alive` and `Proxy-Connection`.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    let is = |hop_by_hop: &[u8]| name.eq_ignore_ascii_case(hop_by_hop);
-    match name.len() {
-        2 => is(b"te"),
-        7 => is(b"trailer") || is(b"upgrade"),
-        10 => is(b"connection") || is(b"keep-alive"),
-        16 => is(b"proxy-connection"),
-        17 => is(b"transfer-encoding"),
-        18 => is(b"proxy-authenticate"),
-        19 => is(b"proxy-authorization"),
-        _ => false,
-    }
+    hop_by_hop_position(name).is_some()
 }
 
 /// What a response header is to the parser.

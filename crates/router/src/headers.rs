@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::h1::push_decimal;
 use bytes::Bytes;
+
 use http::header::{
     CONNECTION, Entry, FORWARDED, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, ValueIter,
@@ -45,7 +47,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // per entry of `HOP_BY_HOP` remembers them without an allocation.
     let mut found: u16 = 0;
     for name in headers.keys() {
-        if let Some(index) = hop_by_hop_index(name) {
+        if let Some(index) = hop_by_hop_position(name.as_str().as_bytes()) {
             found |= 1 << index;
         }
     }
@@ -71,23 +73,24 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The position of `name` in [`HOP_BY_HOP`]. A `match` on the text is a few comparisons of
-/// lengths for most names, where comparing with each of the nine names costs several times
-/// as much; this runs for every header of every request and response.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let index = match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "te" => 3,
-        "trailer" => 4,
-        "transfer-encoding" => 5,
-        "upgrade" => 6,
-        "proxy-authorization" => 7,
-        "proxy-authenticate" => 8,
-        _ => return None,
-    };
-    Some(index)
+/// The position in [`HOP_BY_HOP`] of the header named `name`, in any case (the app's
+/// response is read as bytes, before its names are lower-cased). A length check first
+/// turns most names away at once, where comparing with each of the nine costs several
+/// times as much; this runs for every header of every request and response.
+pub(crate) fn hop_by_hop_position(name: &[u8]) -> Option<usize> {
+    let is = |hop_by_hop: &[u8]| name.eq_ignore_ascii_case(hop_by_hop);
+    match name.len() {
+        10 if is(b"connection") => Some(0),
+        10 if is(b"keep-alive") => Some(1),
+        16 if is(b"proxy-connection") => Some(2),
+        2 if is(b"te") => Some(3),
+        7 if is(b"trailer") => Some(4),
+        17 if is(b"transfer-encoding") => Some(5),
+        7 if is(b"upgrade") => Some(6),
+        19 if is(b"proxy-authorization") => Some(7),
+        18 if is(b"proxy-authenticate") => Some(8),
+        _ => None,
+    }
 }
 
 /// Adds to `listed` the headers that a `Connection` value names besides the ones everyone
@@ -120,11 +123,11 @@ pub(crate) struct Forwarding<'a> {
 }
 
 /// Writes the header lines that tell the app who asked and how, in HTTP/1.1 form (each
-/// ending in CRLF), for the request head that goes to the app: `Host`, `X-Request-Id`, the client's address
-/// appended to the visitor's `X-Forwarded-For` chain and a `for=...;proto=...;host=...`
-/// element to its `Forwarded` list (RFC 7239), and `X-Forwarded-Proto`, `-Host`, `-Port`
-/// and (for a path-routed app) `-Prefix` set outright, so that a client cannot claim, say,
-/// `https` on a plain connection. Those of `visitor`'s headers that these replace
+/// ending in CRLF), for the request head that goes to the app: `Host`, `X-Request-Id`, the
+/// client's address appended to the visitor's `X-Forwarded-For` chain and a
+/// `for=...;proto=...;host=...` element to its `Forwarded` list (RFC 7239), and
+/// `X-Forwarded-Proto`, `-Host`, `-Port` and (for a path-routed app) `-Prefix` set
+/// outright, so that a client cannot claim, say, `https` on a plain connection. Those of `visitor`'s headers that these replace
 /// ([`is_set_by_router`]) must be left out of the head.
 ///
 /// Written as bytes, not put into the request's header map: the map would hash each name,
@@ -166,8 +169,9 @@ pub(crate) fn write_forwarding(
 
     line(out, b"x-forwarded-proto", forwarding.proto.as_bytes());
     line(out, b"x-forwarded-host", forwarding.host.as_bytes());
-    let mut digits = [0u8; 5];
-    line(out, b"x-forwarded-port", decimal(forwarding.port, &mut digits));
+    out.extend_from_slice(b"x-forwarded-port: ");
+    push_decimal(out, u64::from(forwarding.port));
+    out.extend_from_slice(b"\r\n");
     // Apps build links from the prefix, so a visitor must never choose it: theirs is left
     // out whether or not the router sets one. An app name is always a valid value.
     if let Some(prefix) = prefix.filter(|prefix| HeaderValue::from_str(prefix).is_ok()) {
@@ -211,20 +215,6 @@ fn push_list_so_far(out: &mut Vec<u8>, visitor: &HeaderMap, name: &HeaderName) {
             out.extend_from_slice(b", ");
         }
     }
-}
-
-/// `n` in decimal, written at the end of `digits`.
-fn decimal(mut n: u16, digits: &mut [u8; 5]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &digits[start..]
 }
 
 /// An IP address as text, on the stack.
@@ -601,12 +591,14 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_index_finds_each_listed_name_and_no_other() {
+    fn hop_by_hop_position_finds_each_listed_name_and_no_other() {
         for (index, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+            assert_eq!(hop_by_hop_position(name.as_str().as_bytes()), Some(index), "{name}");
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(hop_by_hop_position(upper.as_bytes()), Some(index), "{upper}");
         }
         for other in ["host", "connections", "x-te", "upgrade-insecure-requests", "keep-alive2"] {
-            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None, "{other}");
+            assert_eq!(hop_by_hop_position(other.as_bytes()), None, "{other}");
         }
     }
 
@@ -656,9 +648,11 @@ mod tests {
     }
 
     #[test]
-    fn decimal_table() {
-        for port in [0, 7, 80, 99, 443, 1000, 8080, 10000, 65535] {
-            assert_eq!(decimal(port, &mut [0; 5]), port.to_string().as_bytes(), "{port}");
+    fn ports_are_written_in_decimal() {
+        for port in [0u16, 7, 80, 99, 443, 1000, 8080, 10000, 65535] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, u64::from(port));
+            assert_eq!(out, port.to_string().as_bytes(), "{port}");
         }
     }
 

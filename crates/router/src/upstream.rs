@@ -179,9 +179,9 @@ impl Failure {
 }
 
 impl Upstreams {
-    /// Sends `request` (in origin form, with its `Host`) and `body` to the instance at `addr` on an idle
-    /// connection, or on a new one when none is idle and a slot to open one is free (else on
-    /// whichever comes first), and returns the response once its head is in.
+    /// Sends `request` (in origin form, with its `Host`) and `body` to the instance at `addr`
+    /// on an idle connection, or on a new one when none is idle and a slot to open one is
+    /// free (else on whichever comes first), and returns the response once its head is in.
     pub(crate) async fn send<B>(
         &self,
         addr: SocketAddr,
@@ -404,7 +404,8 @@ where
             biased;
             done = &mut write, if written.is_none() => match done {
                 Err(error @ UpstreamError::Body(_)) => {
-                    return Err(Failure { error, head_written: true, body_started: true, received: false });
+                    let (head_written, body_started, received) = (true, true, false);
+                    return Err(Failure { error, head_written, body_started, received });
                 }
                 done => written = Some(done),
             },
