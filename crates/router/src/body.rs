@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tokio_util::io::ReaderStream;
 
 use crate::cache::Recorder;
+use crate::h1::RawHeaders;
 use crate::upstream::UpstreamBody;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -56,6 +57,27 @@ impl ResponseBody {
     /// An empty body, for responses whose headers say everything.
     pub(crate) fn empty() -> ResponseBody {
         ResponseBody::Page(Full::default())
+    }
+
+    /// An app's headers that are not in the response's map (see [`RawHeaders`]).
+    pub(crate) fn raw_headers(&self) -> Option<&RawHeaders> {
+        match self {
+            ResponseBody::App { body, .. } | ResponseBody::Recording { body, .. } => {
+                Some(body.raw_headers())
+            }
+            ResponseBody::Page(_) | ResponseBody::File(_) => None,
+        }
+    }
+
+    /// Moves an app's headers into the response's map, for a response that is about to be
+    /// read or changed by name, or sent by hyper.
+    pub(crate) fn move_headers_into(&mut self, headers: &mut http::HeaderMap) {
+        match self {
+            ResponseBody::App { body, .. } | ResponseBody::Recording { body, .. } => {
+                body.move_headers_into(headers);
+            }
+            ResponseBody::Page(_) | ResponseBody::File(_) => {}
+        }
     }
 }
 

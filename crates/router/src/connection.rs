@@ -61,13 +61,13 @@ impl Activity {
 
     /// Notes bytes read.
     #[inline]
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Notes bytes written or a request ended: the connection is ready for the next head.
     #[inline]
-    fn touch_ready(&self) {
+    pub(crate) fn touch_ready(&self) {
         let now = self.now_ms();
         self.last_ms.fetch_max(now, Ordering::Relaxed);
         self.ready_ms.fetch_max(now, Ordering::Relaxed);

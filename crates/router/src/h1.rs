@@ -178,7 +178,10 @@ pub(crate) fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
+    /// The headers of a 101, which the tunnel reads; empty for any other response, whose
+    /// headers are in `raw`.
     pub(crate) headers: HeaderMap,
+    pub(crate) raw: RawHeaders,
     pub(crate) framing: Framing,
     /// Whether the connection can carry another request once this response is read.
     pub(crate) keep_alive: bool,
@@ -240,19 +243,23 @@ pub(crate) fn parse_response_head(
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(n_headers);
     let mut content_length: Option<u64> = None;
     let mut chunked = None;
     let (mut close, mut keep_alive_token) = (false, false);
     let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
     // Names that `Connection` lists, which are hop-by-hop too; seldom any.
     let mut listed: Vec<&[u8]> = Vec::new();
-    for &(name_start, name_end, value_start, value_end) in &spans[..n_headers] {
+    // Which headers are passed on; the framing and connection headers are read here and
+    // (but for a 101's, which the tunnel needs) not passed on: they describe the
+    // connection to the app, which ends at the router. An app's `X-Request-Id` is replaced
+    // by the router's.
+    let mut kept = [false; MAX_HEADERS];
+    let mut has_date = false;
+    for (keep, &(name_start, name_end, value_start, value_end)) in
+        kept.iter_mut().zip(&spans[..n_headers])
+    {
         let raw_name = &head[name_start as usize..name_end as usize];
         let value = &head[value_start as usize..value_end as usize];
-        // The framing and connection headers are read here, and (but for a 101's, which the
-        // tunnel needs) not passed on: they describe the connection to the app, which ends
-        // at the router.
         let class = classify(raw_name);
         match class {
             Class::ContentLength => {
@@ -279,31 +286,57 @@ pub(crate) fn parse_response_head(
                     }
                 }
             }
-            Class::HopByHop | Class::Known(_) | Class::Other => {}
+            Class::Date => has_date = true,
+            Class::RequestId | Class::HopByHop | Class::Other => {}
         }
         let hop_by_hop =
             matches!(class, Class::TransferEncoding | Class::Connection | Class::HopByHop);
-        if hop_by_hop && !upgrading {
+        *keep = class != Class::RequestId && (upgrading || !hop_by_hop);
+    }
+    // A length that chunking overrides is not passed on, nor one a 1xx or 204 must not have.
+    let drop_length =
+        chunked.is_some() || status.is_informational() || status == StatusCode::NO_CONTENT;
+
+    let mut headers = HeaderMap::new();
+    let mut lines = BytesMut::new();
+    let kept_spans = kept.iter().zip(&spans[..n_headers]).filter(|(keep, _)| **keep);
+    for (_, &(name_start, name_end, value_start, value_end)) in kept_spans {
+        let raw_name = &head[name_start as usize..name_end as usize];
+        if !upgrading
+            && !listed.is_empty()
+            && listed.iter().any(|n| n.eq_ignore_ascii_case(raw_name))
+        {
             continue;
         }
-        let name = match class {
-            Class::Known(name) => name,
-            Class::ContentLength => CONTENT_LENGTH,
-            _ => HeaderName::from_bytes(raw_name)
-                .map_err(|_| Malformed("a header name is invalid"))?,
-        };
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| Malformed("a header value is invalid"))?;
-        headers.append(name, value);
-    }
-    if !upgrading {
-        for name in listed {
-            if let Ok(name) = HeaderName::from_bytes(name) {
-                headers.remove(name);
+        if drop_length && raw_name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        if upgrading {
+            // A 101 is rare, and the tunnel reads its headers: a map.
+            let name = HeaderName::from_bytes(raw_name)
+                .map_err(|_| Malformed("a header name is invalid"))?;
+            let value = HeaderValue::from_maybe_shared(
+                head.slice(value_start as usize..value_end as usize),
+            )
+            .map_err(|_| Malformed("a header value is invalid"))?;
+            headers.append(name, value);
+        } else {
+            // httparse has checked the name's and the value's bytes, which are what a header
+            // map would accept (and no CR or LF); the line is rewritten in canonical form.
+            if lines.is_empty() {
+                lines.reserve(len);
             }
+            lines.extend_from_slice(raw_name);
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(&head[value_start as usize..value_end as usize]);
+            lines.extend_from_slice(b"\r\n");
         }
     }
+    let raw = RawHeaders {
+        lines: lines.freeze(),
+        content_length: content_length.filter(|_| !drop_length),
+        has_date,
+    };
 
     let mut keep_alive =
         if version == Version::HTTP_11 { !close } else { keep_alive_token && !close };
@@ -320,7 +353,6 @@ pub(crate) fn parse_response_head(
         // RFC 9112 section 6.3: Transfer-Encoding wins over Content-Length, and such a
         // message may be an attempt at smuggling, so the connection is not used again.
         if content_length.is_some() {
-            headers.remove(CONTENT_LENGTH);
             keep_alive = false;
         }
         if chunked {
@@ -335,7 +367,7 @@ pub(crate) fn parse_response_head(
         keep_alive = false;
         Framing::UntilClose
     };
-    Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
+    Ok(Some(ResponseHead { status, version, headers, raw, framing, keep_alive }))
 }
 
 /// Whether a header of this name describes one connection rather than the message (RFC
@@ -345,42 +377,68 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// What a response header is to the parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     ContentLength,
     TransferEncoding,
     Connection,
+    Date,
+    /// `X-Request-Id`, which the router sets.
+    RequestId,
     /// Another hop-by-hop header ([`is_hop_by_hop`]).
     HopByHop,
-    /// A header most responses have, whose name needs no parsing.
-    Known(HeaderName),
     Other,
 }
 
-/// Sorts a header name with one length check and a comparison or two, where
-/// `HeaderName::from_bytes` would lower-case and search every standard name.
+/// Sorts a header name with one length check and a comparison or two.
 fn classify(name: &[u8]) -> Class {
-    use http::header::{
-        CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, DATE, ETAG, EXPIRES, LAST_MODIFIED,
-        LOCATION, SERVER, SET_COOKIE, VARY,
-    };
     let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
     match name.len() {
-        4 if is(b"date") => Class::Known(DATE),
-        4 if is(b"etag") => Class::Known(ETAG),
-        4 if is(b"vary") => Class::Known(VARY),
-        6 if is(b"server") => Class::Known(SERVER),
-        7 if is(b"expires") => Class::Known(EXPIRES),
-        8 if is(b"location") => Class::Known(LOCATION),
+        4 if is(b"date") => Class::Date,
         10 if is(b"connection") => Class::Connection,
-        10 if is(b"set-cookie") => Class::Known(SET_COOKIE),
-        12 if is(b"content-type") => Class::Known(CONTENT_TYPE),
-        13 if is(b"cache-control") => Class::Known(CACHE_CONTROL),
-        13 if is(b"last-modified") => Class::Known(LAST_MODIFIED),
+        12 if is(b"x-request-id") => Class::RequestId,
         14 if is(b"content-length") => Class::ContentLength,
-        16 if is(b"content-encoding") => Class::Known(CONTENT_ENCODING),
         17 if is(b"transfer-encoding") => Class::TransferEncoding,
-        _ if is_hop_by_hop(name) => Class::HopByHop,
+        // The other hop-by-hop names are 2, 7, 10, 16, 18 and 19 bytes long.
+        2 | 7 | 10 | 16 | 18 | 19 if is_hop_by_hop(name) => Class::HopByHop,
         _ => Class::Other,
+    }
+}
+
+/// The headers of an app's response that pass to the visitor as they are, already as
+/// `name: value` lines with CRLFs, so that the usual response is relayed without building
+/// a header map and writing it out again. The router's own headers for the response go in
+/// the response's map, and are written before these.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RawHeaders {
+    pub(crate) lines: Bytes,
+    /// The `Content-Length` among the lines, if there is one.
+    pub(crate) content_length: Option<u64>,
+    /// Whether the lines have a `Date`.
+    pub(crate) has_date: bool,
+}
+
+impl RawHeaders {
+    /// Appends the lines to `headers`, for the rarer responses that need a map (HTTPS,
+    /// the cache), leaving this empty.
+    pub(crate) fn move_into(&mut self, headers: &mut HeaderMap) {
+        let lines = std::mem::take(&mut self.lines);
+        self.content_length = None;
+        self.has_date = false;
+        let mut rest = &lines[..];
+        while let Some(end) = rest.windows(2).position(|pair| pair == b"\r\n") {
+            let line = &rest[..end];
+            rest = &rest[end + 2..];
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let value = &line[colon + 2..];
+            // Both were valid when they were parsed.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_maybe_shared(lines.slice_ref(value)),
+            ) {
+                headers.append(name, value);
+            }
+        }
     }
 }
 
@@ -582,6 +640,13 @@ mod tests {
         head(raw).unwrap().expect("a complete head")
     }
 
+    /// The head's map and its raw lines together, as a map.
+    fn all_headers(head: &mut ResponseHead) -> HeaderMap {
+        let mut headers = head.headers.clone();
+        head.raw.move_into(&mut headers);
+        headers
+    }
+
     #[test]
     fn request_framing_table() {
         let get = Method::GET;
@@ -664,11 +729,20 @@ mod tests {
             "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\n\
              Set-Cookie: b=2\r\nContent-Length: 5\r\n\r\nhello",
         );
-        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let mut head = parse_response_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.version, Version::HTTP_11);
-        assert_eq!(head.headers["content-type"], "text/plain");
-        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+        assert!(head.headers.is_empty(), "{:?}", head.headers);
+        assert_eq!(
+            &head.raw.lines[..],
+            b"Content-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+              Content-Length: 5\r\n"
+        );
+        assert_eq!((head.raw.content_length, head.raw.has_date), (Some(5), false));
+        let headers = all_headers(&mut head);
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(headers["content-length"], "5");
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"hello");
@@ -742,10 +816,11 @@ mod tests {
             let head = parse_response_head(&mut BytesMut::from(raw), was_head).unwrap().unwrap();
             assert_eq!((head.framing, head.keep_alive), (framing, keep_alive), "{raw:?}");
         }
-        let both =
+        let mut both =
             parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(both.raw.content_length, None);
         assert!(
-            both.headers.get(CONTENT_LENGTH).is_none(),
+            all_headers(&mut both).get(CONTENT_LENGTH).is_none(),
             "a length that chunking overrides is not passed on"
         );
     }
@@ -758,7 +833,9 @@ mod tests {
              Upgrade: h2c\r\nProxy-Authenticate: Basic\r\nProxy-Connection: close\r\n\
              Content-Type: text/plain\r\n\r\n",
         );
-        let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        let mut head = head;
+        let headers = all_headers(&mut head);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type"]);
         assert_eq!(
             head.framing,
@@ -789,29 +866,31 @@ mod tests {
     }
 
     #[test]
-    fn classify_knows_its_names_in_any_case_and_agrees_with_the_http_crate() {
-        for name in [
-            "date",
-            "ETag",
-            "vary",
-            "Server",
-            "expires",
-            "location",
-            "set-cookie",
-            "Content-Type",
-            "cache-control",
-            "last-modified",
-            "content-encoding",
-        ] {
-            let Class::Known(known) = classify(name.as_bytes()) else { panic!("{name}") };
-            assert_eq!(known, HeaderName::from_bytes(name.as_bytes()).unwrap(), "{name}");
+    fn classify_knows_its_names_in_any_case() {
+        let cases = [
+            ("Date", Class::Date),
+            ("X-Request-ID", Class::RequestId),
+            ("Content-Length", Class::ContentLength),
+            ("transfer-encoding", Class::TransferEncoding),
+            ("CONNECTION", Class::Connection),
+            ("keep-alive", Class::HopByHop),
+            ("te", Class::HopByHop),
+            ("Trailer", Class::HopByHop),
+            ("upgrade", Class::HopByHop),
+            ("proxy-connection", Class::HopByHop),
+            ("Proxy-Authenticate", Class::HopByHop),
+            ("proxy-authorization", Class::HopByHop),
+            ("x-dates", Class::Other),
+            ("dat", Class::Other),
+            ("content-type", Class::Other),
+        ];
+        for (name, class) in cases {
+            assert_eq!(classify(name.as_bytes()), class, "{name}");
         }
-        assert!(matches!(classify(b"Content-Length"), Class::ContentLength));
-        assert!(matches!(classify(b"transfer-encoding"), Class::TransferEncoding));
-        assert!(matches!(classify(b"CONNECTION"), Class::Connection));
-        assert!(matches!(classify(b"keep-alive"), Class::HopByHop));
-        assert!(matches!(classify(b"x-dates"), Class::Other));
-        assert!(matches!(classify(b"dat"), Class::Other));
+        // Every hop-by-hop name is found by its length.
+        for name in &crate::headers::HOP_BY_HOP {
+            assert_ne!(classify(name.as_str().as_bytes()), Class::Other, "{name}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ const MAX_REQUEST_ID_LEN: usize = 200;
 /// with [`keep_upgrade`], since for it they describe the tunnel both hops will become.
 ///
 /// A `static` rather than a `const`: each use of a `const` array makes and drops a copy.
-static HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

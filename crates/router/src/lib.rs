@@ -36,6 +36,7 @@ mod cache;
 mod connection;
 mod error;
 mod h1;
+mod h1_server;
 mod headers;
 mod limits;
 mod proxy;

@@ -33,7 +33,9 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::EXPECT;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body;
+
+use crate::body::BoxError;
 
 /// How much of a refused body is read and thrown away before the 413; see the module
 /// documentation.
@@ -43,7 +45,10 @@ pub(crate) const DISCARD_TIME: Duration = Duration::from_secs(2);
 
 /// Reads and drops what the client sends of a refused body, within [`DISCARD_BYTES`] and
 /// [`DISCARD_TIME`], unless it waits for `100 Continue` (reading would ask for the body).
-pub(crate) async fn discard_refused_body(headers: &HeaderMap, mut body: Incoming) {
+pub(crate) async fn discard_refused_body<B: Body<Data = bytes::Bytes> + Unpin>(
+    headers: &HeaderMap,
+    mut body: B,
+) {
     if headers.contains_key(EXPECT) {
         return;
     }
@@ -146,7 +151,7 @@ impl StdError for BodyTooLarge {}
 /// The visitor's request body could not be read (bad chunked framing, or the client went
 /// away): the visitor's fault, not the app's.
 #[derive(Debug)]
-pub(crate) struct ClientBodyError(pub(crate) hyper::Error);
+pub(crate) struct ClientBodyError(pub(crate) BoxError);
 
 impl fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,7 +161,7 @@ impl fmt::Display for ClientBodyError {
 
 impl StdError for ClientBodyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +20,10 @@ use http::header::{
 };
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::upgrade::OnUpgrade;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::access_log::AccessEntry;
 use crate::balance::{PassiveHealth, UNHEALTHY_FOR, attempt_order};
@@ -29,6 +31,7 @@ use crate::body::{BoxError, InFlightGuard, ResponseBody};
 use crate::cache::{CacheMiss, Lookup, X_CACHE};
 use crate::error::ProxyError;
 use crate::h1::RequestHead;
+use crate::h1_server::{PendingUpgrade, RequestBody};
 use crate::headers::{
     Forwarding, X_APP, X_REQUEST_ID, is_set_by_router, keep_upgrade, remove_hop_by_hop, request_id,
     websocket_upgrade, write_forwarding,
@@ -169,7 +172,7 @@ impl Proxy {
     /// become error pages. [`Proxy::handle_from`] also takes the connection's local address.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         self.handle_from(request, Downstream::plain(peer)).await
@@ -182,7 +185,7 @@ impl Proxy {
     /// app's access log gets its line when the response head is ready.
     pub(crate) async fn handle_from(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         downstream: Downstream,
     ) -> Response<ResponseBody> {
         // `forward` adds the referer and user agent if the app turns out to log them.
@@ -211,6 +214,12 @@ impl Proxy {
                 response
             }
         };
+        if downstream.tls {
+            // hyper writes HTTPS responses, from their map alone.
+            let (mut parts, mut body) = response.into_parts();
+            body.move_headers_into(&mut parts.headers);
+            response = Response::from_parts(parts, body);
+        }
         response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         if let Some(backend) = routed {
             if downstream.tls && backend.https_only() {
@@ -228,7 +237,7 @@ impl Proxy {
     /// access rules may take from Cloudflare.
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         downstream: Downstream,
         request_id: &HeaderValue,
         summary: &mut RequestSummary,
@@ -347,7 +356,7 @@ impl Proxy {
     /// [`crate::RouteTable`]).
     fn route(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         path_and_query: &PathAndQuery,
     ) -> Result<Routed, ProxyError> {
         if let Some(fixed) = &self.fixed_app {
@@ -396,7 +405,7 @@ impl Proxy {
     /// while connections are refused.
     async fn forward_to_instances(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         downstream: Downstream,
         target: Target<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -414,7 +423,8 @@ impl Proxy {
         let websocket = websocket_upgrade(request.headers());
         // The visitor's side of a tunnel, which hyper completes once the 101 is written; it
         // has to be taken before the request is split up.
-        let mut downstream_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut request));
+        let mut downstream_upgrade =
+            websocket.is_some().then(|| RequestBody::take_upgrade(&mut request)).flatten();
 
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
@@ -534,12 +544,16 @@ struct Routed {
 /// The body the visitor gets for an app's response, marked and recorded as the cache
 /// decided.
 fn relay(
-    body: UpstreamBody,
+    mut body: UpstreamBody,
     guard: InFlightGuard,
     cache: CacheUse,
     status: StatusCode,
     headers: &mut http::HeaderMap,
 ) -> ResponseBody {
+    if !matches!(cache, CacheUse::Off) {
+        // The cache reads the app's headers and adds one of its own.
+        body.move_headers_into(headers);
+    }
     let recorder = match cache {
         CacheUse::Off => None,
         CacheUse::Bypass => {
@@ -642,7 +656,7 @@ fn access_entry(
 /// cut when the process exits, and until then it lives as long as its two ends.
 fn tunnel(
     mut response: Response<UpstreamBody>,
-    downstream: OnUpgrade,
+    downstream: PendingUpgrade,
     backend: &Backend,
     addr: SocketAddr,
     request_id: &HeaderValue,
@@ -657,23 +671,21 @@ fn tunnel(
     let app = backend.app.clone();
     let request_id = request_id.to_str().unwrap_or_default().to_string();
     tokio::spawn(async move {
-        let Some((mut upstream, early)) = upstream else {
+        let Some((upstream, early)) = upstream else {
             tracing::debug!(app, %addr, request_id, "a 101 response without its connection");
             return;
         };
-        let mut downstream = match downstream.await {
-            Ok(downstream) => TokioIo::new(downstream),
-            Err(error) => {
-                tracing::debug!(app, %addr, request_id, "the upgrade did not complete: {error}");
-                return;
-            }
+        let joined = match downstream {
+            PendingUpgrade::Hyper(downstream) => match downstream.await {
+                Ok(downstream) => join(TokioIo::new(downstream), &[], upstream, &early).await,
+                Err(error) => Err(io::Error::other(error)),
+            },
+            PendingUpgrade::Own(downstream) => match downstream.await {
+                Ok(visitor) => join(visitor.stream, &visitor.early, upstream, &early).await,
+                Err(_) => Err(io::Error::other("the visitor's connection was not handed over")),
+            },
         };
-        // What the app sent right after its 101 (a first WebSocket frame) goes first.
-        if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut downstream, &early).await {
-            tracing::debug!(app, %addr, request_id, "tunnel failed: {error}");
-            return;
-        }
-        match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        match joined {
             Ok((to_app, to_visitor)) => {
                 tracing::debug!(app, %addr, request_id, to_app, to_visitor, "tunnel closed");
             }
@@ -681,6 +693,24 @@ fn tunnel(
         }
     });
     Response::from_parts(parts, ResponseBody::empty())
+}
+
+/// Joins a tunnel's two ends once each side's early bytes (sent right after the
+/// handshake, such as a first WebSocket frame) have gone to the other; returns the bytes
+/// copied each way.
+async fn join<D>(
+    mut downstream: D,
+    visitor_early: &[u8],
+    mut upstream: TcpStream,
+    app_early: &[u8],
+) -> io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    upstream.write_all(visitor_early).await?;
+    downstream.write_all(app_early).await?;
+    tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
 }
 
 /// The path the app sees when it was found by its name as the first segment: `/APP/rest?q`
@@ -711,7 +741,7 @@ fn prefix_location(response: &mut Response<ResponseBody>, prefix: &str) {
 
 /// The host the visitor asked for, as sent: the URI's authority for an absolute-form
 /// request, otherwise the one `Host` header.
-fn original_host(request: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+fn original_host(request: &Request<RequestBody>) -> Result<HeaderValue, ProxyError> {
     if let Some(authority) = request.uri().authority() {
         return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::InvalidHost);
     }
@@ -742,7 +772,7 @@ fn error_chain(error: &dyn StdError) -> String {
 /// Holds the visitor's request body until an attempt to reach the app actually sends it.
 ///
 /// Sending consumes the request even when no connection is made, and an `Incoming` body
-/// cannot be recreated, so with a plain `Request<Incoming>` a refused connection would
+/// cannot be recreated, so with a plain `Request<RequestBody>` a refused connection would
 /// leave nothing to send to the next instance. Each attempt gets a [`LentBody`] that takes
 /// the body out of this slot only when hyper first polls it, which happens after the
 /// connection is up; after a connect error the body is still here for the next attempt.
@@ -761,7 +791,7 @@ struct BodySlot {
 
 /// What the slot and its lent bodies share: one allocation per request with a body.
 struct SlotShared {
-    body: Mutex<Option<Incoming>>,
+    body: Mutex<Option<RequestBody>>,
     progress: Progress,
 }
 
@@ -784,7 +814,7 @@ impl Progress {
 
 impl BodySlot {
     /// A slot for the body of a request that began at `started`.
-    fn new(body: Incoming, max_bytes: u64, started: Instant) -> BodySlot {
+    fn new(body: RequestBody, max_bytes: u64, started: Instant) -> BodySlot {
         let is_end_stream = body.is_end_stream();
         let size_hint = body.size_hint();
         let progress = || Progress {
@@ -838,7 +868,7 @@ impl BodySlot {
 pub(crate) struct LentBody {
     /// `None` for a request without a body.
     shared: Option<Arc<SlotShared>>,
-    taken: Option<Incoming>,
+    taken: Option<RequestBody>,
     /// Answered before the body is taken, because the client asks while writing the
     /// request head to choose between `Content-Length` and chunked framing.
     is_end_stream: bool,
@@ -909,7 +939,7 @@ impl Body for LentBody {
 
 /// A panic while holding the slot cannot leave the `Option` half-changed, so a poisoned
 /// lock is still safe to use.
-fn lock(slot: &Mutex<Option<Incoming>>) -> MutexGuard<'_, Option<Incoming>> {
+fn lock(slot: &Mutex<Option<RequestBody>>) -> MutexGuard<'_, Option<RequestBody>> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

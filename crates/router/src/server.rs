@@ -20,7 +20,6 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::ResponseBody;
 use crate::connection::{Activity, Expiry, ServedBody, Watched};
+use crate::h1_server::{Handler, HeadLimits, RequestBody, serve_connection};
 use crate::limits::ServerLimits;
 use crate::proxy::{Downstream, Proxy};
 use crate::table::SharedRoutes;
@@ -227,35 +227,29 @@ impl Server {
     ) -> io::Result<()> {
         let shared = self.into_shared(&listener, false)?;
         let limits = shared.limits;
-        // No timer and no header timeout in hyper: each connection's watchdog (`drive`)
-        // enforces the header timeout, at no cost per request, where hyper's boxes a timer
-        // for every request head, registers it, and removes it again once the head is in.
-        let mut http = http1::Builder::new();
-        // Half-closes are allowed: a client that shuts down its side once its request is sent
-        // still gets the answer (RFC 9112 section 9.6). This also spares hyper a read on
-        // every request to check for an early close, which cost a fresh read buffer each
-        // time; a visitor who goes away is noticed when the answer is written, and the app,
-        // which cannot be stopped mid-request anyway, finishes it.
-        http.header_read_timeout(None).max_buf_size(limits.header_bytes()).half_close(true);
-        let http = Arc::new(http);
+        let head_limits = HeadLimits { max_head_bytes: limits.header_bytes() };
         accept_loop(listener, shutdown, move |stream, peer, stop| {
             let shared = Arc::clone(&shared);
-            let http = Arc::clone(&http);
             async move {
                 let activity = Activity::new();
-                let stream = Watched::new(stream, Arc::clone(&activity));
-                let service = service(shared, peer, Arc::clone(&activity));
-                // Upgrades are on so that a WebSocket handshake the proxy passes through can
-                // take the connection over once its 101 response is written.
-                let connection =
-                    http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                let stopping = AtomicBool::new(false);
+                let handler = PlainHandler { shared: &shared, peer };
+                let connection = serve_connection(
+                    stream,
+                    &handler,
+                    Arc::clone(&activity),
+                    &stopping,
+                    head_limits,
+                );
                 let watch = Watch {
                     stop,
                     activity,
                     idle_timeout: limits.idle_timeout,
                     head_timeout: Some(limits.header_read_timeout),
                 };
-                drive(connection, watch, peer, |connection| connection.graceful_shutdown()).await;
+                // The connection sees the flag when it is next polled, which `drive` does
+                // at once, and ends if no request is under way.
+                drive(connection, watch, peer, |_| stopping.store(true, Ordering::Release)).await;
             }
         })
         .await;
@@ -306,8 +300,23 @@ struct Shared {
 impl Shared {
     /// The answer to `request` if the router gives it itself (an ACME HTTP-01 validation),
     /// before any routing.
-    fn own_answer(&self, request: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    fn own_answer<B>(&self, request: &Request<B>) -> Option<Response<ResponseBody>> {
         answer_challenge(self.challenges.as_deref()?, request)
+    }
+}
+
+/// The requests of one plain HTTP connection, from the visitor at `peer`.
+struct PlainHandler<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+}
+
+impl Handler for PlainHandler<'_> {
+    async fn handle(&self, request: Request<RequestBody>) -> Response<ResponseBody> {
+        match self.shared.own_answer(&request) {
+            Some(response) => response,
+            None => self.shared.proxy.handle(request, self.peer).await,
+        }
     }
 }
 
@@ -366,7 +375,8 @@ fn service(
 > + Clone
 + Send
 + 'static {
-    service_fn(move |request| {
+    service_fn(move |request: Request<Incoming>| {
+        let request = request.map(RequestBody::from);
         let shared = Arc::clone(&shared);
         // Counted from the moment the head is in until the response body is done, so that
         // a slow app or a long download never looks like an idle connection.
@@ -601,9 +611,9 @@ async fn accept_loop<F, Fut>(
 }
 
 /// The answer to an ACME HTTP-01 validation request, if this is one for a pending token.
-fn answer_challenge(
+fn answer_challenge<B>(
     challenges: &dyn Http01Challenges,
-    request: &Request<Incoming>,
+    request: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return None;

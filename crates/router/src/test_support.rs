@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use crate::body::ResponseBody;
+use crate::connection::Activity;
+use crate::h1::MAX_HEAD_BYTES;
+use crate::h1_server::{Handler, HeadLimits, RequestBody, serve_connection};
 use crate::proxy::{Downstream, Proxy};
 use crate::server::{Server, serve};
 use crate::table::{Backend, RouteTable, SharedRoutes, shared_routes};
@@ -83,19 +87,28 @@ pub(crate) async fn start_proxy_seen_from(proxy: Proxy, peer: Option<SocketAddr>
             let local = stream.local_addr()?;
             let downstream = Downstream { peer, local: Some(local), tls: false };
             let proxy = Arc::clone(&proxy);
-            let service = service_fn(move |request| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle_from(request, downstream).await) }
-            });
             tokio::spawn(async move {
-                let connection = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                let _ = connection.await;
+                let handler = DownstreamHandler { proxy, downstream };
+                let stopping = AtomicBool::new(false);
+                let limits = HeadLimits { max_head_bytes: MAX_HEAD_BYTES };
+                let _ =
+                    serve_connection(stream, &handler, Activity::new(), &stopping, limits).await;
             });
         }
     });
     TestProxy { addr, stop, server }
+}
+
+/// Serves every request of a connection with a proxy, as coming from `downstream`.
+struct DownstreamHandler {
+    proxy: Arc<Proxy>,
+    downstream: Downstream,
+}
+
+impl Handler for DownstreamHandler {
+    async fn handle(&self, request: Request<RequestBody>) -> Response<ResponseBody> {
+        self.proxy.handle_from(request, self.downstream).await
+    }
 }
 
 pub(crate) fn routes_with(entries: &[(&str, &str, Vec<SocketAddr>)]) -> SharedRoutes {

@@ -36,8 +36,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BoxError;
 use crate::h1::{
-    Decoded, Framing, Malformed, RequestFraming, RequestHead, ResponseHead, encode_request_head,
-    parse_response_head, push_chunk_size,
+    Decoded, Framing, Malformed, RawHeaders, RequestFraming, RequestHead, ResponseHead,
+    encode_request_head, parse_response_head, push_chunk_size,
 };
 
 /// How long to wait for an instance to accept a connection before trying the next one. An
@@ -259,6 +259,7 @@ impl Upstreams {
         head: ResponseHead,
     ) -> Response<UpstreamBody> {
         let body = UpstreamBody {
+            raw: head.raw,
             framing: head.framing,
             connection: Some(connection),
             reusable: head.keep_alive,
@@ -509,6 +510,8 @@ async fn read_head<R: AsyncRead + Unpin>(
 /// been read to its end (or if it had none), the connection goes back to the pool; a body
 /// dropped before its end closes the connection, since the rest of it would still come.
 pub(crate) struct UpstreamBody {
+    /// The response's headers, as the app sent them (less the hop-by-hop ones).
+    raw: RawHeaders,
     framing: Framing,
     /// `None` once the body is over (the connection went back or was closed).
     connection: Option<Connection>,
@@ -529,6 +532,16 @@ impl fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The response's headers, which are not in its map: see [`RawHeaders`].
+    pub(crate) fn raw_headers(&self) -> &RawHeaders {
+        &self.raw
+    }
+
+    /// Moves the response's headers into `headers`, for a response that needs a map.
+    pub(crate) fn move_headers_into(&mut self, headers: &mut http::HeaderMap) {
+        self.raw.move_into(headers);
+    }
+
     /// The connection of a 101 response, which has become a tunnel, with any bytes the app
     /// sent after the head; `None` for any other response.
     pub(crate) fn take_upgraded(&mut self) -> Option<(TcpStream, BytesMut)> {
