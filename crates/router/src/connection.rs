@@ -1,13 +1,13 @@
-//! What the server knows about one visitor connection beyond what hyper tells it: when a
+//! What the server knows about one visitor connection beyond its requests: when a
 //! byte last moved either way, since when it has waited for a request head, and how many
 //! requests are under way, so that a connection idle for longer than
 //! [`crate::ServerLimits::idle_timeout`], or slower to send a request head than
 //! [`crate::ServerLimits::header_read_timeout`], can be closed.
 //!
-//! Nothing in hyper closes an HTTP/2 connection that just sits there, nor an HTTP/1.1 one
-//! sooner than its header timeout. hyper's own header timeout is kept for HTTPS; on plain
-//! HTTP the router enforces it from here, which costs nothing per request where hyper's
-//! allocates and registers a timer for every request head.
+//! Nothing in hyper (HTTPS) closes an HTTP/2 connection that just sits there, nor an
+//! HTTP/1.1 one sooner than its header timeout. hyper's own header timeout is kept for
+//! HTTPS; on plain HTTP, served by [`crate::h1_server`], the router enforces it from here,
+//! which costs nothing per request: no timer is set per request head.
 
 use std::io;
 use std::pin::Pin;
@@ -144,7 +144,7 @@ impl Drop for BusyGuard {
 /// A connection's stream, noting each read or write that moved bytes in its [`Activity`]
 /// (writes also as the connection being ready for its next request head).
 ///
-/// Every read and write hyper makes goes through this, and the wrapper alone (without the
+/// Every read and write hyper makes (HTTPS) goes through this, and the wrapper alone (without the
 /// clock reads) costs about 0.4k instructions a request, by what it changes in how hyper's
 /// I/O code is compiled; `#[inline]` on its methods wins back half of that.
 #[derive(Debug)]

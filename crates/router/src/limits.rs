@@ -8,14 +8,14 @@
 //! |-------------------------------|------------------------------------------------------------|
 //! | body, by `Content-Length`     | 413 before the app is contacted (see below)                |
 //! | body, chunked, grows past it  | the app's request is aborted; 413 if no response was sent  |
-//! | request head size             | 431 (written by hyper), then the connection is closed      |
+//! | request head size, or headers | 431 naming the limit, then the connection is closed        |
 //! | request head too slow         | the connection is closed without a response (see below)    |
 //! | idle keep-alive connection    | closed (HTTP/1.1) or sent GOAWAY (HTTP/2)                   |
 //! | app slow to answer            | 504 page                                                   |
 //!
-//! A slow request head gets a close rather than a 408: hyper owns the connection until the
-//! head is parsed, so the router (on plain HTTP) or hyper's own header timeout (over TLS)
-//! closes it without writing anything. nginx behaves the same in practice (it logs a 408
+//! A slow request head gets a close rather than a 408: the connection's watchdog (on plain
+//! HTTP) or hyper's own header timeout (over TLS, where hyper owns the connection until the
+//! head is parsed) closes it without writing anything. nginx behaves the same in practice (it logs a 408
 //! but does not send one), and browsers retry a request that met a closed keep-alive
 //! connection.
 //!
@@ -66,7 +66,8 @@ pub(crate) async fn discard_refused_body<B: Body<Data = bytes::Bytes> + Unpin>(
     let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
 }
 
-/// hyper refuses a smaller read buffer, so a smaller header limit is raised to this.
+/// The smallest request head limit: hyper (HTTPS) refuses a smaller read buffer, so a
+/// smaller header limit is raised to this, for plain HTTP too.
 pub(crate) const MIN_HEADER_BYTES: usize = 8 * 1024;
 
 /// Per-app limits; see [`crate::Backend::with_limits`].
@@ -95,8 +96,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// The largest request head (request line and headers), in bytes; a larger one gets a
-    /// 431 and the connection is closed. Values below 8 KiB count as 8 KiB (hyper's
-    /// smallest read buffer). For HTTP/2 this is the header list size. Default 64 KiB,
+    /// 431 and the connection is closed; so does a head with more than 100 headers. Values
+    /// below 8 KiB count as 8 KiB (hyper's smallest read buffer, for HTTPS). For HTTP/2 this is the header list size. Default 64 KiB,
     /// twice what nginx's default `large_client_header_buffers` allow.
     pub max_header_bytes: usize,
     /// How long a client has to send a complete request head, counted from when the
@@ -122,7 +123,7 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
-    /// The request head limit as hyper takes it.
+    /// The request head limit as the servers take it.
     pub(crate) fn header_bytes(&self) -> usize {
         self.max_header_bytes.max(MIN_HEADER_BYTES)
     }
@@ -523,7 +524,7 @@ mod tests {
         ];
         for (what, request) in cases {
             let raw = exchange_raw(proxy.addr, request.as_bytes()).await;
-            // hyper answers parse errors with a 400 before closing, and a body that fails
+            // The server answers parse errors with a 400 before closing, and a body that fails
             // to parse while it is forwarded gets the router's own 400.
             assert_eq!(status_of(&raw), Some(400), "{what}: {raw}");
         }

@@ -411,8 +411,8 @@ struct Watch {
 }
 
 /// Runs one connection to its end. When `stop` turns true or the connection has been idle
-/// too long, asks it to finish what it is doing and close (hyper's graceful shutdown: idle
-/// HTTP/1.1 connections close at once, HTTP/2 ones send GOAWAY), and keeps driving it until
+/// too long, asks it to finish what it is doing and close (idle HTTP/1.1 connections close
+/// at once, busy ones after their response, HTTP/2 ones send GOAWAY), and keeps driving it until
 /// it has. A connection whose request head is late is dropped, closing it without an
 /// answer as hyper's own header timeout does; no request is under way on it by then.
 ///
