@@ -263,11 +263,17 @@ pub(crate) fn parse_response_head(
         let class = classify(raw_name);
         match class {
             Class::ContentLength => {
-                let length = parse_content_length(value)?;
-                if content_length.is_some_and(|seen| seen != length) {
-                    return Err(Malformed("the response has conflicting Content-Length values"));
-                }
-                content_length = Some(length);
+                content_length = match parse_content_length(value, content_length) {
+                    Ok(length) => Some(length),
+                    Err(BadLength::Invalid) => {
+                        return Err(Malformed("the Content-Length value is invalid"));
+                    }
+                    Err(BadLength::Conflicting) => {
+                        return Err(Malformed(
+                            "the response has conflicting Content-Length values",
+                        ));
+                    }
+                };
             }
             Class::TransferEncoding => {
                 // Only the last coding decides: chunked must be the final one.
@@ -442,21 +448,30 @@ impl RawHeaders {
     }
 }
 
-/// A Content-Length value: digits, or a list of identical ones (RFC 9110 section 8.6).
-fn parse_content_length(value: &[u8]) -> Result<u64, Malformed> {
-    let invalid = Malformed("the Content-Length value is invalid");
-    let mut length = None;
+/// Why a `Content-Length` could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadLength {
+    /// A value is not a number.
+    Invalid,
+    /// The values name different lengths.
+    Conflicting,
+}
+
+/// A Content-Length value: digits, or a list of identical ones (RFC 9110 section 8.6),
+/// which must agree with `seen`, the length of an earlier `Content-Length` of the message.
+pub(crate) fn parse_content_length(value: &[u8], seen: Option<u64>) -> Result<u64, BadLength> {
+    let mut length = seen;
     for item in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
         if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-            return Err(invalid);
+            return Err(BadLength::Invalid);
         }
         let item = item.iter().fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
         if length.is_some_and(|seen| seen != item) {
-            return Err(Malformed("the response has conflicting Content-Length values"));
+            return Err(BadLength::Conflicting);
         }
         length = Some(item);
     }
-    length.ok_or(invalid)
+    length.ok_or(BadLength::Invalid)
 }
 
 /// How much of a response body is left, and how it is delimited.

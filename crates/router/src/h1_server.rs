@@ -35,7 +35,10 @@ use tokio::sync::oneshot;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::connection::Activity;
-use crate::h1::{Chunk, Decoded, Framing, RawHeaders, push_chunk_size, push_decimal};
+use crate::h1::{
+    BadLength, Chunk, Decoded, Framing, RawHeaders, parse_content_length, push_chunk_size,
+    push_decimal,
+};
 
 /// The most headers a request may have, as in hyper; more get a 431.
 const MAX_HEADERS: usize = 100;
@@ -424,16 +427,15 @@ pub(crate) fn request_framing(
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+        length = match parse_content_length(value.as_bytes(), length) {
+            Ok(length) => Some(length),
+            Err(BadLength::Invalid) => {
                 return Err(Refusal::bad("the Content-Length is not a number"));
             }
-            let item = item.iter().fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
-            if length.is_some_and(|seen| seen != item) {
+            Err(BadLength::Conflicting) => {
                 return Err(Refusal::bad("the request has conflicting Content-Length values"));
             }
-            length = Some(item);
-        }
+        };
     }
     let body = match length {
         Some(0) | None => Framing::Done,
