@@ -52,6 +52,33 @@ temp_paths() {
   echo "fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;"
 }
 
+# The http block of nginx as a reverse proxy (temp paths under NAME) listening on PORT,
+# with keep-alive connections to the backend on BACKEND_PORT: the configuration the router
+# is compared with.
+proxy_http() {
+  local name=$1 backend_port=$2 port=$3
+  cat <<CONF
+http {
+  $(temp_paths "$name")
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:$backend_port;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+}
+
 # Starts the backend, nginx answering "hello" from memory with one worker, on
 # `backend_port`, and waits for it. keepalive_requests is raised so that neither wrk nor
 # the proxies' pools are made to reconnect every 1000 requests.

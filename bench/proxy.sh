@@ -56,24 +56,7 @@ start_backend
 nginx_port=$(free_port)
 nginx_config nginx "worker_processes auto;
 events { worker_connections 4096; }
-http {
-  $(temp_paths nginx)
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend {
-    server 127.0.0.1:$backend_port;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }
-  }
-}"
+$(proxy_http nginx "$backend_port" "$nginx_port")"
 run_nginx nginx
 wait_ready nginx "${pids[-1]}" "http://127.0.0.1:$nginx_port/"
 
