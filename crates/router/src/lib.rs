@@ -39,6 +39,7 @@ mod h1;
 mod h1_server;
 mod headers;
 mod limits;
+mod listener;
 mod proxy;
 mod server;
 mod static_files;
@@ -55,9 +56,9 @@ pub use access_log::AccessLog;
 pub use basic_auth::{BasicAuth, HashError, hash_password};
 pub use cache::{CacheConfig, CacheRegistry, CacheStats};
 pub use limits::{Limits, ServerLimits};
+pub use listener::{Listener, spawn_per_core};
 pub use server::{
     Http01Challenges, Server, serve, serve_app_port, serve_tls, serve_with_challenges,
-    spawn_per_core,
 };
 pub use static_files::{StaticMount, parse_static_paths};
 pub use table::{

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -32,6 +32,7 @@ use crate::body::ResponseBody;
 use crate::connection::{Activity, Expiry, ServedBody, Watched};
 use crate::h1_server::{Handler, HeadLimits, RequestBody, serve_connection};
 use crate::limits::ServerLimits;
+use crate::listener::Listener;
 use crate::proxy::{Downstream, Proxy};
 use crate::table::SharedRoutes;
 
@@ -85,7 +86,7 @@ where
 ///
 /// The same as `Server::new(routes).serve(listener, shutdown)`; see [`Server`] for limits.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     routes: SharedRoutes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -97,7 +98,7 @@ pub async fn serve(
 /// `challenges` knows the token, before any routing. Other tokens are routed as usual, so an
 /// app can still answer challenges of its own.
 pub async fn serve_with_challenges(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     routes: SharedRoutes,
     challenges: Arc<dyn Http01Challenges>,
     shutdown: impl Future<Output = ()> + Send,
@@ -115,41 +116,12 @@ pub async fn serve_with_challenges(
 /// `acme-tls/1` was a CA validating a TLS-ALPN-01 challenge: it is closed after the
 /// handshake.
 pub async fn serve_tls(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     routes: SharedRoutes,
     tls_config: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     Server::new(routes).serve_tls(listener, tls_config, shutdown).await
-}
-
-/// Runs `serve` on `threads` single-threaded runtimes, one a thread, each accepting from the
-/// same listening socket: nginx's worker model. Each runtime has its own connection pool and
-/// none of them waits on another's locks, which carries about twice the requests of one
-/// multi-threaded runtime on a small machine (`bench/proxy.sh`). The route table, in-flight
-/// counters and caches are shared as they are with one runtime. Returns the threads, which
-/// end when their `serve` does.
-pub fn spawn_per_core<F, Fut>(
-    listener: std::net::TcpListener,
-    threads: usize,
-    serve: F,
-) -> io::Result<Vec<std::thread::JoinHandle<io::Result<()>>>>
-where
-    F: Fn(TcpListener) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = io::Result<()>>,
-{
-    listener.set_nonblocking(true)?;
-    let serve = Arc::new(serve);
-    (0..threads.max(1))
-        .map(|n| {
-            let listener = listener.try_clone()?;
-            let serve = serve.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            std::thread::Builder::new().name(format!("berth-router-{n}")).spawn(move || {
-                runtime.block_on(async move { serve(TcpListener::from_std(listener)?).await })
-            })
-        })
-        .collect()
 }
 
 /// Serves every request on `listener` to the app named `app`, as if it carried `X-App: app`,
@@ -159,7 +131,7 @@ where
 ///
 /// The same as `Server::new(routes).for_app(app).serve(listener, shutdown)`.
 pub async fn serve_app_port(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     routes: SharedRoutes,
     app: String,
     shutdown: impl Future<Output = ()> + Send,
@@ -211,7 +183,7 @@ impl Server {
         Server { app: Some(app.into()), ..self }
     }
 
-    fn into_shared(self, listener: &TcpListener, tls: bool) -> io::Result<Arc<Shared>> {
+    fn into_shared(self, listener: &Listener, tls: bool) -> io::Result<Arc<Shared>> {
         let mut proxy = Proxy::new(self.routes);
         if let Some(app) = self.app {
             proxy = proxy.for_app(app, listener.local_addr()?);
@@ -222,9 +194,10 @@ impl Server {
     /// Serves plain HTTP/1.1 until `shutdown` resolves; see [`serve`].
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
+        let listener = listener.into();
         let shared = self.into_shared(&listener, false)?;
         let limits = shared.limits;
         let head_limits = HeadLimits { max_head_bytes: limits.header_bytes() };
@@ -259,10 +232,11 @@ impl Server {
     /// Serves HTTPS until `shutdown` resolves; see [`serve_tls`].
     pub async fn serve_tls(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         tls_config: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
+        let listener = listener.into();
         let shared = self.into_shared(&listener, true)?;
         let limits = shared.limits;
         let acceptor = TlsAcceptor::from(tls_config);
@@ -548,7 +522,7 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
 /// accepting, tells the connections to finish (through the watch channel), and waits for
 /// them, at most `DRAIN_TIMEOUT`.
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
     connection: F,
 ) where
@@ -584,6 +558,7 @@ async fn accept_loop<F, Fut>(
             },
             // Reaps finished connections so that the set holds only live ones.
             Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                listener.closed();
                 if let Err(error) = finished {
                     tracing::warn!("a connection task failed: {error}");
                 }
