@@ -120,12 +120,16 @@ parse_wrk() {
 }
 
 # Rounds interleave the targets, so that load from anything else on the machine spreads over
-# all three rather than falling on one; each figure is the median over the rounds.
+# all three rather than falling on one; each figure is the median over the rounds. The two
+# proxies swap places every round, so that neither always runs right after the other, and
+# their ratios are also taken round by round (a slow round slows both).
 declare -A rps p50 p99 errors spread cpu
 for round in $(seq "$rounds"); do
+  order=("${targets[@]}")
+  if ((round % 2 == 0)); then order=(direct berth nginx "${targets[@]:3}"); fi
   for conns in 1 64; do
     threads=$((conns == 1 ? 1 : 2))
-    for target in "${targets[@]}"; do
+    for target in "${order[@]}"; do
       url="http://127.0.0.1:${port[$target]}/"
       echo "==> round $round/$rounds: $target, $conns connection(s)" >&2
       wrk -t"$threads" -c"$conns" -d"${warmup}s" "$url" >/dev/null
@@ -208,6 +212,26 @@ for conns in 1 64; do
 done
 echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
   "alone"
+# The same ratios taken within each round (Berth's run against nginx's of the same round),
+# then the median over the rounds, with how many rounds Berth did at least as well.
+echo
+printf '%-6s %26s %26s %26s\n' conns "berth/nginx req/s" "berth/nginx p99" \
+  "berth/nginx cpu/req"
+for conns in 1 64; do
+  paste "$work/runs-berth-$conns" "$work/runs-nginx-$conns" | awk '{
+    print $1 / $6, $3 / $8, ($5 + 0 && $10 + 0) ? $5 / $10 : 1
+  }' >"$work/ratios-$conns"
+  # "median (rounds where Berth was at least as good, of all)"
+  paired() {
+    local column=$1 better=$2
+    printf '%s (%s of %s)' "$(median "$work/ratios-$conns" "$column" | xargs printf '%.2f')" \
+      "$(awk -v c="$column" -v b="$better" '(b == "high" && $c >= 1) || (b == "low" && $c <= 1)' \
+        "$work/ratios-$conns" | wc -l)" "$rounds"
+  }
+  printf '%-6s %26s %26s %26s\n' "$conns" "$(paired 1 high)" "$(paired 2 low)" "$(paired 3 low)"
+done
+echo "round by round: the median of the per-round ratios, and in how many rounds Berth had at" \
+  "least nginx's req/s, at most its p99 and CPU"
 # With one connection every request waits for the one before, so throughput is latency; the
 # backend can only be a bottleneck under the 64-connection load.
 best=$(max "${rps[nginx,64]}" "${rps[berth,64]}")

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::fs::File;
@@ -66,6 +67,19 @@ impl ResponseBody {
                 Some(body.raw_headers())
             }
             ResponseBody::Page(_) | ResponseBody::File(_) => None,
+        }
+    }
+
+    /// Gives `id` to the app's headers, to be written as the response's `X-Request-Id`
+    /// with them (see [`RawHeaders`]); hands it back for a body without app headers, whose
+    /// response's map takes it.
+    pub(crate) fn attach_request_id(&mut self, id: HeaderValue) -> Option<HeaderValue> {
+        match self {
+            ResponseBody::App { body, .. } | ResponseBody::Recording { body, .. } => {
+                body.raw_headers_mut().request_id = Some(id);
+                None
+            }
+            ResponseBody::Page(_) | ResponseBody::File(_) => Some(id),
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use crate::headers::hop_by_hop_position;
+use crate::headers::{X_REQUEST_ID, hop_by_hop_position};
 
 /// The most headers a response may have; more is refused rather than half-read.
 const MAX_HEADERS: usize = 100;
@@ -342,6 +342,7 @@ pub(crate) fn parse_response_head(
         lines: lines.freeze(),
         content_length: content_length.filter(|_| !drop_length),
         has_date,
+        request_id: None,
     };
 
     let mut keep_alive =
@@ -414,7 +415,8 @@ fn classify(name: &[u8]) -> Class {
 /// The headers of an app's response that pass to the visitor as they are, already as
 /// `name: value` lines with CRLFs, so that the usual response is relayed without building
 /// a header map and writing it out again. The router's own headers for the response go in
-/// the response's map, and are written before these.
+/// the response's map, and are written before these, but for its `X-Request-Id`, which
+/// comes with them: the usual response then needs no map at all.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RawHeaders {
     pub(crate) lines: Bytes,
@@ -422,6 +424,8 @@ pub(crate) struct RawHeaders {
     pub(crate) content_length: Option<u64>,
     /// Whether the lines have a `Date`.
     pub(crate) has_date: bool,
+    /// The router's `X-Request-Id` for the response (the app's own was left out).
+    pub(crate) request_id: Option<HeaderValue>,
 }
 
 impl RawHeaders {
@@ -431,6 +435,9 @@ impl RawHeaders {
         let lines = std::mem::take(&mut self.lines);
         self.content_length = None;
         self.has_date = false;
+        if let Some(id) = self.request_id.take() {
+            headers.insert(X_REQUEST_ID, id);
+        }
         let mut rest = &lines[..];
         while let Some(end) = rest.windows(2).position(|pair| pair == b"\r\n") {
             let line = &rest[..end];

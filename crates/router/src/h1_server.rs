@@ -558,6 +558,11 @@ pub(crate) fn encode_response_head(
     }
     if let Some(raw) = raw {
         out.extend_from_slice(&raw.lines);
+        if let Some(id) = &raw.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if let Some(length) = added_length {
         out.extend_from_slice(b"content-length: ");
@@ -1239,26 +1244,35 @@ mod tests {
         let (_, _, keep_alive) = encoded(200, &[], None, Answering { keep_alive: false, ..http11 });
         assert!(!keep_alive);
 
-        // An app's own lines come after the router's, with their length and date.
-        let raw = RawHeaders {
+        // An app's own lines come after the router's, with their length and date, and then
+        // the request id they were given.
+        let mut raw = RawHeaders {
             lines: Bytes::from_static(
                 b"Content-Length: 7\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n",
             ),
             content_length: Some(7),
             has_date: true,
+            request_id: None,
         };
         let (head, framing, _) = encoded(
             200,
-            &[("x-request-id", "abc")],
+            &[("cache-control", "no-store")],
             Some(&raw),
             Answering { exact: Some(7), ..http11 },
         );
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nx-request-id: abc\r\nContent-Length: 7\r\n\
+            "HTTP/1.1 200 OK\r\ncache-control: no-store\r\nContent-Length: 7\r\n\
              Date: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n"
         );
         assert_eq!(framing, ResponseFraming::Length(7));
+        raw.request_id = Some(HeaderValue::from_static("abc"));
+        let (head, _, _) = encoded(200, &[], Some(&raw), Answering { exact: Some(7), ..http11 });
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\
+             Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nx-request-id: abc\r\n\r\n"
+        );
     }
 
     /// Answers every request with `METHOD TARGET body=N`, having read the body, except for

@@ -218,9 +218,11 @@ impl Proxy {
             // hyper writes HTTPS responses, from their map alone.
             let (mut parts, mut body) = response.into_parts();
             body.move_headers_into(&mut parts.headers);
+            parts.headers.insert(X_REQUEST_ID, request_id.clone());
             response = Response::from_parts(parts, body);
+        } else if let Some(id) = response.body_mut().attach_request_id(request_id.clone()) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
         }
-        response.headers_mut().insert(X_REQUEST_ID, request_id.clone());
         if let Some(backend) = routed {
             if downstream.tls && backend.https_only() {
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert(HSTS);

@@ -537,6 +537,10 @@ impl UpstreamBody {
         &self.raw
     }
 
+    pub(crate) fn raw_headers_mut(&mut self) -> &mut RawHeaders {
+        &mut self.raw
+    }
+
     /// Moves the response's headers into `headers`, for a response that needs a map.
     pub(crate) fn move_headers_into(&mut self, headers: &mut http::HeaderMap) {
         self.raw.move_into(headers);
