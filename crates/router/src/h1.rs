@@ -200,67 +200,50 @@ pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
     request_was_head: bool,
 ) -> Result<Option<ResponseHead>, Malformed> {
-    // Where each header's name and value lie in the head, so that the map can be built
-    // from one shared copy of it once the parser's borrow has ended.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, n_headers) = {
-        // Left uninitialised for the parser to fill: initialising a hundred headers would
-        // cost more than parsing the few a response has.
-        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            buf,
-            &mut headers,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(Malformed("the response head is larger than 64 KiB"));
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Malformed("the response has more than 100 headers"));
-            }
-            Err(httparse::Error::Status) => return Err(Malformed("the status line is invalid")),
-            Err(httparse::Error::Version) => {
-                return Err(Malformed("the response does not start with HTTP/1.x"));
-            }
-            Err(_) => return Err(Malformed("a header is invalid")),
-        };
-        let base = buf.as_ptr() as usize;
-        let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-        for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = offset(header.name.as_bytes());
-            let value = offset(header.value);
-            *span =
-                (name, name + header.name.len() as u32, value, value + header.value.len() as u32);
+    // Left uninitialised for the parser to fill: initialising a hundred headers would cost
+    // more than parsing the few a response has.
+    let mut parsed_headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut parsed_headers,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Malformed("the response head is larger than 64 KiB"));
         }
-        let code = response.code.unwrap_or_default();
-        (len, code, response.version.unwrap_or_default(), response.headers.len())
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Malformed("the response has more than 100 headers"));
+        }
+        Err(httparse::Error::Status) => return Err(Malformed("the status line is invalid")),
+        Err(httparse::Error::Version) => {
+            return Err(Malformed("the response does not start with HTTP/1.x"));
+        }
+        Err(_) => return Err(Malformed("a header is invalid")),
     };
+    let code = response.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| Malformed("the status code is invalid"))?;
-    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-    let head = buf.split_to(len).freeze();
+    let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+    let parsed_headers = &*response.headers;
 
+    // First the headers that decide the framing and what is passed on; they are read here
+    // and (but for a 101's, which the tunnel needs) not passed on: they describe the
+    // connection to the app, which ends at the router. An app's `X-Request-Id` is replaced
+    // by the router's.
     let mut content_length: Option<u64> = None;
     let mut chunked = None;
     let (mut close, mut keep_alive_token) = (false, false);
     let upgrading = status == StatusCode::SWITCHING_PROTOCOLS;
     // Names that `Connection` lists, which are hop-by-hop too; seldom any.
     let mut listed: Vec<&[u8]> = Vec::new();
-    // Which headers are passed on; the framing and connection headers are read here and
-    // (but for a 101's, which the tunnel needs) not passed on: they describe the
-    // connection to the app, which ends at the router. An app's `X-Request-Id` is replaced
-    // by the router's.
-    let mut kept = [false; MAX_HEADERS];
     let mut has_date = false;
-    for (keep, &(name_start, name_end, value_start, value_end)) in
-        kept.iter_mut().zip(&spans[..n_headers])
-    {
-        let raw_name = &head[name_start as usize..name_end as usize];
-        let value = &head[value_start as usize..value_end as usize];
-        let class = classify(raw_name);
+    let mut classes = [Class::Other; MAX_HEADERS];
+    for (class, header) in classes.iter_mut().zip(parsed_headers) {
+        let value = header.value;
+        *class = classify(header.name.as_bytes());
         match class {
             Class::ContentLength => {
                 content_length = match parse_content_length(value, content_length) {
@@ -295,36 +278,36 @@ pub(crate) fn parse_response_head(
             Class::Date => has_date = true,
             Class::RequestId | Class::HopByHop | Class::Other => {}
         }
-        let hop_by_hop =
-            matches!(class, Class::TransferEncoding | Class::Connection | Class::HopByHop);
-        *keep = class != Class::RequestId && (upgrading || !hop_by_hop);
     }
     // A length that chunking overrides is not passed on, nor one a 1xx or 204 must not have.
     let drop_length =
         chunked.is_some() || status.is_informational() || status == StatusCode::NO_CONTENT;
 
+    // Then the headers that pass on, copied out of the read buffer.
     let mut headers = HeaderMap::new();
     let mut lines = BytesMut::new();
-    let kept_spans = kept.iter().zip(&spans[..n_headers]).filter(|(keep, _)| **keep);
-    for (_, &(name_start, name_end, value_start, value_end)) in kept_spans {
-        let raw_name = &head[name_start as usize..name_end as usize];
-        if !upgrading
-            && !listed.is_empty()
-            && listed.iter().any(|n| n.eq_ignore_ascii_case(raw_name))
-        {
-            continue;
-        }
-        if drop_length && raw_name.eq_ignore_ascii_case(b"content-length") {
+    for (&class, header) in classes.iter().zip(parsed_headers) {
+        let raw_name = header.name.as_bytes();
+        let passed_on = match class {
+            Class::RequestId => false,
+            Class::TransferEncoding | Class::Connection | Class::HopByHop => upgrading,
+            Class::ContentLength => !drop_length,
+            Class::Date => true,
+            Class::Other => {
+                upgrading
+                    || listed.is_empty()
+                    || !listed.iter().any(|n| n.eq_ignore_ascii_case(raw_name))
+            }
+        };
+        if !passed_on {
             continue;
         }
         if upgrading {
             // A 101 is rare, and the tunnel reads its headers: a map.
             let name = HeaderName::from_bytes(raw_name)
                 .map_err(|_| Malformed("a header name is invalid"))?;
-            let value = HeaderValue::from_maybe_shared(
-                head.slice(value_start as usize..value_end as usize),
-            )
-            .map_err(|_| Malformed("a header value is invalid"))?;
+            let value = HeaderValue::from_bytes(header.value)
+                .map_err(|_| Malformed("a header value is invalid"))?;
             headers.append(name, value);
         } else {
             // httparse has checked the name's and the value's bytes, which are what a header
@@ -334,10 +317,11 @@ pub(crate) fn parse_response_head(
             }
             lines.extend_from_slice(raw_name);
             lines.extend_from_slice(b": ");
-            lines.extend_from_slice(&head[value_start as usize..value_end as usize]);
+            lines.extend_from_slice(header.value);
             lines.extend_from_slice(b"\r\n");
         }
     }
+    buf.advance(len);
     let raw = RawHeaders {
         lines: lines.freeze(),
         content_length: content_length.filter(|_| !drop_length),
