@@ -153,7 +153,7 @@ impl BackendCache {
         let now = Instant::now();
         if let Some(entry) = self.store.get(&key, headers, now) {
             self.store.hits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Hit(entry.to_response(now));
+            return Lookup::Hit(Box::new(entry.to_response(now)));
         }
         self.store.misses.fetch_add(1, Ordering::Relaxed);
         let miss = CacheMiss {
@@ -168,8 +168,9 @@ impl BackendCache {
 
 /// The cache's verdict on a request.
 pub(crate) enum Lookup {
-    /// Answer with this, without contacting the app.
-    Hit(Response<ResponseBody>),
+    /// Answer with this, without contacting the app (boxed: a response is several times
+    /// the size of the other verdicts, and every lookup would carry that size).
+    Hit(Box<Response<ResponseBody>>),
     /// Ask the app; its response may be stored.
     Miss(CacheMiss),
     /// Cacheable but for the visitor's credentials: ask the app and store nothing.

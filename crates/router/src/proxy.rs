@@ -320,7 +320,7 @@ impl Proxy {
             None => CacheUse::Off,
             Some(cache) => {
                 match cache.lookup(method, headers, uri.path(), cache_key.unwrap_or_default()) {
-                    Lookup::Hit(response) => return Ok(response),
+                    Lookup::Hit(response) => return Ok(*response),
                     Lookup::Miss(miss) => CacheUse::Miss(miss),
                     Lookup::Bypass => CacheUse::Bypass,
                     Lookup::NotCached => CacheUse::Off,
