@@ -54,9 +54,22 @@ temp_paths() {
 
 # The http block of nginx as a reverse proxy (temp paths under NAME) listening on PORT,
 # with keep-alive connections to the backend on BACKEND_PORT: the configuration the router
-# is compared with.
+# is compared with. nginx is made to do what the router does to every request, which is
+# also what a piku user's nginx does: pass the visitor's Host, and tell the app who asked
+# (X-Forwarded-For/-Proto/-Host/-Port, Forwarded) under a request id that the response
+# carries back too. NGINX_HEADERS=none leaves all that out (nginx then only proxies).
 proxy_http() {
-  local name=$1 backend_port=$2 port=$3
+  local name=$1 backend_port=$2 port=$3 headers=
+  if [ "${NGINX_HEADERS:-same}" != none ]; then
+    headers='proxy_set_header Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Port $server_port;
+      add_header X-Request-Id $request_id always;'
+  fi
   cat <<CONF
 http {
   $(temp_paths "$name")
@@ -73,6 +86,7 @@ http {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      $headers
     }
   }
 }

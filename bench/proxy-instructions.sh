@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per request (issue 5), a figure that does not move with the machine's load the
 # way bench/proxy.sh's requests/s do: Berth's router (bench/proxy's bench-proxy, profiling
-# build) and nginx as a reverse proxy (one worker, no master, upstream keep-alive, otherwise
-# bench/proxy.sh's configuration) each run under valgrind's callgrind in front of the same
+# build) and nginx as a reverse proxy (one worker, no master, upstream keep-alive and the
+# router's forwarding headers, otherwise bench/proxy.sh's configuration; NGINX_HEADERS=none
+# for none of those headers) each run under valgrind's callgrind in front of the same
 # nginx backend answering "hello\n", driven by `wrk -t1 -c8` on loopback for DURATION s.
 # Prints the user-space instructions (callgrind's Ir) each proxy executed per request, counted
 # from just before wrk starts (callgrind_control zeroes the counts, so that start-up is left
@@ -149,7 +150,8 @@ fi
 echo
 echo "user-space instructions per request under callgrind, wrk -t1 -c$connections" \
   "-d${duration}s on loopback; valgrind $(valgrind --version | sed 's/valgrind-//')," \
-  "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///')"
+  "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers: ${NGINX_HEADERS:-same} as" \
+  "Berth)"
 printf '%-8s %10s %16s %12s %12s\n' target requests instructions instr/req berth/nginx
 for name in "${names[@]}"; do
   per_request=$((instructions[$name] / requests[$name]))

@@ -3,10 +3,14 @@
 # against a fast backend directly, through nginx (Debian's, upstream keep-alive) and through
 # Berth's router, in one run, with Berth/nginx ratios and each proxy's cost over direct.
 # Berth here is the router alone (bench/proxy: berth_router::serve with one route, one
-# single-threaded runtime per core as in the daemon), not a whole `berth daemon`. Loopback only; every wrk run has a fixed duration: ROUNDS rounds of
-# (WARMUP + DURATION) s per target and connection count, 2.2 minutes with the defaults.
+# single-threaded runtime per core as in the daemon), not a whole `berth daemon`. nginx
+# does the same work to each request as the router (the visitor's Host, X-Forwarded-*,
+# Forwarded, a request id both ways; see proxy_http in nginx-common.sh). Loopback only;
+# every wrk run has a fixed duration: ROUNDS rounds of (WARMUP + DURATION) s per target and
+# connection count, 2.2 minutes with the defaults.
 #
 #   bench/proxy.sh            ROUNDS=3 WARMUP=2 DURATION=5 can be set in the environment
+#   NGINX_HEADERS=none bench/proxy.sh  nginx only proxies, setting none of those headers
 #   PERF=1 bench/proxy.sh     then also records the router under 64 connections with perf
 #   MULTI_THREAD=1 bench/proxy.sh  adds `berth-mt`: the router on one multi-threaded runtime
 #                             (bench-proxy --multi-thread), an experiment, not how Berth runs
@@ -188,7 +192,8 @@ added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", a - b }'; }
 echo
 echo "median of $rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
   "$(nproc) cores shared by wrk, proxy and backend; load average before: $load_before"
-echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
+echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers: ${NGINX_HEADERS:-same}" \
+  "as Berth), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
 printf '%-6s %-8s %8s %15s %8s %8s %6s %11s %8s %11s\n' \
   conns target req/s "(min-max)" p50_us p99_us errors "% of direct" "+p50_us" "cpu_us/req"
 for conns in 1 64; do
