@@ -222,18 +222,26 @@ echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) o
 echo
 printf '%-6s %26s %26s %26s\n' conns "berth/nginx req/s" "berth/nginx p99" \
   "berth/nginx cpu/req"
+# "median (rounds where Berth was at least as good, of the rounds with figures)" for column
+# COLUMN of the ratios in FILE, where BETTER (high or low) says which way is good.
+paired() {
+  local file=$1 column=$2 better=$3
+  printf '%s (%s of %s)' "$(median "$file" "$column" | xargs printf '%.2f')" \
+    "$(awk -v c="$column" -v b="$better" '(b == "high" && $c >= 1) || (b == "low" && $c <= 1)' \
+      "$file" | wc -l)" "$(wc -l <"$file")"
+}
 for conns in 1 64; do
-  paste "$work/runs-berth-$conns" "$work/runs-nginx-$conns" | awk '{
-    print $1 / $6, $3 / $8, ($5 + 0 && $10 + 0) ? $5 / $10 : 1
-  }' >"$work/ratios-$conns"
-  # "median (rounds where Berth was at least as good, of all)"
-  paired() {
-    local column=$1 better=$2
-    printf '%s (%s of %s)' "$(median "$work/ratios-$conns" "$column" | xargs printf '%.2f')" \
-      "$(awk -v c="$column" -v b="$better" '(b == "high" && $c >= 1) || (b == "low" && $c <= 1)' \
-        "$work/ratios-$conns" | wc -l)" "$rounds"
-  }
-  printf '%-6s %26s %26s %26s\n' "$conns" "$(paired 1 high)" "$(paired 2 low)" "$(paired 3 low)"
+  # A round in which either proxy has no figure (no requests answered) has no ratios.
+  paste "$work/runs-berth-$conns" "$work/runs-nginx-$conns" | awk '
+    $1 + 0 && $6 + 0 && $3 + 0 && $8 + 0 && $5 + 0 && $10 + 0 { print $1 / $6, $3 / $8, $5 / $10 }
+  ' >"$work/ratios-$conns"
+  if [ -s "$work/ratios-$conns" ]; then
+    ratios=$work/ratios-$conns
+    printf '%-6s %26s %26s %26s\n' "$conns" "$(paired "$ratios" 1 high)" \
+      "$(paired "$ratios" 2 low)" "$(paired "$ratios" 3 low)"
+  else
+    printf '%-6s %26s %26s %26s\n' "$conns" - - -
+  fi
 done
 echo "round by round: the median of the per-round ratios, and in how many rounds Berth had at" \
   "least nginx's req/s, at most its p99 and CPU"

@@ -18,7 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 /// How long a runtime leaves accepting to a less busy one before it accepts anyway: a
-/// runtime stuck in a long poll must not stop the others from taking connections.
+/// runtime stuck in a long poll must not stop the others from taking connections. After a
+/// quiet spell a busier runtime is thus back among the acceptors; the counts are kept level
+/// within a burst, which is when an uneven spread costs.
 const YIELD_AT_MOST: Duration = Duration::from_millis(50);
 
 /// A listening socket for [`crate::serve`] and the others: a tokio listener (`.into()`), or
