@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Proxy figures (issue 5): requests/s and p50/p99 latency with wrk at 1 and 64 connections
+# Proxy figures (issue 5): requests/s, p50/p99/p99.9 latency and CPU per request with wrk at 1
+# and 64 connections
 # against a fast backend directly, through nginx (Debian's, upstream keep-alive) and through
 # Berth's router, in one run, with Berth/nginx ratios and each proxy's cost over direct.
 # Berth here is the router alone (bench/proxy: berth_router::serve with one route, one
@@ -7,10 +8,13 @@
 # does the same work to each request as the router (the visitor's Host, X-Forwarded-*,
 # Forwarded, a request id both ways; see proxy_http in nginx-common.sh). Loopback only;
 # every wrk run has a fixed duration: ROUNDS rounds of (WARMUP + DURATION) s per target and
-# connection count, 2.2 minutes with the defaults.
+# connection count, 3.5 minutes with the defaults. Latency percentiles are of all the
+# requests of all the rounds (wrk prints its histogram through bench/latency-histogram.lua).
 #
-#   bench/proxy.sh            ROUNDS=3 WARMUP=2 DURATION=5 can be set in the environment
+#   bench/proxy.sh            ROUNDS=5 WARMUP=2 DURATION=5 can be set in the environment
 #   NGINX_HEADERS=none bench/proxy.sh  nginx only proxies, setting none of those headers
+#   NGINX_AFFINITY=auto bench/proxy.sh  keeps each nginx worker on a CPU of its own, as the
+#                             router keeps its runtimes (not Debian's default, nor piku's)
 #   PERF=1 bench/proxy.sh     then also records the router under 64 connections with perf
 #   MULTI_THREAD=1 bench/proxy.sh  adds `berth-mt`: the router on one multi-threaded runtime
 #                             (bench-proxy --multi-thread), an experiment, not how Berth runs
@@ -18,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
 warmup=${WARMUP:-2}
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -59,6 +63,7 @@ start_backend
 # 2. nginx as the reverse proxy, with keep-alive connections to the backend.
 nginx_port=$(free_port)
 nginx_config nginx "worker_processes auto;
+${NGINX_AFFINITY:+worker_cpu_affinity $NGINX_AFFINITY;}
 events { worker_connections 4096; }
 $(proxy_http nginx "$backend_port" "$nginx_port")"
 run_nginx nginx
@@ -139,7 +144,9 @@ for round in $(seq "$rounds"); do
       wrk -t"$threads" -c"$conns" -d"${warmup}s" "$url" >/dev/null
       # shellcheck disable=SC2086 # a list of pids
       before=$(cpu_ticks ${cpu_pids[$target]})
-      wrk -t"$threads" -c"$conns" -d"${duration}s" --latency "$url" >"$work/wrk.txt"
+      wrk -t"$threads" -c"$conns" -d"${duration}s" --latency -s bench/latency-histogram.lua \
+        "$url" >"$work/wrk.txt"
+      grep '^hist ' "$work/wrk.txt" >>"$work/hist-$target-$conns" || true
       # shellcheck disable=SC2086
       after=$(cpu_ticks ${cpu_pids[$target]})
       read -r run_rps run_p50 run_p99 run_errors run_requests < <(parse_wrk "$work/wrk.txt")
@@ -171,12 +178,32 @@ fi
 
 # The median of a column of a runs file (the upper one for an even count).
 median() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int(NR / 2) + 1] }'; }
+# "p50 p99 p99.9" in microseconds of all the requests of all the rounds, pooled from the
+# histograms wrk printed (bench/latency-histogram.lua); "- - -" without any. One request in
+# a hundred meets a stall of the machine's (a busy or sleeping virtual CPU to wake) that
+# costs it a millisecond or more, so a single round's p99 sits on that step and jumps with
+# it; the p99 of all the requests is the steadier figure.
+pooled() {
+  [ -s "$1" ] || { echo - - -; return; }
+  tr ' ' '\n' <"$1" | awk -F: 'NF == 2 { print $1, $2 }' | sort -n -k1,1 | awk '
+    { v[NR] = $1; c[NR] = $2; total += $2 }
+    END {
+      n = split("50 99 99.9", p, " ")
+      for (k = 1; k <= n; k++) {
+        rank = p[k] / 100 * total; seen = 0
+        for (i = 1; i < NR; i++) { seen += c[i]; if (seen >= rank) break }
+        out = out (k > 1 ? " " : "") v[i]
+      }
+      print out
+    }'
+}
+declare -A p999 round_p99
 for conns in 1 64; do
   for target in "${targets[@]}"; do
     key=$target,$conns runs=$work/runs-$target-$conns
     rps[$key]=$(median "$runs" 1)
-    p50[$key]=$(median "$runs" 2)
-    p99[$key]=$(median "$runs" 3)
+    read -r "p50[$key]" "p99[$key]" "p999[$key]" < <(pooled "$work/hist-$target-$conns")
+    round_p99[$key]=$(median "$runs" 3)
     cpu[$key]=$(median "$runs" 5)
     errors[$key]=$(awk '{ n += $4 } END { print n }' "$runs")
     spread[$key]=$(sort -n "$runs" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }')
@@ -190,33 +217,39 @@ max() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > b + 0) print a; else print 
 added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", a - b }'; }
 
 echo
-echo "median of $rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
+echo "$rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
   "$(nproc) cores shared by wrk, proxy and backend; load average before: $load_before"
 echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers: ${NGINX_HEADERS:-same}" \
-  "as Berth), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
-printf '%-6s %-8s %8s %15s %8s %8s %6s %11s %8s %11s\n' \
-  conns target req/s "(min-max)" p50_us p99_us errors "% of direct" "+p50_us" "cpu_us/req"
+  "as Berth; worker_cpu_affinity: ${NGINX_AFFINITY:-none}), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
+row='%-6s %-8s %8s %15s %7s %7s %8s %9s %6s %11s %8s %11s\n'
+# shellcheck disable=SC2059 # the format is $row
+printf "$row" conns target req/s "(min-max)" p50_us p99_us p99.9_us round_p99 errors \
+  "% of direct" "+p50_us" "cpu_us/req"
 for conns in 1 64; do
   for target in "${targets[@]}"; do
     key=$target,$conns
-    printf '%-6s %-8s %8s %15s %8s %8s %6s %11s %8s %11s\n' "$conns" "$target" "${rps[$key]}" \
-      "(${spread[$key]})" "${p50[$key]}" "${p99[$key]}" "${errors[$key]}" \
+    # shellcheck disable=SC2059
+    printf "$row" "$conns" "$target" "${rps[$key]}" "(${spread[$key]})" "${p50[$key]}" \
+      "${p99[$key]}" "${p999[$key]}" "${round_p99[$key]}" "${errors[$key]}" \
       "$(percent "${rps[$key]}" "${rps[direct,$conns]}")" \
       "$(added "${p50[$key]}" "${p50[direct,$conns]}")" "${cpu[$key]}"
   done
 done
+echo "req/s, cpu_us/req and round_p99: the median over the rounds; p50, p99, p99.9: of all the" \
+  "requests of all the rounds"
+echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
+  "alone"
 echo
-printf '%-6s %18s %16s %20s %18s\n' conns "berth/nginx req/s" "berth/nginx p99" \
-  "berth/nginx cpu/req" "direct/best proxy"
+printf '%-6s %18s %16s %18s %20s %18s\n' conns "berth/nginx req/s" "berth/nginx p99" \
+  "berth/nginx p99.9" "berth/nginx cpu/req" "direct/best proxy"
 for conns in 1 64; do
-  printf '%-6s %18s %16s %20s %18s\n' "$conns" \
+  printf '%-6s %18s %16s %18s %20s %18s\n' "$conns" \
     "$(ratio "${rps[berth,$conns]}" "${rps[nginx,$conns]}")" \
     "$(ratio "${p99[berth,$conns]}" "${p99[nginx,$conns]}")" \
+    "$(ratio "${p999[berth,$conns]}" "${p999[nginx,$conns]}")" \
     "$(ratio "${cpu[berth,$conns]}" "${cpu[nginx,$conns]}")" \
     "$(ratio "${rps[direct,$conns]}" "$(max "${rps[nginx,$conns]}" "${rps[berth,$conns]}")")"
 done
-echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
-  "alone"
 # The same ratios taken within each round (Berth's run against nginx's of the same round),
 # then the median over the rounds, with how many rounds Berth did at least as well.
 echo

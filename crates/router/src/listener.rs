@@ -135,6 +135,9 @@ fn may_accept(mine: usize, all: impl Iterator<Item = usize>) -> bool {
 /// on a small machine (`bench/proxy.sh`). The route table, in-flight counters and caches are
 /// shared as they are with one runtime. Returns the threads, which end when their `serve`
 /// does.
+///
+/// With one runtime for each CPU the process may use, each runtime is kept on a CPU of its
+/// own (see [`cpu_for`]).
 pub fn spawn_per_core<F, Fut>(
     listener: std::net::TcpListener,
     threads: usize,
@@ -147,6 +150,7 @@ where
     listener.set_nonblocking(true)?;
     let threads = threads.max(1);
     let serve = Arc::new(serve);
+    let cpus = allowed_cpus();
     let runtimes = Arc::new(Runtimes {
         open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
         accepted: Notify::new(),
@@ -158,7 +162,13 @@ where
             // One runtime alone needs no turns.
             let turn = (threads > 1).then(|| Turn { runtimes: Arc::clone(&runtimes), me });
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let cpu = cpu_for(me, threads, &cpus);
             std::thread::Builder::new().name(format!("berth-router-{me}")).spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(error) = pin_to(cpu)
+                {
+                    tracing::debug!(cpu, "router runtime {me} left unpinned: {error}");
+                }
                 runtime.block_on(async move {
                     let socket = TcpListener::from_std(listener)?;
                     serve(Listener { socket, turn }).await
@@ -166,6 +176,42 @@ where
             })
         })
         .collect()
+}
+
+/// The CPU runtime `me` of `threads` is kept on, given the CPUs the process may use: the
+/// `me`-th of them when there is a runtime for each, none otherwise (fewer runtimes than
+/// CPUs, as under a CPU quota, are left to the scheduler).
+///
+/// Left to itself the kernel now and then runs two busy runtimes on one CPU for a few
+/// milliseconds while the other CPU runs the apps or the clients, and every connection of
+/// the runtime that waits is late by that much. Kept apart, they halve the router's p99 at
+/// 64 connections in `bench/proxy.sh`; nginx's `worker_cpu_affinity auto` does the same.
+/// The kernel still moves the other processes around them.
+fn cpu_for(me: usize, threads: usize, cpus: &[usize]) -> Option<usize> {
+    (threads > 1 && threads == cpus.len()).then(|| cpus[me])
+}
+
+/// The CPUs this process may run on (all of them, or those `taskset` or a cpuset allows),
+/// in order; none when the kernel does not say.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+
+    let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect()
+}
+
+/// Keeps the calling thread on `cpu`.
+fn pin_to(cpu: usize) -> nix::Result<()> {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    // Pid 0 is the calling thread, not the whole process.
+    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 #[cfg(test)]
@@ -189,6 +235,58 @@ mod tests {
         for &(mine, all, expected) in table {
             assert_eq!(may_accept(mine, all.iter().copied()), expected, "{mine} of {all:?}");
         }
+    }
+
+    #[test]
+    fn a_runtime_for_each_cpu_gets_one_of_its_own() {
+        let four = [0, 1, 2, 3];
+        let pinned: Vec<_> = (0..4).map(|me| cpu_for(me, 4, &four)).collect();
+        assert_eq!(pinned, [Some(0), Some(1), Some(2), Some(3)]);
+        // Under `taskset -c 2,5`.
+        assert_eq!(cpu_for(0, 2, &[2, 5]), Some(2));
+        assert_eq!(cpu_for(1, 2, &[2, 5]), Some(5));
+        // Fewer runtimes than CPUs (a CPU quota), more, one alone, and CPUs unknown.
+        assert_eq!(cpu_for(0, 2, &four), None);
+        assert_eq!(cpu_for(5, 8, &four), None);
+        assert_eq!(cpu_for(0, 1, &[3]), None);
+        assert_eq!(cpu_for(0, 2, &[]), None);
+    }
+
+    /// The CPUs each of `threads` runtimes' threads may run on, as they see it.
+    fn affinities(threads: usize) -> Vec<Vec<usize>> {
+        use std::sync::Mutex;
+
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let seen = Arc::new(Mutex::new(vec![Vec::new(); threads]));
+        let handles = {
+            let seen = Arc::clone(&seen);
+            spawn_per_core(socket, threads, move |listener| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let me = listener.turn.as_ref().map_or(0, |turn| turn.me);
+                    seen.lock().unwrap()[me] = allowed_cpus();
+                    Ok(())
+                }
+            })
+            .unwrap()
+        };
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    #[test]
+    fn runtimes_run_on_cpus_of_their_own() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty(), "the kernel told no CPU this process may use");
+        if cpus.len() > 1 {
+            let one_each: Vec<Vec<usize>> = cpus.iter().map(|&cpu| vec![cpu]).collect();
+            assert_eq!(affinities(cpus.len()), one_each);
+        }
+        // A runtime alone is left to the scheduler, on any CPU.
+        assert_eq!(affinities(1), [cpus]);
     }
 
     /// Two runtimes sharing a socket, connected to 40 times at once, end up holding about
