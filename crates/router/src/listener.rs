@@ -161,11 +161,21 @@ where
             let serve = serve.clone();
             // One runtime alone needs no turns.
             let turn = (threads > 1).then(|| Turn { runtimes: Arc::clone(&runtimes), me });
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let cpu = cpu_for(me, threads, &cpus);
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            runtime.enable_all();
+            if cpu.is_some() {
+                // The threads of its blocking pool (password hashes, file lookups) start from
+                // the pinned thread and would inherit its one CPU: they get them all back.
+                let cpus = cpus.clone();
+                runtime.on_thread_start(move || {
+                    let _ = pin_to(&cpus);
+                });
+            }
+            let runtime = runtime.build()?;
             std::thread::Builder::new().name(format!("berth-router-{me}")).spawn(move || {
                 if let Some(cpu) = cpu
-                    && let Err(error) = pin_to(cpu)
+                    && let Err(error) = pin_to(&[cpu])
                 {
                     tracing::debug!(cpu, "router runtime {me} left unpinned: {error}");
                 }
@@ -203,13 +213,15 @@ fn allowed_cpus() -> Vec<usize> {
     (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect()
 }
 
-/// Keeps the calling thread on `cpu`.
-fn pin_to(cpu: usize) -> nix::Result<()> {
+/// Keeps the calling thread on `cpus`.
+fn pin_to(cpus: &[usize]) -> nix::Result<()> {
     use nix::sched::{CpuSet, sched_setaffinity};
     use nix::unistd::Pid;
 
     let mut set = CpuSet::new();
-    set.set(cpu)?;
+    for &cpu in cpus {
+        set.set(cpu)?;
+    }
     // Pid 0 is the calling thread, not the whole process.
     sched_setaffinity(Pid::from_raw(0), &set)
 }
@@ -252,19 +264,21 @@ mod tests {
         assert_eq!(cpu_for(0, 2, &[]), None);
     }
 
-    /// The CPUs each of `threads` runtimes' threads may run on, as they see it.
-    fn affinities(threads: usize) -> Vec<Vec<usize>> {
+    /// The CPUs each of `threads` runtimes' threads may run on, as they see it, and those
+    /// a thread of its blocking pool may.
+    fn affinities(threads: usize) -> Vec<(Vec<usize>, Vec<usize>)> {
         use std::sync::Mutex;
 
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let seen = Arc::new(Mutex::new(vec![Vec::new(); threads]));
+        let seen = Arc::new(Mutex::new(vec![(Vec::new(), Vec::new()); threads]));
         let handles = {
             let seen = Arc::clone(&seen);
             spawn_per_core(socket, threads, move |listener| {
                 let seen = Arc::clone(&seen);
                 async move {
                     let me = listener.turn.as_ref().map_or(0, |turn| turn.me);
-                    seen.lock().unwrap()[me] = allowed_cpus();
+                    let blocking = tokio::task::spawn_blocking(allowed_cpus).await.unwrap();
+                    seen.lock().unwrap()[me] = (allowed_cpus(), blocking);
                     Ok(())
                 }
             })
@@ -278,15 +292,15 @@ mod tests {
     }
 
     #[test]
-    fn runtimes_run_on_cpus_of_their_own() {
+    fn runtimes_run_on_cpus_of_their_own_and_their_blocking_work_anywhere() {
         let cpus = allowed_cpus();
         assert!(!cpus.is_empty(), "the kernel told no CPU this process may use");
         if cpus.len() > 1 {
-            let one_each: Vec<Vec<usize>> = cpus.iter().map(|&cpu| vec![cpu]).collect();
+            let one_each: Vec<_> = cpus.iter().map(|&cpu| (vec![cpu], cpus.clone())).collect();
             assert_eq!(affinities(cpus.len()), one_each);
         }
         // A runtime alone is left to the scheduler, on any CPU.
-        assert_eq!(affinities(1), [cpus]);
+        assert_eq!(affinities(1), [(cpus.clone(), cpus)]);
     }
 
     /// Two runtimes sharing a socket, connected to 40 times at once, end up holding about
