@@ -287,8 +287,7 @@ mod tests {
         for handle in handles {
             handle.join().unwrap().unwrap();
         }
-        let seen = seen.lock().unwrap().clone();
-        seen
+        Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
     }
 
     #[test]
