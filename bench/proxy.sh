@@ -219,8 +219,9 @@ added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", a - b }'; }
 echo
 echo "$rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
   "$(nproc) cores shared by wrk, proxy and backend; load average before: $load_before"
-echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers: ${NGINX_HEADERS:-same}" \
-  "as Berth; worker_cpu_affinity: ${NGINX_AFFINITY:-none}), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
+echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers:" \
+  "$([ "${NGINX_HEADERS:-same}" = none ] && echo none || echo "the same as Berth's");" \
+  "worker_cpu_affinity: ${NGINX_AFFINITY:-none}), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
 row='%-6s %-8s %8s %15s %7s %7s %8s %9s %6s %11s %8s %11s\n'
 # shellcheck disable=SC2059 # the format is $row
 printf "$row" conns target req/s "(min-max)" p50_us p99_us p99.9_us round_p99 errors \

@@ -156,7 +156,8 @@ pub enum ServerCommand {
     /// from standard input (one line), so that it is never in a command line or an ssh log.
     #[command(
         name = "auth:set",
-        after_help = "Example: echo \"$PASSWORD\" | ssh berth@server auth:set myapp alice\n\n\
+        after_help = "Example: echo \"$PASSWORD\" | ssh berth@server auth:set myapp alice\n\
+                      To type it, hidden: ssh -t berth@server auth:set myapp alice\n\n\
                       The app asks for a password at once, without a restart; the app still \
                       gets the Authorization header, to tell who signed in."
     )]
@@ -989,12 +990,45 @@ fn unix_now() -> i64 {
 /// terminal, if that is where it comes from); the inner error says what is wrong with it.
 fn read_password(user: &str) -> anyhow::Result<Result<String, String>> {
     let stdin = std::io::stdin();
-    if nix::unistd::isatty(&stdin).unwrap_or(false) {
+    // Typed on a terminal (here, or through `ssh -t`), the password is not shown.
+    let _hidden = if nix::unistd::isatty(&stdin).unwrap_or(false) {
         eprint!("password for {user}: ");
-    }
+        EchoOff::on(&stdin)
+    } else {
+        None
+    };
     let mut line = String::new();
     stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
     Ok(password_from_line(&line))
+}
+
+/// A terminal that does not show what is typed on it, as long as this lives; the Enter key
+/// still moves to the next line. `None` when the terminal cannot be set so.
+struct EchoOff<'a> {
+    terminal: std::os::fd::BorrowedFd<'a>,
+    before: nix::sys::termios::Termios,
+}
+
+impl<'a> EchoOff<'a> {
+    fn on(terminal: &'a impl std::os::fd::AsFd) -> Option<EchoOff<'a>> {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+
+        let terminal = terminal.as_fd();
+        let before = tcgetattr(terminal).ok()?;
+        let mut hidden = before.clone();
+        hidden.local_flags.remove(LocalFlags::ECHO);
+        hidden.local_flags.insert(LocalFlags::ECHONL);
+        tcsetattr(terminal, SetArg::TCSANOW, &hidden).ok()?;
+        Some(EchoOff { terminal, before })
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        use nix::sys::termios::{SetArg, tcsetattr};
+
+        let _ = tcsetattr(self.terminal, SetArg::TCSANOW, &self.before);
+    }
 }
 
 /// The password in a line read from standard input, without its line ending.
@@ -1123,6 +1157,53 @@ fn write_table(
 
 #[cfg(test)]
 mod tests {
+    /// What the terminal shows (its master side reads) until it has shown `end`, or for at
+    /// most 5 s: the tty layer echoes from a kernel worker, a moment after the typing.
+    fn shown_until(master: &std::os::fd::OwnedFd, end: &[u8]) -> Vec<u8> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut shown = Vec::new();
+        while !shown.ends_with(end) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap();
+            if poll(&mut fds, timeout).unwrap() == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            let n = nix::unistd::read(master, &mut buf).unwrap();
+            shown.extend_from_slice(&buf[..n]);
+        }
+        shown
+    }
+
+    #[test]
+    fn a_password_typed_on_a_terminal_is_not_shown() {
+        use nix::sys::termios::{LocalFlags, tcgetattr};
+
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let echoes = || tcgetattr(&pty.slave).unwrap().local_flags.contains(LocalFlags::ECHO);
+        assert!(echoes(), "a new terminal shows typing");
+        {
+            let _hidden = EchoOff::on(&pty.slave).expect("a terminal can hide typing");
+            assert!(!echoes());
+            nix::unistd::write(&pty.master, b"s3cret\n").unwrap();
+            // Only the line ending comes back, and the program gets the password.
+            assert_eq!(shown_until(&pty.master, b"\r\n"), b"\r\n");
+            let mut typed = [0u8; 16];
+            let n = nix::unistd::read(&pty.slave, &mut typed).unwrap();
+            assert_eq!(&typed[..n], b"s3cret\n");
+        }
+        assert!(echoes(), "the terminal shows typing again afterwards");
+        nix::unistd::write(&pty.master, b"visible\n").unwrap();
+        assert_eq!(shown_until(&pty.master, b"visible\r\n"), b"visible\r\n");
+    }
+
     #[test]
     fn help_groups_hold_every_command_once() {
         let mut grouped: Vec<&str> =

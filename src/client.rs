@@ -127,8 +127,11 @@ pub fn run_remote(args: &[String]) -> anyhow::Result<u8> {
     if let Some(port) = remote.port {
         ssh.arg("-p").arg(port.to_string());
     }
-    // `run` gets a terminal when this one is (interactive shells, consoles).
-    if command == "run" && nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+    // `run` gets a terminal when this one is (interactive shells, consoles), and so does
+    // `auth:set`, which then hides the password as it is typed.
+    if matches!(command, "run" | "auth:set")
+        && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+    {
         ssh.arg("-t");
     }
     ssh.arg(&remote.destination);
