@@ -129,7 +129,7 @@ pub fn run_remote(args: &[String]) -> anyhow::Result<u8> {
     }
     // `run` gets a terminal when this one is (interactive shells, consoles), and so does
     // `auth:set`, which then hides the password as it is typed.
-    if matches!(command, "run" | "auth:set")
+    if matches!(command.as_str(), "run" | "auth:set")
         && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
     {
         ssh.arg("-t");
