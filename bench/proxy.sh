@@ -178,31 +178,34 @@ fi
 
 # The median of a column of a runs file (the upper one for an even count).
 median() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int(NR / 2) + 1] }'; }
-# "p50 p99 p99.9" in microseconds of all the requests of all the rounds, pooled from the
-# histograms wrk printed (bench/latency-histogram.lua); "- - -" without any. One request in
-# a hundred meets a stall of the machine's (a busy or sleeping virtual CPU to wake) that
-# costs it a millisecond or more, so a single round's p99 sits on that step and jumps with
-# it; the p99 of all the requests is the steadier figure.
+# "p50 p99 p99.9 over_1ms" of all the requests of all the rounds, pooled from the histograms
+# wrk printed (bench/latency-histogram.lua): percentiles in microseconds, and the share of
+# requests that took over a millisecond, in %; "- - - -" without any. About one request in
+# a hundred, direct ones too, meets a stall of the machine's (a virtual CPU that is busy or
+# asleep when it is woken), so the p99 sits on that step and moves with how often the
+# machine stalled in a round. The pooled p99 counts every request; the median of the
+# rounds' p99s (round_p99) is not moved by one round in which the machine stalled often.
 pooled() {
-  [ -s "$1" ] || { echo - - -; return; }
+  [ -s "$1" ] || { echo - - - -; return; }
   tr ' ' '\n' <"$1" | awk -F: 'NF == 2 { print $1, $2 }' | sort -n -k1,1 | awk '
-    { v[NR] = $1; c[NR] = $2; total += $2 }
+    { v[NR] = $1; c[NR] = $2; total += $2; if ($1 > 1000) slow += $2 }
     END {
       n = split("50 99 99.9", p, " ")
       for (k = 1; k <= n; k++) {
         rank = p[k] / 100 * total; seen = 0
         for (i = 1; i < NR; i++) { seen += c[i]; if (seen >= rank) break }
-        out = out (k > 1 ? " " : "") v[i]
+        out = out v[i] " "
       }
-      print out
+      printf "%s%.2f\n", out, 100 * slow / total
     }'
 }
-declare -A p999 round_p99
+declare -A p999 over_1ms round_p99
 for conns in 1 64; do
   for target in "${targets[@]}"; do
     key=$target,$conns runs=$work/runs-$target-$conns
     rps[$key]=$(median "$runs" 1)
-    read -r "p50[$key]" "p99[$key]" "p999[$key]" < <(pooled "$work/hist-$target-$conns")
+    read -r "p50[$key]" "p99[$key]" "p999[$key]" "over_1ms[$key]" \
+      < <(pooled "$work/hist-$target-$conns")
     round_p99[$key]=$(median "$runs" 3)
     cpu[$key]=$(median "$runs" 5)
     errors[$key]=$(awk '{ n += $4 } END { print n }' "$runs")
@@ -222,22 +225,22 @@ echo "$rounds wrk runs of ${duration} s (each after ${warmup} s warm-up);" \
 echo "nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (forwarding headers:" \
   "$([ "${NGINX_HEADERS:-same}" = none ] && echo none || echo "the same as Berth's");" \
   "worker_cpu_affinity: ${NGINX_AFFINITY:-none}), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
-row='%-6s %-8s %8s %15s %7s %7s %8s %9s %6s %11s %8s %11s\n'
+row='%-6s %-8s %8s %15s %7s %7s %8s %9s %7s %6s %11s %8s %11s\n'
 # shellcheck disable=SC2059 # the format is $row
-printf "$row" conns target req/s "(min-max)" p50_us p99_us p99.9_us round_p99 errors \
+printf "$row" conns target req/s "(min-max)" p50_us p99_us p99.9_us round_p99 ">1ms_%" errors \
   "% of direct" "+p50_us" "cpu_us/req"
 for conns in 1 64; do
   for target in "${targets[@]}"; do
     key=$target,$conns
     # shellcheck disable=SC2059
     printf "$row" "$conns" "$target" "${rps[$key]}" "(${spread[$key]})" "${p50[$key]}" \
-      "${p99[$key]}" "${p999[$key]}" "${round_p99[$key]}" "${errors[$key]}" \
+      "${p99[$key]}" "${p999[$key]}" "${round_p99[$key]}" "${over_1ms[$key]}" "${errors[$key]}" \
       "$(percent "${rps[$key]}" "${rps[direct,$conns]}")" \
       "$(added "${p50[$key]}" "${p50[direct,$conns]}")" "${cpu[$key]}"
   done
 done
-echo "req/s, cpu_us/req and round_p99: the median over the rounds; p50, p99, p99.9: of all the" \
-  "requests of all the rounds"
+echo "req/s, cpu_us/req and round_p99: the median over the rounds; p50, p99, p99.9 and >1ms_%" \
+  "(the share of requests over 1 ms): of all the requests of all the rounds"
 echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
   "alone"
 echo
