@@ -388,13 +388,28 @@ fn generated_request_id() -> HeaderValue {
 /// Ids only have to tell requests apart in logs, not resist guessing, so this needs no
 /// random-number crate.
 fn new_request_id() -> [u8; 16] {
+    /// The counts handed out to threads so far; each thread takes a block of them at a time,
+    /// so that the runtimes on different CPUs do not pass one counter back and forth.
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const BLOCK: u64 = 1024;
+    thread_local! {
+        /// This thread's next count and the end of its block.
+        static NEXT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         (nanos as u64) ^ (u64::from(std::process::id()) << 32)
     });
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let count = NEXT.with(|next| {
+        let (mut count, mut end) = next.get();
+        if count == end {
+            count = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
+            end = count + BLOCK;
+        }
+        next.set((count + 1, end));
+        count
+    });
     // splitmix64's finaliser: a bijection, so distinct counts under one seed never collide.
     let mut x = seed.wrapping_add(count.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -738,5 +753,20 @@ mod tests {
         let ids: std::collections::HashSet<[u8; 16]> =
             (0..1000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 1000, "generated ids repeat");
+    }
+
+    #[test]
+    fn ids_generated_on_several_threads_never_repeat() {
+        // Each thread crosses into further blocks of counts (3000 > 2 blocks of 1024).
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..3000).map(|_| new_request_id()).collect::<Vec<_>>()))
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for thread in threads {
+            for id in thread.join().unwrap() {
+                assert!(ids.insert(id), "{} was generated twice", String::from_utf8_lossy(&id));
+            }
+        }
+        assert_eq!(ids.len(), 4 * 3000);
     }
 }
