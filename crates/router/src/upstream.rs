@@ -24,7 +24,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -52,9 +52,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// comes first. With a pool per core, the whole router opens at most this many per core.
 const MAX_OPENING: usize = 2;
 /// The most idle connections kept to one instance (per core, like nginx's usual `keepalive
-/// 64` per worker): after a burst, the ones beyond are closed as they come back. Idle ones
-/// are otherwise kept until the app closes them, which is seen before one is used.
+/// 64` per worker): after a burst, the ones beyond are closed as they come back.
 const MAX_IDLE: usize = 64;
+/// How long an idle connection is kept (nginx's upstream `keepalive_timeout`): an app that
+/// gives each connection a thread or a worker gets them back after a burst.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the pool is swept for connections idle too long, closed by their app, or to an
+/// instance that is gone (a deploy moves traffic to new addresses, and the old ones are
+/// never asked for again: their connections would stay open on this side forever). The
+/// sweep runs when a connection comes back, so a pool nobody uses holds what it held.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How much room a read from an app is given when its buffer runs low.
 const READ_CHUNK: usize = 16 * 1024;
 /// Below this much room, a connection's read buffer gets a fresh [`READ_CHUNK`]. Until
@@ -70,11 +77,51 @@ pub(crate) struct Upstreams {
 
 #[derive(Default)]
 struct Pools {
-    instances: Mutex<AddrMap>,
+    instances: Mutex<Table>,
 }
 
 /// Looked up twice per request: foldhash (seeded per process) costs a fraction of SipHash.
 type AddrMap = HashMap<SocketAddr, Instance, foldhash::fast::RandomState>;
+
+/// The instances, and when they are next swept ([`SWEEP_EVERY`]).
+struct Table {
+    instances: AddrMap,
+    next_sweep: Instant,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table { instances: AddrMap::default(), next_sweep: Instant::now() + SWEEP_EVERY }
+    }
+}
+
+impl std::ops::Deref for Table {
+    type Target = AddrMap;
+    fn deref(&self) -> &AddrMap {
+        &self.instances
+    }
+}
+
+impl std::ops::DerefMut for Table {
+    fn deref_mut(&mut self) -> &mut AddrMap {
+        &mut self.instances
+    }
+}
+
+impl Table {
+    /// Closes the idle connections that were idle longer than [`IDLE_TIMEOUT`] at `now` or
+    /// that their app closed, and forgets the instances left with nothing.
+    fn sweep(&mut self, now: Instant) {
+        self.next_sweep = now + SWEEP_EVERY;
+        self.instances.retain(|_, instance| {
+            instance.idle.retain(|connection| {
+                now.saturating_duration_since(connection.idle_since) < IDLE_TIMEOUT
+                    && is_open(&connection.stream)
+            });
+            !instance.idle.is_empty() || !instance.is_unused()
+        });
+    }
+}
 
 /// What the pool knows of one instance address.
 struct Instance {
@@ -86,6 +133,15 @@ struct Instance {
     opening: Arc<Semaphore>,
     /// Wakes a request waiting for a connection when one comes back to the pool.
     returned: Arc<Notify>,
+}
+
+impl Instance {
+    /// Whether no request is opening a connection to it or waiting for one to come back.
+    fn is_unused(&self) -> bool {
+        self.opening.available_permits() == MAX_OPENING
+            && Arc::strong_count(&self.opening) == 1
+            && Arc::strong_count(&self.returned) == 1
+    }
 }
 
 impl Default for Instance {
@@ -104,6 +160,8 @@ struct Connection {
     read: BytesMut,
     /// The request head being written, kept for the next one.
     head: Vec<u8>,
+    /// When it last came back to the pool.
+    idle_since: Instant,
 }
 
 /// Why an instance gave no response.
@@ -313,16 +371,21 @@ impl Pools {
         (Arc::clone(&instance.opening), Arc::clone(&instance.returned))
     }
 
-    fn put_back(&self, addr: SocketAddr, connection: Connection) {
+    fn put_back(&self, addr: SocketAddr, mut connection: Connection) {
+        let now = Instant::now();
         let mut instances = self.lock();
         let instance = instances.entry(addr).or_default();
         if instance.idle.len() < MAX_IDLE {
+            connection.idle_since = now;
             instance.idle.push_back(connection);
             instance.returned.notify_one();
         }
+        if now >= instances.next_sweep {
+            instances.sweep(now);
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, AddrMap> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic elsewhere cannot leave the map half-changed: every change is one call.
         self.instances.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -356,13 +419,14 @@ async fn connect(addr: SocketAddr) -> Result<Connection, UpstreamError> {
     // The request head goes out in one write; Nagle's algorithm would only delay a body's
     // last small piece.
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    Ok(Connection { stream, read: BytesMut::new(), head: Vec::new() })
+    let idle_since = Instant::now();
+    Ok(Connection { stream, read: BytesMut::new(), head: Vec::new(), idle_since })
 }
 
 /// Writes a request without a body (its head is in `connection.head`) and reads the
 /// response head.
 async fn exchange(connection: &mut Connection, was_head: bool) -> Result<ResponseHead, Failure> {
-    let Connection { stream, read, head } = connection;
+    let Connection { stream, read, head, .. } = connection;
     if let Err(error) = stream.write_all(head).await {
         let error = UpstreamError::Io(error);
         return Err(Failure { error, head_written: false, body_started: false, received: false });
@@ -388,7 +452,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let Connection { stream, read, head } = connection;
+    let Connection { stream, read, head, .. } = connection;
     // Atomics only because the future must be `Send`; nothing else touches them.
     let (head_written, body_started) = (AtomicBool::new(false), AtomicBool::new(false));
     let (mut reader, mut writer) = stream.split();
@@ -825,6 +889,50 @@ mod tests {
             .await;
             assert_eq!(accepted(&connections), n);
         }
+    }
+
+    #[tokio::test]
+    async fn the_sweep_lets_go_of_idle_and_closed_connections_and_of_gone_instances() {
+        // An app that keeps its connections open, and tells when the router closed its one.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let kept = listener.local_addr().unwrap();
+        let (closed, router_closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            while crate::test_support::read_message(&mut stream).await.is_some() {
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nkept";
+                stream.write_all(answer).await.unwrap();
+            }
+            let _ = closed.send(());
+        });
+        // An app that answers once and goes away, as an instance does when a deploy
+        // replaces it; nothing asks for its address again.
+        let (gone, _requests, _) =
+            scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await;
+        let pool = Upstreams::default();
+        assert_eq!(fetch(&pool, kept).await, "kept");
+        assert_eq!(fetch(&pool, gone).await, "ok");
+        wait_for("the gone app to close", || {
+            let instances = pool.pools.lock();
+            instances.get(&gone).is_some_and(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
+        })
+        .await;
+        assert_eq!(pool.pooled(gone), 1, "held until a sweep");
+
+        // The first connection to come back once a sweep is due sweeps the whole pool.
+        pool.pools.lock().next_sweep = Instant::now();
+        assert_eq!(fetch(&pool, kept).await, "kept");
+        assert!(pool.pools.lock().get(&gone).is_none(), "the gone instance is forgotten");
+        assert_eq!(pool.pooled(kept), 1, "a connection used just now stays");
+        assert!(pool.pools.lock().next_sweep > Instant::now() + SWEEP_EVERY / 2);
+
+        // Idle for longer than the idle timeout: closed, and the app sees it.
+        pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT - Duration::from_secs(1));
+        assert_eq!(pool.pooled(kept), 1, "not idle for long enough yet");
+        pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(pool.pooled(kept), 0);
+        assert!(pool.pools.lock().get(&kept).is_none());
+        timeout(DEADLINE, router_closed).await.expect("the app saw no close").unwrap();
     }
 
     #[tokio::test]
