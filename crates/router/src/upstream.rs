@@ -95,19 +95,6 @@ impl Default for Table {
     }
 }
 
-impl std::ops::Deref for Table {
-    type Target = AddrMap;
-    fn deref(&self) -> &AddrMap {
-        &self.instances
-    }
-}
-
-impl std::ops::DerefMut for Table {
-    fn deref_mut(&mut self) -> &mut AddrMap {
-        &mut self.instances
-    }
-}
-
 impl Table {
     /// Closes the idle connections that were idle longer than [`IDLE_TIMEOUT`] at `now` or
     /// that their app closed, and forgets the instances left with nothing.
@@ -334,7 +321,7 @@ impl Upstreams {
     /// How many idle connections to `addr` are pooled.
     #[cfg(test)]
     pub(crate) fn pooled(&self, addr: SocketAddr) -> usize {
-        self.pools.lock().get(&addr).map_or(0, |instance| instance.idle.len())
+        self.pools.lock().instances.get(&addr).map_or(0, |instance| instance.idle.len())
     }
 }
 
@@ -342,8 +329,8 @@ impl Pools {
     /// An idle connection to `addr` that is still open; closed ones found on the way are
     /// dropped.
     fn take_idle(&self, addr: SocketAddr) -> Option<Connection> {
-        let mut instances = self.lock();
-        let instance = instances.get_mut(&addr)?;
+        let mut table = self.lock();
+        let instance = table.instances.get_mut(&addr)?;
         // The oldest is looked at on every take too, so that connections left over from a
         // burst are let go once the app closes them, not kept for as long as the pool lives.
         if instance.idle.front().is_some_and(|oldest| !is_open(&oldest.stream)) {
@@ -356,32 +343,33 @@ impl Pools {
                 break;
             }
         }
-        // An instance with nothing pooled, nothing being opened and nothing just taken (which
-        // comes back) is forgotten: its address may never be used again.
-        if taken.is_none() && instance.opening.available_permits() == MAX_OPENING {
-            instances.remove(&addr);
+        // An instance with nothing pooled, nothing just taken (which comes back) and no
+        // request opening or awaiting a connection is forgotten: its address may never be
+        // used again.
+        if taken.is_none() && instance.is_unused() {
+            table.instances.remove(&addr);
         }
         taken
     }
 
     /// What a request for `addr` waits on: a slot to open a connection, or one coming back.
     fn waits(&self, addr: SocketAddr) -> (Arc<Semaphore>, Arc<Notify>) {
-        let mut instances = self.lock();
-        let instance = instances.entry(addr).or_default();
+        let mut table = self.lock();
+        let instance = table.instances.entry(addr).or_default();
         (Arc::clone(&instance.opening), Arc::clone(&instance.returned))
     }
 
     fn put_back(&self, addr: SocketAddr, mut connection: Connection) {
         let now = Instant::now();
-        let mut instances = self.lock();
-        let instance = instances.entry(addr).or_default();
+        let mut table = self.lock();
+        let instance = table.instances.entry(addr).or_default();
         if instance.idle.len() < MAX_IDLE {
             connection.idle_since = now;
             instance.idle.push_back(connection);
             instance.returned.notify_one();
         }
-        if now >= instances.next_sweep {
-            instances.sweep(now);
+        if now >= table.next_sweep {
+            table.sweep(now);
         }
     }
 
@@ -883,8 +871,11 @@ mod tests {
         for n in 1..=3 {
             assert_eq!(fetch(&pool, addr).await, "ok");
             wait_for("the app to close", || {
-                let instances = pool.pools.lock();
-                instances.get(&addr).is_none_or(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
+                let table = pool.pools.lock();
+                table
+                    .instances
+                    .get(&addr)
+                    .is_none_or(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
             })
             .await;
             assert_eq!(accepted(&connections), n);
@@ -913,8 +904,8 @@ mod tests {
         assert_eq!(fetch(&pool, kept).await, "kept");
         assert_eq!(fetch(&pool, gone).await, "ok");
         wait_for("the gone app to close", || {
-            let instances = pool.pools.lock();
-            instances.get(&gone).is_some_and(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
+            let table = pool.pools.lock();
+            table.instances.get(&gone).is_some_and(|i| i.idle.iter().all(|c| !is_open(&c.stream)))
         })
         .await;
         assert_eq!(pool.pooled(gone), 1, "held until a sweep");
@@ -922,7 +913,7 @@ mod tests {
         // The first connection to come back once a sweep is due sweeps the whole pool.
         pool.pools.lock().next_sweep = Instant::now();
         assert_eq!(fetch(&pool, kept).await, "kept");
-        assert!(pool.pools.lock().get(&gone).is_none(), "the gone instance is forgotten");
+        assert!(!pool.pools.lock().instances.contains_key(&gone), "the gone instance is forgotten");
         assert_eq!(pool.pooled(kept), 1, "a connection used just now stays");
         assert!(pool.pools.lock().next_sweep > Instant::now() + SWEEP_EVERY / 2);
 
@@ -931,7 +922,7 @@ mod tests {
         assert_eq!(pool.pooled(kept), 1, "not idle for long enough yet");
         pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
         assert_eq!(pool.pooled(kept), 0);
-        assert!(pool.pools.lock().get(&kept).is_none());
+        assert!(!pool.pools.lock().instances.contains_key(&kept));
         timeout(DEADLINE, router_closed).await.expect("the app saw no close").unwrap();
     }
 
