@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Proxy figures (issue 5): requests/s, p50/p99/p99.9 latency and CPU per request with wrk at 1
-# and 64 connections
-# against a fast backend directly, through nginx (Debian's, upstream keep-alive) and through
-# Berth's router, in one run, with Berth/nginx ratios and each proxy's cost over direct.
+# and 64 connections against a fast backend directly, through nginx (Debian's, upstream
+# keep-alive) and through Berth's router, in one run, with Berth/nginx ratios and each
+# proxy's cost over direct.
 # Berth here is the router alone (bench/proxy: berth_router::serve with one route, one
 # single-threaded runtime per core as in the daemon), not a whole `berth daemon`. nginx
 # does the same work to each request as the router (the visitor's Host, X-Forwarded-*,
 # Forwarded, a request id both ways; see proxy_http in nginx-common.sh). Loopback only;
 # every wrk run has a fixed duration: ROUNDS rounds of (WARMUP + DURATION) s per target and
-# connection count, 3.5 minutes with the defaults. Latency percentiles are of all the
+# connection count, 3.5 minutes with the defaults and 70 s more for each target that
+# CONTROL or MULTI_THREAD adds. Latency percentiles are of all the
 # requests of all the rounds (wrk prints its histogram through bench/latency-histogram.lua).
 #
 #   bench/proxy.sh            ROUNDS=5 WARMUP=2 DURATION=5 can be set in the environment
@@ -18,6 +19,9 @@
 #   PERF=1 bench/proxy.sh     then also records the router under 64 connections with perf
 #   MULTI_THREAD=1 bench/proxy.sh  adds `berth-mt`: the router on one multi-threaded runtime
 #                             (bench-proxy --multi-thread), an experiment, not how Berth runs
+#   CONTROL=1 bench/proxy.sh  adds `nginx-b`, a second nginx configured like the first, and
+#                             its ratios to nginx: an A/A test, which shows how far two
+#                             identical proxies' figures differ on this machine
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
@@ -61,13 +65,19 @@ load_before=$(cut -d' ' -f1 /proc/loadavg)
 start_backend
 
 # 2. nginx as the reverse proxy, with keep-alive connections to the backend.
-nginx_port=$(free_port)
-nginx_config nginx "worker_processes auto;
+# Starts the nginx proxy NAME on PORT.
+start_nginx_proxy() {
+  local name=$1 port=$2
+  nginx_config "$name" "worker_processes auto;
 ${NGINX_AFFINITY:+worker_cpu_affinity $NGINX_AFFINITY;}
 events { worker_connections 4096; }
-$(proxy_http nginx "$backend_port" "$nginx_port")"
-run_nginx nginx
-wait_ready nginx "${pids[-1]}" "http://127.0.0.1:$nginx_port/"
+$(proxy_http "$name" "$backend_port" "$port")"
+  run_nginx "$name"
+  wait_ready "$name" "${pids[-1]}" "http://127.0.0.1:$port/"
+}
+nginx_port=$(free_port)
+start_nginx_proxy nginx "$nginx_port"
+nginx_pid=${pids[-1]}
 
 # 3. Berth's router, which prints its port once it listens.
 targets=(direct nginx berth)
@@ -90,6 +100,14 @@ berth_pid=${pids[-1]} berth_port=${port[berth]}
 if [ "${MULTI_THREAD:-0}" = 1 ]; then
   start_bench_proxy berth-mt --multi-thread
   targets+=(berth-mt)
+  berth_mt_pid=${pids[-1]}
+fi
+# 4. The control: nginx again, the same configuration on a port of its own.
+if [ "${CONTROL:-0}" = 1 ]; then
+  port[nginx-b]=$(free_port)
+  start_nginx_proxy nginx-b "${port[nginx-b]}"
+  targets+=(nginx-b)
+  nginx_b_pid=${pids[-1]}
 fi
 
 # CPU time (user + system, in clock ticks) used so far by the processes `pids` (all threads).
@@ -105,9 +123,10 @@ ticks_per_s=$(getconf CLK_TCK)
 # workers (not the backend's) for the proxies.
 declare -A cpu_pids
 cpu_pids[direct]=$(pgrep -P "${pids[0]}" | xargs)
-cpu_pids[nginx]=$(pgrep -P "${pids[1]}" | xargs)
+cpu_pids[nginx]=$(pgrep -P "$nginx_pid" | xargs)
 cpu_pids[berth]=$berth_pid
-if [ "${MULTI_THREAD:-0}" = 1 ]; then cpu_pids[berth-mt]=${pids[-1]}; fi
+if [ "${MULTI_THREAD:-0}" = 1 ]; then cpu_pids[berth-mt]=$berth_mt_pid; fi
+if [ "${CONTROL:-0}" = 1 ]; then cpu_pids[nginx-b]=$(pgrep -P "$nginx_b_pid" | xargs); fi
 
 # wrk's summary as "req/s p50_us p99_us errors requests", latencies in microseconds.
 parse_wrk() {
@@ -129,13 +148,16 @@ parse_wrk() {
 }
 
 # Rounds interleave the targets, so that load from anything else on the machine spreads over
-# all three rather than falling on one; each figure is the median over the rounds. The two
-# proxies swap places every round, so that neither always runs right after the other, and
-# their ratios are also taken round by round (a slow round slows both).
+# all three rather than falling on one; each figure is the median over the rounds. The
+# proxies run in the reverse order every other round, so that none always runs right after
+# another, and their ratios are also taken round by round (a slow round slows both).
 declare -A rps p50 p99 errors spread cpu
+proxies=("${targets[@]:1}")
+reversed=()
+for ((i = ${#proxies[@]} - 1; i >= 0; i--)); do reversed+=("${proxies[i]}"); done
 for round in $(seq "$rounds"); do
   order=("${targets[@]}")
-  if ((round % 2 == 0)); then order=(direct berth nginx "${targets[@]:3}"); fi
+  if ((round % 2 == 0)); then order=(direct "${reversed[@]}"); fi
   for conns in 1 64; do
     threads=$((conns == 1 ? 1 : 2))
     for target in "${order[@]}"; do
@@ -244,22 +266,33 @@ echo "req/s, cpu_us/req and round_p99: the median over the rounds; p50, p99, p99
 echo "cpu_us/req: CPU time (user + system) per request of the backend (direct) or of the proxy" \
   "alone"
 echo
-printf '%-6s %18s %16s %18s %20s %18s\n' conns "berth/nginx req/s" "berth/nginx p99" \
-  "berth/nginx p99.9" "berth/nginx cpu/req" "direct/best proxy"
+# Each pair is "A B", A's figures over B's: Berth against nginx, and, when they run, the
+# multi-threaded router against nginx and nginx against itself (the A/A control).
+pairs=("berth nginx")
+if [ "${MULTI_THREAD:-0}" = 1 ]; then pairs+=("berth-mt nginx"); fi
+if [ "${CONTROL:-0}" = 1 ]; then pairs+=("nginx-b nginx"); fi
+table='%-6s %-15s %7s %7s %7s %9s %15s\n'
+# shellcheck disable=SC2059 # the format is $table
+printf "$table" conns ratio req/s p99 p99.9 cpu/req "direct/faster"
 for conns in 1 64; do
-  printf '%-6s %18s %16s %18s %20s %18s\n' "$conns" \
-    "$(ratio "${rps[berth,$conns]}" "${rps[nginx,$conns]}")" \
-    "$(ratio "${p99[berth,$conns]}" "${p99[nginx,$conns]}")" \
-    "$(ratio "${p999[berth,$conns]}" "${p999[nginx,$conns]}")" \
-    "$(ratio "${cpu[berth,$conns]}" "${cpu[nginx,$conns]}")" \
-    "$(ratio "${rps[direct,$conns]}" "$(max "${rps[nginx,$conns]}" "${rps[berth,$conns]}")")"
+  for pair in "${pairs[@]}"; do
+    read -r a b <<<"$pair"
+    # shellcheck disable=SC2059
+    printf "$table" "$conns" "$a/$b" \
+      "$(ratio "${rps[$a,$conns]}" "${rps[$b,$conns]}")" \
+      "$(ratio "${p99[$a,$conns]}" "${p99[$b,$conns]}")" \
+      "$(ratio "${p999[$a,$conns]}" "${p999[$b,$conns]}")" \
+      "$(ratio "${cpu[$a,$conns]}" "${cpu[$b,$conns]}")" \
+      "$(ratio "${rps[direct,$conns]}" "$(max "${rps[$a,$conns]}" "${rps[$b,$conns]}")")"
+  done
 done
-# The same ratios taken within each round (Berth's run against nginx's of the same round),
-# then the median over the rounds, with how many rounds Berth did at least as well.
+# The same ratios taken within each round (A's run against B's of the same round), then the
+# median over the rounds, with how many rounds A did at least as well.
 echo
-printf '%-6s %26s %26s %26s\n' conns "berth/nginx req/s" "berth/nginx p99" \
-  "berth/nginx cpu/req"
-# "median (rounds where Berth was at least as good, of the rounds with figures)" for column
+table='%-6s %-15s %18s %18s %18s\n'
+# shellcheck disable=SC2059
+printf "$table" conns ratio req/s p99 cpu/req
+# "median (rounds where A was at least as good, of the rounds with figures)" for column
 # COLUMN of the ratios in FILE, where BETTER (high or low) says which way is good.
 paired() {
   local file=$1 column=$2 better=$3
@@ -268,20 +301,29 @@ paired() {
       "$file" | wc -l)" "$(wc -l <"$file")"
 }
 for conns in 1 64; do
-  # A round in which either proxy has no figure (no requests answered) has no ratios.
-  paste "$work/runs-berth-$conns" "$work/runs-nginx-$conns" | awk '
-    $1 + 0 && $6 + 0 && $3 + 0 && $8 + 0 && $5 + 0 && $10 + 0 { print $1 / $6, $3 / $8, $5 / $10 }
-  ' >"$work/ratios-$conns"
-  if [ -s "$work/ratios-$conns" ]; then
-    ratios=$work/ratios-$conns
-    printf '%-6s %26s %26s %26s\n' "$conns" "$(paired "$ratios" 1 high)" \
-      "$(paired "$ratios" 2 low)" "$(paired "$ratios" 3 low)"
-  else
-    printf '%-6s %26s %26s %26s\n' "$conns" - - -
-  fi
+  for pair in "${pairs[@]}"; do
+    read -r a b <<<"$pair"
+    ratios=$work/ratios-$a-$conns
+    # A round in which either proxy has no figure (no requests answered) has no ratios.
+    paste "$work/runs-$a-$conns" "$work/runs-$b-$conns" | awk '
+      $1 + 0 && $6 + 0 && $3 + 0 && $8 + 0 && $5 + 0 && $10 + 0 { print $1 / $6, $3 / $8, $5 / $10 }
+    ' >"$ratios"
+    if [ -s "$ratios" ]; then
+      # shellcheck disable=SC2059
+      printf "$table" "$conns" "$a/$b" "$(paired "$ratios" 1 high)" "$(paired "$ratios" 2 low)" \
+        "$(paired "$ratios" 3 low)"
+    else
+      # shellcheck disable=SC2059
+      printf "$table" "$conns" "$a/$b" - - -
+    fi
+  done
 done
-echo "round by round: the median of the per-round ratios, and in how many rounds Berth had at" \
-  "least nginx's req/s, at most its p99 and CPU"
+echo "round by round: the median of the per-round ratios, and in how many rounds the first had" \
+  "at least the second's req/s, at most its p99 and CPU"
+if [ "${CONTROL:-0}" = 1 ]; then
+  echo "nginx-b/nginx: the same nginx twice, so any distance from 1.00 is the machine's noise;" \
+    "a berth/nginx ratio as close to 1 says nothing either way"
+fi
 # With one connection every request waits for the one before, so throughput is latency; the
 # backend can only be a bottleneck under the 64-connection load.
 best=$(max "${rps[nginx,64]}" "${rps[berth,64]}")
