@@ -9,8 +9,8 @@
 # Forwarded, a request id both ways; see proxy_http in nginx-common.sh). Loopback only;
 # every wrk run has a fixed duration: ROUNDS rounds of (WARMUP + DURATION) s per target and
 # connection count, 3.5 minutes with the defaults and 70 s more for each target that
-# CONTROL or MULTI_THREAD adds. Latency percentiles are of all the
-# requests of all the rounds (wrk prints its histogram through bench/latency-histogram.lua).
+# CONTROL or MULTI_THREAD adds. Latency percentiles are of all the requests of all the
+# rounds (wrk prints its histogram through bench/latency-histogram.lua).
 #
 #   bench/proxy.sh            ROUNDS=5 WARMUP=2 DURATION=5 can be set in the environment
 #   NGINX_HEADERS=none bench/proxy.sh  nginx only proxies, setting none of those headers
