@@ -991,35 +991,81 @@ fn unix_now() -> i64 {
 fn read_password(user: &str) -> anyhow::Result<Result<String, String>> {
     let stdin = std::io::stdin();
     // Typed on a terminal (here, or through `ssh -t`), the password is not shown.
-    let _hidden = if nix::unistd::isatty(&stdin).unwrap_or(false) {
+    // (Hidden before the prompt shows, so that nothing typed after it is echoed.)
+    let hidden = if nix::unistd::isatty(&stdin).unwrap_or(false) {
+        let hidden = EchoOff::on(&stdin);
         eprint!("password for {user}: ");
-        EchoOff::on(&stdin)
+        hidden
     } else {
         None
     };
+    let context = "cannot read the password from standard input";
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    match &hidden {
+        Some(hidden) => line = hidden.read_line().context(context)?,
+        None => _ = stdin.lock().read_line(&mut line).context(context)?,
+    }
+    let interrupt = hidden.as_ref().and_then(|hidden| hidden.interrupt);
+    drop(hidden);
+    if interrupt.is_some_and(|key| line.ends_with(char::from(key))) {
+        eprintln!();
+        return Ok(Err("cancelled; the password was not changed".to_owned()));
+    }
     Ok(password_from_line(&line))
 }
 
 /// A terminal that does not show what is typed on it, as long as this lives; the Enter key
 /// still moves to the next line. `None` when the terminal cannot be set so.
+///
+/// Ctrl-C would kill the process before the terminal is given back its echo, and leave the
+/// shell typing blind: instead it ends the line, with `interrupt` (the terminal's Ctrl-C
+/// character) last, for the reader to cancel after the terminal is restored.
 struct EchoOff<'a> {
     terminal: std::os::fd::BorrowedFd<'a>,
     before: nix::sys::termios::Termios,
+    interrupt: Option<u8>,
 }
 
 impl<'a> EchoOff<'a> {
     fn on(terminal: &'a impl std::os::fd::AsFd) -> Option<EchoOff<'a>> {
-        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        use nix::sys::termios::{
+            LocalFlags, SetArg, SpecialCharacterIndices, tcgetattr, tcsetattr,
+        };
 
         let terminal = terminal.as_fd();
         let before = tcgetattr(terminal).ok()?;
         let mut hidden = before.clone();
         hidden.local_flags.remove(LocalFlags::ECHO);
         hidden.local_flags.insert(LocalFlags::ECHONL);
+        // 0 is _POSIX_VDISABLE: no key interrupts, and none needs catching.
+        let interrupt = Some(before.control_chars[SpecialCharacterIndices::VINTR as usize])
+            .filter(|&key| key != 0);
+        if let Some(key) = interrupt {
+            // No signal; the key ends the line as Enter does (VEOL is an extra line end).
+            hidden.local_flags.remove(LocalFlags::ISIG);
+            hidden.control_chars[SpecialCharacterIndices::VEOL as usize] = key;
+        }
         tcsetattr(terminal, SetArg::TCSANOW, &hidden).ok()?;
-        Some(EchoOff { terminal, before })
+        Some(EchoOff { terminal, before, interrupt })
+    }
+
+    /// The next line typed, with what ended it (a newline, or the interrupt key), or what
+    /// was typed before the end of input (Ctrl-D). Read from the terminal itself: a
+    /// `BufRead` line would wait on past the interrupt key for a newline.
+    fn read_line(&self) -> std::io::Result<String> {
+        let mut line = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = nix::unistd::read(self.terminal, &mut chunk)?;
+            line.extend_from_slice(&chunk[..n]);
+            let ended = |last: &u8| *last == b'\n' || Some(*last) == self.interrupt;
+            if n == 0 || line.last().is_some_and(ended) {
+                break;
+            }
+        }
+        String::from_utf8(line).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "the password is not UTF-8")
+        })
     }
 }
 
@@ -1202,6 +1248,33 @@ mod tests {
         assert!(echoes(), "the terminal shows typing again afterwards");
         nix::unistd::write(&pty.master, b"visible\n").unwrap();
         assert_eq!(shown_until(&pty.master, b"visible\r\n"), b"visible\r\n");
+    }
+
+    #[test]
+    fn ctrl_c_at_a_hidden_prompt_ends_the_line_instead_of_killing_blind() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use nix::sys::termios::{LocalFlags, tcgetattr};
+        use std::os::fd::AsFd;
+
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let flags = || tcgetattr(&pty.slave).unwrap().local_flags;
+        assert!(flags().contains(LocalFlags::ISIG), "a new terminal turns Ctrl-C into SIGINT");
+        {
+            let hidden = EchoOff::on(&pty.slave).expect("a terminal can hide typing");
+            assert_eq!(hidden.interrupt, Some(0x03), "Ctrl-C is the interrupt key by default");
+            assert!(!flags().contains(LocalFlags::ISIG));
+            // Half a password, then Ctrl-C: the line ends there, with the key last.
+            nix::unistd::write(&pty.master, b"half\x03").unwrap();
+            let mut ready = [PollFd::new(pty.slave.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(poll(&mut ready, PollTimeout::from(5000u16)).unwrap(), 1, "no line ended");
+            assert_eq!(hidden.read_line().unwrap(), "half\x03");
+            // A whole line, typed in two goes, comes back whole.
+            nix::unistd::write(&pty.master, b"whole ").unwrap();
+            nix::unistd::write(&pty.master, b"line\n").unwrap();
+            assert_eq!(hidden.read_line().unwrap(), "whole line\n");
+        }
+        assert!(flags().contains(LocalFlags::ISIG), "Ctrl-C signals again afterwards");
+        assert!(flags().contains(LocalFlags::ECHO));
     }
 
     #[test]

@@ -88,6 +88,23 @@ fn basic_auth_over_ssh_and_ip_allow_lists_protect_an_app_without_a_restart(world
     assert!(!output_text(&output).contains("hunter2"), "{}", output_text(&output));
     assert_eq!(world.get("alpha", "/").body, "? a1", "a refused auth:set changes nothing");
 
+    // Typed on the server's own terminal: the password is not shown, and Ctrl-C halfway
+    // cancels, setting nothing and leaving the terminal as it was (echo and Ctrl-C back on).
+    let (code, shown, after) = auth_set_on_a_terminal(world, "alpha", "mallory", b"hal\x03");
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("password for mallory: "), "{shown}");
+    assert!(shown.contains("cancelled; the password was not changed"), "{shown}");
+    assert!(!shown.contains("hal"), "the typing was shown: {shown}");
+    use nix::sys::termios::LocalFlags;
+    assert!(after.contains(LocalFlags::ECHO | LocalFlags::ISIG), "{after:?}");
+    assert!(world.ssh_ok(&["auth", "alpha"]).contains("asks for no password"));
+    assert_eq!(world.get("alpha", "/").body, "? a1");
+    let (code, shown, _) = auth_set_on_a_terminal(world, "alpha", "mallory", b"on a tty\n");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("mallory may now sign in to alpha"), "{shown}");
+    assert!(!shown.contains("on a tty"), "the password was shown: {shown}");
+    world.ssh_ok(&["auth:unset", "alpha", "mallory"]);
+
     let output = world.sshd.run_with_input(&["auth:set", "alpha", "alice"], "s3cret pass\n");
     assert!(output.status.success(), "{}", output_text(&output));
     assert!(output_text(&output).contains("alice may now sign in to alpha"));
@@ -313,4 +330,65 @@ fn an_app_port_reaches_the_app_whatever_the_host() {
     berth_testkit::poll("the port closed", std::time::Duration::from_secs(10), || {
         std::net::TcpStream::connect(addr).is_err().then_some(())
     });
+}
+
+/// Runs `berth auth:set APP USER` on the server itself with a terminal for its input and
+/// output, types `typed` there, and returns its exit code, what the terminal showed, and the
+/// terminal's local flags once it has exited.
+fn auth_set_on_a_terminal(
+    world: &World,
+    app: &str,
+    user: &str,
+    typed: &[u8],
+) -> (Option<i32>, String, nix::sys::termios::LocalFlags) {
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let terminal = || Stdio::from(pty.slave.try_clone().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--root")
+        .arg(world.root())
+        .args(["auth:set", app, user])
+        .stdin(terminal())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut shown = Vec::new();
+    // Whether anything came within 50 ms.
+    let read_some = |shown: &mut Vec<u8>| {
+        let mut ready = [PollFd::new(pty.master.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut ready, PollTimeout::from(50u16)).unwrap() == 0 {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        let n = nix::unistd::read(&pty.master, &mut buf).unwrap();
+        shown.extend_from_slice(&buf[..n]);
+        true
+    };
+    // Typed once the prompt is up, as a person would.
+    while !String::from_utf8_lossy(&shown).contains("password for") {
+        assert!(Instant::now() < deadline, "no prompt: {}", String::from_utf8_lossy(&shown));
+        read_some(&mut shown);
+    }
+    nix::unistd::write(&pty.master, typed).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("auth:set still waits: {}", String::from_utf8_lossy(&shown));
+        }
+        read_some(&mut shown);
+    };
+    // What it wrote last may still be in the terminal.
+    while read_some(&mut shown) {}
+    let flags = nix::sys::termios::tcgetattr(&pty.slave).unwrap().local_flags;
+    (status.code(), String::from_utf8_lossy(&shown).into_owned(), flags)
 }
