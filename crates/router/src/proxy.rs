@@ -159,6 +159,12 @@ impl Proxy {
         }
     }
 
+    /// Starts letting go of pooled connections nobody needs, even with no traffic (see
+    /// `Upstreams::sweep_in_background`).
+    pub(crate) fn sweep_in_background(&self) {
+        self.upstreams.sweep_in_background();
+    }
+
     /// The same proxy sending every request to the app named `app`, as if it carried
     /// `X-App: app`, whatever its host; a request without a `Host` is taken to have asked
     /// for `local` (the listener's address).

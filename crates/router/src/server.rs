@@ -188,6 +188,7 @@ impl Server {
         if let Some(app) = self.app {
             proxy = proxy.for_app(app, listener.local_addr()?);
         }
+        proxy.sweep_in_background();
         Ok(Arc::new(Shared { proxy, challenges: self.challenges, tls, limits: self.limits }))
     }
 

@@ -59,8 +59,8 @@ const MAX_IDLE: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the pool is swept for connections idle too long, closed by their app, or to an
 /// instance that is gone (a deploy moves traffic to new addresses, and the old ones are
-/// never asked for again: their connections would stay open on this side forever). The
-/// sweep runs when a connection comes back, so a pool nobody uses holds what it held.
+/// never asked for again: their connections would stay open on this side forever). A task
+/// of the pool's runtime sweeps it, so this happens with no traffic too.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How much room a read from an app is given when its buffer runs low.
 const READ_CHUNK: usize = 16 * 1024;
@@ -83,23 +83,16 @@ struct Pools {
 /// Looked up twice per request: foldhash (seeded per process) costs a fraction of SipHash.
 type AddrMap = HashMap<SocketAddr, Instance, foldhash::fast::RandomState>;
 
-/// The instances, and when they are next swept ([`SWEEP_EVERY`]).
+/// The instances.
+#[derive(Default)]
 struct Table {
     instances: AddrMap,
-    next_sweep: Instant,
-}
-
-impl Default for Table {
-    fn default() -> Table {
-        Table { instances: AddrMap::default(), next_sweep: Instant::now() + SWEEP_EVERY }
-    }
 }
 
 impl Table {
     /// Closes the idle connections that were idle longer than [`IDLE_TIMEOUT`] at `now` or
     /// that their app closed, and forgets the instances left with nothing.
     fn sweep(&mut self, now: Instant) {
-        self.next_sweep = now + SWEEP_EVERY;
         self.instances.retain(|_, instance| {
             instance.idle.retain(|connection| {
                 now.saturating_duration_since(connection.idle_since) < IDLE_TIMEOUT
@@ -224,6 +217,25 @@ impl Failure {
 }
 
 impl Upstreams {
+    /// Starts the task, on the current runtime, that sweeps the pool every [`SWEEP_EVERY`]
+    /// for as long as the pool lives.
+    pub(crate) fn sweep_in_background(&self) {
+        self.sweep_every(SWEEP_EVERY);
+    }
+
+    fn sweep_every(&self, every: Duration) {
+        let pools = Arc::downgrade(&self.pools);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pools) = pools.upgrade() else { return };
+                pools.lock().sweep(Instant::now());
+            }
+        });
+    }
+
     /// Sends `request` (in origin form, with its `Host`) and `body` to the instance at `addr`
     /// on an idle connection, or on a new one when none is idle and a slot to open one is
     /// free (else on whichever comes first), and returns the response once its head is in.
@@ -367,9 +379,6 @@ impl Pools {
             connection.idle_since = now;
             instance.idle.push_back(connection);
             instance.returned.notify_one();
-        }
-        if now >= table.next_sweep {
-            table.sweep(now);
         }
     }
 
@@ -910,12 +919,13 @@ mod tests {
         .await;
         assert_eq!(pool.pooled(gone), 1, "held until a sweep");
 
-        // The first connection to come back once a sweep is due sweeps the whole pool.
-        pool.pools.lock().next_sweep = Instant::now();
-        assert_eq!(fetch(&pool, kept).await, "kept");
-        assert!(!pool.pools.lock().instances.contains_key(&gone), "the gone instance is forgotten");
+        // The background sweep comes with no request at all.
+        pool.sweep_every(Duration::from_millis(20));
+        wait_for("the gone instance to be forgotten", || {
+            !pool.pools.lock().instances.contains_key(&gone)
+        })
+        .await;
         assert_eq!(pool.pooled(kept), 1, "a connection used just now stays");
-        assert!(pool.pools.lock().next_sweep > Instant::now() + SWEEP_EVERY / 2);
 
         // Idle for longer than the idle timeout: closed, and the app sees it.
         pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT - Duration::from_secs(1));
@@ -924,6 +934,11 @@ mod tests {
         assert_eq!(pool.pooled(kept), 0);
         assert!(!pool.pools.lock().instances.contains_key(&kept));
         timeout(DEADLINE, router_closed).await.expect("the app saw no close").unwrap();
+
+        // The sweeping task ends with its pool.
+        let pools = Arc::downgrade(&pool.pools);
+        drop(pool);
+        assert!(pools.upgrade().is_none(), "the task holds the pool");
     }
 
     #[tokio::test]
