@@ -1,6 +1,8 @@
 //! Releases: zero-downtime redeploys, health checks, rollback with config, deploy locks.
 
-use berth_testkit::output_text;
+use std::time::Duration;
+
+use berth_testkit::{TestDaemon, output_text, poll};
 
 use crate::{World, app_source};
 
@@ -193,8 +195,8 @@ fn deploys_of_one_app_wait_their_turn_and_locks_refuse_them() {
 }
 
 #[test]
-fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
-    let world = World::start("preview");
+fn a_preview_answers_on_its_own_host_survives_a_daemon_restart_and_can_be_promoted() {
+    let mut world = World::start("preview");
     let repo = world.app_repo("prev", "v1", "web: python3 app.py\n", "GREETING=Hi\n");
     world.push_ok(&repo, "prev");
     repo.commit(&[("app.py", &app_source("v2"))], "v2").unwrap();
@@ -209,6 +211,22 @@ fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
     assert_eq!((preview.status, preview.body.as_str()), (200, "Hi v1"));
     assert_eq!(world.get("prev", "/").body, "Hi v2", "the current release keeps serving");
 
+    // A new daemon (an upgrade) takes the running preview over: the same process answers.
+    let port = preview_port(&world, 1);
+    world.daemon.stop();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    world.daemon = TestDaemon::start(bin, world.root(), "berth.test").unwrap();
+    let preview = poll("the preview back", Duration::from_secs(30), || {
+        world.daemon.get("v1.prev.berth.test", "/").ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(preview.body, "Hi v1");
+    assert_eq!(
+        preview_port(&world, 1),
+        port,
+        "started again, not adopted:\n{}",
+        world.daemon.log()
+    );
+
     let out = world.ssh_ok(&["releases:promote", "prev", "1"]);
     assert!(out.contains("v1 is the current release of prev"), "{out}");
     assert_eq!(world.get("prev", "/").body, "Hi v1");
@@ -217,6 +235,7 @@ fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
         404,
         "the preview stopped"
     );
+    assert!(!answers(port), "the preview's process still runs");
 
     let output = world.ssh(&["releases:start", "prev", "1"]);
     assert!(
@@ -224,4 +243,23 @@ fn a_preview_answers_on_its_own_host_and_can_be_promoted() {
     );
     let output = world.ssh(&["releases:stop", "prev", "2"]);
     assert!(output_text(&output).contains("v2 of prev has no preview running"));
+
+    // Destroying the app stops its previews too.
+    world.ssh_ok(&["releases:start", "prev", "2"]);
+    let port = preview_port(&world, 2);
+    world.ssh_ok(&["destroy", "prev", "--force"]);
+    assert!(!answers(port), "a preview outlived its app");
+    assert_eq!(world.daemon.get("v2.prev.berth.test", "/").unwrap().status, 404);
+}
+
+/// The port the preview of release `n` of `prev` listens on, as it tells.
+fn preview_port(world: &World, n: i64) -> u16 {
+    let host = format!("v{n}.prev.berth.test");
+    let page = world.daemon.get(&host, "/env/PORT").unwrap();
+    page.body.parse().unwrap_or_else(|_| panic!("no port from {host}: {}", page.body))
+}
+
+/// Whether something accepts connections on `port` of loopback.
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }

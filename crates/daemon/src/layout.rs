@@ -72,6 +72,25 @@ impl Layout {
             .join(format!("{process_type}.{index}.json"))
     }
 
+    /// Where each process of a running preview (`releases:start`) is recorded, so that a
+    /// restarted daemon brings the preview back: `run/previews/APP/RELEASE/TYPE.N.json`.
+    pub fn preview_records(&self) -> PathBuf {
+        self.run_dir().join("previews")
+    }
+
+    pub fn preview_record(
+        &self,
+        app: &str,
+        release: i64,
+        process_type: &str,
+        index: u32,
+    ) -> PathBuf {
+        self.preview_records()
+            .join(app)
+            .join(release.to_string())
+            .join(format!("{process_type}.{index}.json"))
+    }
+
     pub fn build_log(&self, app: &str, number: i64) -> PathBuf {
         self.logs(app).join("build").join(format!("{number}.log"))
     }

@@ -292,6 +292,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     if stop_apps {
         let _ = std::fs::remove_file(layout.http_addr_file());
+    } else {
+        // Last, once a deploy in progress has had its moment to finish.
+        daemon.leave_running();
     }
     Ok(())
 }
@@ -377,5 +380,6 @@ async fn restore_apps(daemon: Arc<Daemon>) {
     for task in tasks {
         let _ = task.await;
     }
+    daemon.restore_previews().await;
     daemon.stop_strays().await;
 }

@@ -357,25 +357,10 @@ impl Daemon {
         let crons = std::mem::take(&mut desired.crons);
         let mut instances = Vec::new();
         let mut missing = Vec::new();
-        for mut spec in specs {
-            let record = spec.record_path.as_deref().and_then(InstanceRecord::read);
-            let Some(record) = record.filter(|r| r.port.is_some() == spec.port.is_some()) else {
-                missing.push(spec);
-                continue;
-            };
-            if let Some(port) = record.port {
-                spec.port = Some(port);
-                spec.env.push(("PORT".to_owned(), port.to_string()));
-            }
-            match Instance::adopt(spec, &record) {
+        for spec in specs {
+            match adopt_recorded(spec) {
                 Ok(instance) => instances.push(instance),
-                Err(spec) => {
-                    let mut spec = *spec;
-                    // Gone while the daemon was away: started anew on a fresh port.
-                    spec.port = spec.port.map(|_| 0);
-                    spec.env.retain(|(k, _)| k != "PORT");
-                    missing.push(spec);
-                }
+                Err(spec) => missing.push(*spec),
             }
         }
         let adopted = instances.len();
@@ -607,6 +592,42 @@ fn start_crons(jobs: Vec<CronJob>) -> Result<Vec<CronHandle>, String> {
 }
 
 /// The entries of a directory (none when it cannot be read).
+/// The process an earlier daemon recorded for `spec` (at its `record_path`), adopted when it
+/// still runs; otherwise the spec back, to be started on a fresh port.
+pub(crate) fn adopt_recorded(mut spec: ProcessSpec) -> Result<Instance, Box<ProcessSpec>> {
+    let record = spec.record_path.as_deref().and_then(InstanceRecord::read);
+    let Some(record) = record.filter(|r| r.port.is_some() == spec.port.is_some()) else {
+        tracing::debug!(app = spec.app, "{} has no record of a process to adopt", spec.name());
+        return Err(Box::new(spec));
+    };
+    if let Some(port) = record.port {
+        spec.port = Some(port);
+        spec.env.push(("PORT".to_owned(), port.to_string()));
+    }
+    Instance::adopt(spec, &record).map_err(|mut spec| {
+        tracing::info!(
+            app = spec.app,
+            pid = record.pid,
+            "{} exited while no daemon ran",
+            spec.name()
+        );
+        // Gone while the daemon was away.
+        spec.port = spec.port.map(|_| 0);
+        spec.env.retain(|(k, _)| k != "PORT");
+        spec
+    })
+}
+
+/// Stops the processes recorded in `dir` (as by [`InstanceRecord`]) and removes the records.
+pub(crate) async fn stop_recorded(dir: &std::path::Path) {
+    for path in read_dir_paths(dir) {
+        if let Some(record) = InstanceRecord::read(&path) {
+            record.stop(DEFAULT_STOP_TIMEOUT).await;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 pub(crate) fn read_dir_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }

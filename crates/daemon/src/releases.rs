@@ -222,10 +222,59 @@ impl Daemon {
         match runtime {
             Some(runtime) => {
                 runtime.stop(&self.in_flight).await;
+                // Its records went with its processes; the directory goes too when empty.
+                let records = self.settings.layout.preview_records().join(app);
+                let _ = std::fs::remove_dir(records.join(n.to_string()));
+                let _ = std::fs::remove_dir(records);
                 Ok(())
             }
             None => Err(ApiError::not_found(format!("v{n} of {app} has no preview running"))),
         }
+    }
+
+    /// Stops every preview of `app` (it stops, is destroyed or renamed).
+    pub(crate) async fn stop_previews_of(&self, app: &str) {
+        let previews: Vec<i64> =
+            self.previews().keys().filter(|(owner, _)| owner == app).map(|(_, n)| *n).collect();
+        for n in previews {
+            let _ = self.stop_preview(app, n).await;
+        }
+    }
+
+    /// Brings back the previews an earlier daemon ran (at daemon start, after the apps): their
+    /// processes are adopted, and those that died meanwhile started again. A preview whose app
+    /// is gone or stopped, or whose release is gone or now current, is stopped instead.
+    pub async fn restore_previews(&self) {
+        let all = self.settings.layout.preview_records();
+        for app_dir in crate::processes::read_dir_paths(&all) {
+            let Some(app) = app_dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            for dir in crate::processes::read_dir_paths(&app_dir) {
+                let n = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok());
+                let restored = match n {
+                    Some(n) => self.restore_preview(&app, n).await,
+                    None => Err("not a release number".to_owned()),
+                };
+                if let Err(reason) = restored {
+                    tracing::info!("stopping the preview {}: {reason}", dir.display());
+                    crate::processes::stop_recorded(&dir).await;
+                }
+                // Only when empty: a restored preview's records stay.
+                let _ = std::fs::remove_dir(&dir);
+            }
+            let _ = std::fs::remove_dir(&app_dir);
+        }
+    }
+
+    async fn restore_preview(&self, app: &str, n: i64) -> Result<(), String> {
+        let record = self.store().app(app).map_err(|e| e.to_string())?;
+        if record.state != AppState::Running {
+            return Err(format!("{app} is stopped"));
+        }
+        self.start_preview(app, n).await.map_err(|e| e.message)?;
+        tracing::info!(app, "the preview of v{n} runs again");
+        Ok(())
     }
 
     /// Makes release `n` current (Paasmaker's "make current"): switched over without dropping
@@ -249,18 +298,22 @@ impl Daemon {
             .into_iter()
             .filter(|s| s.port.is_some())
             .map(|mut spec| {
-                spec.log_path = self
-                    .settings
-                    .layout
-                    .logs(app)
-                    .join(format!("v{n}-{}.{}.log", spec.process_type, spec.index));
-                spec.record_path = None;
+                let layout = &self.settings.layout;
+                spec.log_path =
+                    layout.logs(app).join(format!("v{n}-{}.{}.log", spec.process_type, spec.index));
+                spec.record_path =
+                    Some(layout.preview_record(app, n, &spec.process_type, spec.index));
                 spec
             })
             .collect();
         let mut instances = Vec::new();
         for spec in specs {
-            match self.start_ready(spec, &desired).await {
+            // Those an earlier daemon left running are adopted.
+            let started = match crate::processes::adopt_recorded(spec) {
+                Ok(instance) => Ok(instance),
+                Err(spec) => self.start_ready(*spec, &desired).await,
+            };
+            match started {
                 Ok(instance) => instances.push(instance),
                 Err(err) => {
                     for instance in instances {

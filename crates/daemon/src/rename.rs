@@ -61,13 +61,8 @@ impl Daemon {
         }
         self.check_free_name(new, Some(old), &app_dirs(&self.settings.layout, new))?;
 
-        // The processes stop here and start under the new name once everything moved: their
-        // directories, their user and their names all change.
-        let previews: Vec<i64> =
-            self.previews().keys().filter(|(app, _)| app == old).map(|(_, n)| *n).collect();
-        for n in previews {
-            let _ = self.stop_preview(old, n).await;
-        }
+        // The processes (previews' too) stop here and start under the new name once everything
+        // moved: their directories, their user and their names all change.
         let ports = self.app_ports(old)?;
         self.remove_app(old).await;
         for &port in &ports {

@@ -648,8 +648,10 @@ impl Daemon {
         berth_router::CacheRegistry::clear(from);
     }
 
-    /// Stops every process of the app; its hosts answer 502 (not running) until it starts.
+    /// Stops every process of the app, its previews' too; its hosts answer 502 (not running)
+    /// until it starts.
     pub async fn stop_app(&self, app: &str) {
+        self.stop_previews_of(app).await;
         let old = {
             let mut runtimes = self.runtimes();
             let old = runtimes.get_mut(app).map(|runtime| {
@@ -670,8 +672,9 @@ impl Daemon {
         }
     }
 
-    /// Stops the app's processes and forgets its routes (destroy).
+    /// Stops the app's processes, its previews' too, and forgets its routes (destroy).
     pub async fn remove_app(&self, app: &str) {
+        self.stop_previews_of(app).await;
         let old = {
             let mut runtimes = self.runtimes();
             let old = runtimes.remove(app);
@@ -683,8 +686,24 @@ impl Daemon {
         }
     }
 
-    /// Stops every app (daemon shutdown).
+    /// Lets go of every app's and preview's processes without stopping them, for the next
+    /// daemon to adopt (SIGTERM). Dropped instead, an instance tells its supervisor to stop,
+    /// and a supervisor still running on another thread while the runtime shuts down would
+    /// stop the process and delete its record: the next daemon would find nothing to adopt.
+    pub fn leave_running(&self) {
+        let runtimes: Vec<AppRuntime> = self.runtimes().drain().map(|(_, r)| r).collect();
+        let previews: Vec<AppRuntime> = self.previews().drain().map(|(_, r)| r).collect();
+        // The process exits next; its memory goes back then.
+        std::mem::forget(runtimes);
+        std::mem::forget(previews);
+    }
+
+    /// Stops every app and every preview (daemon shutdown).
     pub async fn stop_all(&self) {
+        let previews: Vec<(String, i64)> = self.previews().keys().cloned().collect();
+        for (app, n) in previews {
+            let _ = self.stop_preview(&app, n).await;
+        }
         let all: Vec<AppRuntime> = self.runtimes().drain().map(|(_, r)| r).collect();
         for runtime in all {
             runtime.stop(&self.in_flight).await;
