@@ -244,6 +244,18 @@ fn a_preview_answers_on_its_own_host_survives_a_daemon_restart_and_can_be_promot
     let output = world.ssh(&["releases:stop", "prev", "2"]);
     assert!(output_text(&output).contains("v2 of prev has no preview running"));
 
+    // Stopping the daemon with everything it runs (SIGINT) stops previews too, and the next
+    // daemon does not bring them back.
+    world.ssh_ok(&["releases:start", "prev", "2"]);
+    let port = preview_port(&world, 2);
+    world.daemon.stop_everything();
+    assert!(!answers(port), "a preview outlived SIGINT");
+    world.daemon = TestDaemon::start(bin, world.root(), "berth.test").unwrap();
+    poll("prev back", Duration::from_secs(30), || {
+        world.daemon.get("prev.berth.test", "/").ok().filter(|r| r.body == "Hi v1")
+    });
+    assert_eq!(world.daemon.get("v2.prev.berth.test", "/").unwrap().status, 404);
+
     // Destroying the app stops its previews too.
     world.ssh_ok(&["releases:start", "prev", "2"]);
     let port = preview_port(&world, 2);
