@@ -256,8 +256,14 @@ fn a_preview_answers_on_its_own_host_survives_a_daemon_restart_and_can_be_promot
     });
     assert_eq!(world.daemon.get("v2.prev.berth.test", "/").unwrap().status, 404);
 
-    // Destroying the app stops its previews too.
+    // Stopping the app stops its previews; one started while it is stopped runs.
     world.ssh_ok(&["releases:start", "prev", "2"]);
+    let port = preview_port(&world, 2);
+    world.ssh_ok(&["stop", "prev"]);
+    assert!(!answers(port), "a preview outlived its app's stop");
+    world.ssh_ok(&["releases:start", "prev", "2"]);
+
+    // Destroying the app stops its previews too.
     let port = preview_port(&world, 2);
     world.ssh_ok(&["destroy", "prev", "--force"]);
     assert!(!answers(port), "a preview outlived its app");

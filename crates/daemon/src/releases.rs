@@ -243,7 +243,7 @@ impl Daemon {
 
     /// Brings back the previews an earlier daemon ran (at daemon start, after the apps): their
     /// processes are adopted, and those that died meanwhile started again. A preview whose app
-    /// is gone or stopped, or whose release is gone or now current, is stopped instead.
+    /// or release is gone, or whose release is now current, is stopped instead.
     pub async fn restore_previews(&self) {
         let all = self.settings.layout.preview_records();
         for app_dir in crate::processes::read_dir_paths(&all) {
@@ -268,10 +268,6 @@ impl Daemon {
     }
 
     async fn restore_preview(&self, app: &str, n: i64) -> Result<(), String> {
-        let record = self.store().app(app).map_err(|e| e.to_string())?;
-        if record.state != AppState::Running {
-            return Err(format!("{app} is stopped"));
-        }
         self.start_preview(app, n).await.map_err(|e| e.message)?;
         tracing::info!(app, "the preview of v{n} runs again");
         Ok(())
