@@ -12,7 +12,8 @@
 # CONTROL or MULTI_THREAD adds. Latency percentiles are of all the requests of all the
 # rounds (wrk prints its histogram through bench/latency-histogram.lua).
 #
-#   bench/proxy.sh            ROUNDS=5 WARMUP=2 DURATION=5 can be set in the environment
+#   bench/proxy.sh            ROUNDS=5 WARMUP=2 DURATION=5 CONNS="1 64" can be set in the
+#                             environment (CONNS: the wrk connection counts, in order)
 #   NGINX_HEADERS=none bench/proxy.sh  nginx only proxies, setting none of those headers
 #   NGINX_AFFINITY=auto bench/proxy.sh  keeps each nginx worker on a CPU of its own, as the
 #                             router keeps its runtimes (not Debian's default, nor piku's)
@@ -27,6 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
 warmup=${WARMUP:-2}
 rounds=${ROUNDS:-5}
+read -r -a conns_list <<<"${CONNS:-1 64}"
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -158,7 +160,7 @@ for ((i = ${#proxies[@]} - 1; i >= 0; i--)); do reversed+=("${proxies[i]}"); don
 for round in $(seq "$rounds"); do
   order=("${targets[@]}")
   if ((round % 2 == 0)); then order=(direct "${reversed[@]}"); fi
-  for conns in 1 64; do
+  for conns in "${conns_list[@]}"; do
     threads=$((conns == 1 ? 1 : 2))
     for target in "${order[@]}"; do
       url="http://127.0.0.1:${port[$target]}/"
@@ -222,7 +224,7 @@ pooled() {
     }'
 }
 declare -A p999 over_1ms round_p99
-for conns in 1 64; do
+for conns in "${conns_list[@]}"; do
   for target in "${targets[@]}"; do
     key=$target,$conns runs=$work/runs-$target-$conns
     rps[$key]=$(median "$runs" 1)
@@ -251,7 +253,7 @@ row='%-6s %-8s %8s %15s %7s %7s %8s %9s %7s %6s %11s %8s %11s\n'
 # shellcheck disable=SC2059 # the format is $row
 printf "$row" conns target req/s "(min-max)" p50_us p99_us p99.9_us round_p99 ">1ms_%" errors \
   "% of direct" "+p50_us" "cpu_us/req"
-for conns in 1 64; do
+for conns in "${conns_list[@]}"; do
   for target in "${targets[@]}"; do
     key=$target,$conns
     # shellcheck disable=SC2059
@@ -274,7 +276,7 @@ if [ "${CONTROL:-0}" = 1 ]; then pairs+=("nginx-b nginx"); fi
 table='%-6s %-15s %7s %7s %7s %9s %15s\n'
 # shellcheck disable=SC2059 # the format is $table
 printf "$table" conns ratio req/s p99 p99.9 cpu/req "direct/faster"
-for conns in 1 64; do
+for conns in "${conns_list[@]}"; do
   for pair in "${pairs[@]}"; do
     read -r a b <<<"$pair"
     # shellcheck disable=SC2059
@@ -300,7 +302,7 @@ paired() {
     "$(awk -v c="$column" -v b="$better" '(b == "high" && $c >= 1) || (b == "low" && $c <= 1)' \
       "$file" | wc -l)" "$(wc -l <"$file")"
 }
-for conns in 1 64; do
+for conns in "${conns_list[@]}"; do
   for pair in "${pairs[@]}"; do
     read -r a b <<<"$pair"
     ratios=$work/ratios-$a-$conns
@@ -326,8 +328,9 @@ if [ "${CONTROL:-0}" = 1 ]; then
 fi
 # With one connection every request waits for the one before, so throughput is latency; the
 # backend can only be a bottleneck under the 64-connection load.
-best=$(max "${rps[nginx,64]}" "${rps[berth,64]}")
-if awk -v d="${rps[direct,64]}" -v b="$best" 'BEGIN { exit !(d < 1.5 * b) }'; then
+best=$(max "${rps[nginx,64]:-0}" "${rps[berth,64]:-0}")
+if [ -n "${rps[direct,64]:-}" ] &&
+  awk -v d="${rps[direct,64]}" -v b="$best" 'BEGIN { exit !(d < 1.5 * b) }'; then
   echo "warning: the backend alone is less than 1.5x faster than the best proxy at 64" \
     "connections; it may be the bottleneck" >&2
 fi
