@@ -66,10 +66,7 @@ impl Layout {
         process_type: &str,
         index: u32,
     ) -> PathBuf {
-        self.instance_records()
-            .join(app)
-            .join(release.to_string())
-            .join(format!("{process_type}.{index}.json"))
+        record_in(&self.instance_records(), app, release, process_type, index)
     }
 
     /// Where each process of a running preview (`releases:start`) is recorded, so that a
@@ -85,10 +82,7 @@ impl Layout {
         process_type: &str,
         index: u32,
     ) -> PathBuf {
-        self.preview_records()
-            .join(app)
-            .join(release.to_string())
-            .join(format!("{process_type}.{index}.json"))
+        record_in(&self.preview_records(), app, release, process_type, index)
     }
 
     pub fn build_log(&self, app: &str, number: i64) -> PathBuf {
@@ -126,4 +120,9 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// `DIR/APP/RELEASE/TYPE.N.json`: a process record under `dir`.
+fn record_in(dir: &Path, app: &str, release: i64, process_type: &str, index: u32) -> PathBuf {
+    dir.join(app).join(release.to_string()).join(format!("{process_type}.{index}.json"))
 }
