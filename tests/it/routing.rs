@@ -2,6 +2,8 @@
 //! NGINX_SERVER_NAME, the X-App header, HTTPS, app ports), and who may: basic auth and
 //! address allow lists.
 
+use std::io::{Read, Write};
+
 use berth_testkit::{http_get_with, output_text};
 
 use crate::World;
@@ -308,8 +310,8 @@ fn nginx_knobs_https_only_cache_body_limit_path_routing_and_access_log() {
 }
 
 #[test]
-fn an_app_port_reaches_the_app_whatever_the_host() {
-    let world = World::start("ports");
+fn an_app_port_reaches_the_app_whatever_the_host_and_listens_through_daemon_restarts() {
+    let mut world = World::start("ports");
     let repo = world.app_repo("porty", "p1", "web: python3 app.py\n", "");
     world.push_ok(&repo, "porty");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -326,10 +328,33 @@ fn an_app_port_reaches_the_app_whatever_the_host() {
         "{}",
         output_text(&output)
     );
+
+    // While the daemon restarts the port still listens (the socket keeper holds it): a
+    // visitor who comes meanwhile waits and is answered by the next daemon.
+    world.daemon.stop();
+    let mut visitor = std::net::TcpStream::connect(addr).expect("refused while no daemon ran");
+    visitor.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").unwrap();
+    restart_daemon(&mut world);
+    visitor.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    visitor.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("? p1"), "{answer}");
+
     world.ssh_ok(&["ports:remove", "porty", &port.to_string()]);
     berth_testkit::poll("the port closed", std::time::Duration::from_secs(10), || {
         std::net::TcpStream::connect(addr).is_err().then_some(())
     });
+    // A removed port is not kept for later either.
+    world.daemon.stop();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the keeper still holds the port");
+    restart_daemon(&mut world);
+    assert!(std::net::TcpStream::connect(addr).is_err(), "a removed port listens again");
+}
+
+/// Starts a new daemon on the world's root, the earlier one stopped.
+fn restart_daemon(world: &mut World) {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    world.daemon = berth_testkit::TestDaemon::start(bin, world.root(), "berth.test").unwrap();
 }
 
 /// Runs `berth auth:set APP USER` on the server itself with a terminal for its input and

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-/// The most descriptors one message carries (the router's HTTP and HTTPS sockets, and room).
-const MAX_FDS: usize = 8;
+/// The most descriptors one message carries: the router's HTTP and HTTPS sockets, and the
+/// app ports' (`ports:add`). Those beyond are not kept, and refuse while the daemon restarts.
+const MAX_FDS: usize = 64;
 
 fn send_with_fds(stream: &UnixStream, byte: u8, fds: &[RawFd]) -> std::io::Result<()> {
     let data = [byte];

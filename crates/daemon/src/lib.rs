@@ -117,7 +117,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
 
-    let (http_listener, https_listener) = router_listeners(&layout, &options)?;
+    let (http_listener, https_listener, inherited) = router_listeners(&layout, &options)?;
+    // Duplicates, for the daemon to give the keeper again with the app ports.
+    let mut router_sockets = vec![std::os::fd::OwnedFd::from(http_listener.try_clone()?)];
+    if let Some(listener) = &https_listener {
+        router_sockets.push(listener.try_clone()?.into());
+    }
     let http_addr = http_listener.local_addr()?;
     let https_addr = https_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let certs =
@@ -153,6 +158,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         api_host: api_host.clone(),
     };
     let daemon = Arc::new(Daemon::new(settings, store, routes.clone()));
+    daemon.set_sockets(router_sockets, inherited);
     // Before any route is published: a protected app must never be served open.
     daemon
         .load_basic_auth()
@@ -168,11 +174,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // Apps first, router second: until the route table holds the adopted instances, a request
     // would find no app (404). Visitors wait in the socket's backlog meanwhile, but not for
     // longer than an app that is slow to start would make them.
-    daemon.open_stored_ports().await;
     let mut restore = tokio::spawn(restore_apps(daemon.clone()));
     if tokio::time::timeout(RESTORE_WAIT, &mut restore).await.is_err() {
         tracing::warn!("apps are still starting; serving the others now");
     }
+    // The app ports too (those the keeper held waited in their backlog meanwhile).
+    daemon.open_stored_ports().await;
     let challenges: Arc<dyn berth_router::Http01Challenges> = {
         let tokens = http01.clone();
         Arc::new(move |token: &str| tokens.key_authorization(token))
@@ -306,11 +313,16 @@ pub fn run_keeper(socket: &std::path::Path) -> std::io::Result<()> {
 
 /// The router's listening sockets (HTTP, and HTTPS when asked for): the ones the keeper
 /// holds from an earlier daemon when they listen where asked, else new ones, handed to the
-/// keeper for the next daemon.
+/// keeper for the next daemon. Also the other sockets the keeper held (app ports').
+#[allow(clippy::type_complexity, reason = "three parts, named where they are taken apart")]
 fn router_listeners(
     layout: &Layout,
     options: &DaemonOptions,
-) -> anyhow::Result<(std::net::TcpListener, Option<std::net::TcpListener>)> {
+) -> anyhow::Result<(
+    std::net::TcpListener,
+    Option<std::net::TcpListener>,
+    Vec<std::net::TcpListener>,
+)> {
     let keeper_socket = layout.keeper_socket();
     let mut kept: Vec<std::net::TcpListener> =
         keeper::fetch(&keeper_socket).into_iter().map(std::net::TcpListener::from).collect();
@@ -342,7 +354,7 @@ fn router_listeners(
             tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
         }
     }
-    Ok((http, https.map(|(listener, _)| listener)))
+    Ok((http, https.map(|(listener, _)| listener), kept))
 }
 
 /// When the daemon runs as root, the user that owns `$BERTH_ROOT` (the `berth` user of a root

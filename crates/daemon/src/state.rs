@@ -179,6 +179,24 @@ pub(crate) struct StoredBuild {
     pub path_prefix: Vec<String>,
 }
 
+/// An app port's server (`ports:add`).
+#[derive(Debug)]
+struct PortServer {
+    /// Stops it.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Its listening socket (a duplicate), for the socket keeper.
+    socket: std::os::fd::OwnedFd,
+}
+
+/// The sockets the keeper is given ([`Daemon::keep_sockets`]), besides the app ports'.
+#[derive(Debug, Default)]
+struct Sockets {
+    /// Duplicates of the router's listening sockets.
+    router: Vec<std::os::fd::OwnedFd>,
+    /// App ports' listeners an earlier daemon's keeper held, until opened again.
+    inherited: Vec<std::net::TcpListener>,
+}
+
 #[derive(Debug)]
 pub struct Daemon {
     pub settings: Settings,
@@ -193,8 +211,10 @@ pub struct Daemon {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The Unix user of each app, once known.
     app_users: Mutex<HashMap<String, RunAs>>,
-    /// The listeners of app ports (`ports:add`): port → (app, stop signal, task).
-    port_servers: Mutex<HashMap<u16, (String, tokio::sync::watch::Sender<bool>)>>,
+    /// The listeners of app ports (`ports:add`), by port.
+    port_servers: Mutex<HashMap<u16, PortServer>>,
+    /// What the socket keeper is given to hold for the next daemon.
+    sockets: Mutex<Sockets>,
     /// Each app's router access log, kept across route tables.
     access_logs: Mutex<HashMap<String, berth_router::AccessLog>>,
     /// The basic-auth users of each app that has some, as the router checks them: kept
@@ -259,6 +279,7 @@ impl Daemon {
             access_logs: Mutex::new(HashMap::new()),
             basic_auth: Mutex::new(HashMap::new()),
             port_servers: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(Sockets::default()),
             acme: std::sync::OnceLock::new(),
         }
     }
@@ -710,13 +731,56 @@ impl Daemon {
         }
     }
 
-    /// Builds a new route table from the running instances and swaps it in.
+    /// Hands the socket keeper the router's sockets (duplicates of them) and the app ports'
+    /// listeners an earlier daemon's keeper held (`inherited`), which `open_app_port` takes
+    /// back instead of binding anew; see [`Daemon::keep_sockets`].
+    pub fn set_sockets(
+        &self,
+        router: Vec<std::os::fd::OwnedFd>,
+        inherited: Vec<std::net::TcpListener>,
+    ) {
+        *self.sockets.lock().unwrap_or_else(|e| e.into_inner()) = Sockets { router, inherited };
+    }
+
+    /// Gives the socket keeper every listening socket the daemon has (the router's and the app
+    /// ports'), in place of what it held: the app ports then also keep listening while the
+    /// daemon restarts, and a removed port is let go of.
+    fn keep_sockets(&self) {
+        let sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if sockets.router.is_empty() {
+            // Not a daemon's router (some tests): there is nothing to keep.
+            return;
+        }
+        let ports = self.port_servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fds: Vec<&dyn std::os::fd::AsFd> = Vec::new();
+        fds.extend(sockets.router.iter().map(|fd| fd as &dyn std::os::fd::AsFd));
+        fds.extend(ports.values().map(|server| &server.socket as &dyn std::os::fd::AsFd));
+        let keeper = self.settings.layout.keeper_socket();
+        if let Err(err) = crate::keeper::store(&keeper, &self.settings.exe, &fds) {
+            tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
+        }
+    }
+
     /// Serves every request on `port` to `app` (procserver's routing by port).
     pub async fn open_app_port(&self, app: &str, port: u16) -> Result<(), String> {
         let ip = self.settings.http_addr.ip();
-        let listener = tokio::net::TcpListener::bind((ip, port))
-            .await
-            .map_err(|e| format!("cannot listen on {ip}:{port}: {e}; pick another port"))?;
+        let inherited = {
+            let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            let at = sockets.inherited.iter().position(|listener| {
+                listener.local_addr().is_ok_and(|addr| addr == SocketAddr::new(ip, port))
+            });
+            at.map(|at| sockets.inherited.remove(at))
+        };
+        let listener = match inherited {
+            Some(listener) => Ok(listener),
+            None => std::net::TcpListener::bind((ip, port)),
+        };
+        let cannot =
+            |e: std::io::Error| format!("cannot listen on {ip}:{port}: {e}; pick another port");
+        let listener = listener.map_err(cannot)?;
+        listener.set_nonblocking(true).map_err(cannot)?;
+        let socket = std::os::fd::OwnedFd::from(listener.try_clone().map_err(cannot)?);
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(cannot)?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -730,7 +794,8 @@ impl Daemon {
         self.port_servers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(port, (app.to_owned(), stop));
+            .insert(port, PortServer { stop, socket });
+        self.keep_sockets();
         Ok(())
     }
 
@@ -742,14 +807,15 @@ impl Daemon {
 
     /// Stops serving `port`.
     pub fn close_app_port(&self, port: u16) {
-        if let Some((_, stop)) =
-            self.port_servers.lock().unwrap_or_else(|e| e.into_inner()).remove(&port)
-        {
-            let _ = stop.send(true);
+        let server = self.port_servers.lock().unwrap_or_else(|e| e.into_inner()).remove(&port);
+        if let Some(server) = server {
+            let _ = server.stop.send(true);
+            self.keep_sockets();
         }
     }
 
-    /// Serves the app ports the store has (at daemon start).
+    /// Serves the app ports the store has (at daemon start), and closes those an earlier
+    /// daemon's keeper held that no app claims any more.
     pub async fn open_stored_ports(&self) {
         let ports = self.store().ports().unwrap_or_default();
         for (port, app) in ports {
@@ -757,6 +823,8 @@ impl Daemon {
                 tracing::warn!(app, "{err}");
             }
         }
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).inherited.clear();
+        self.keep_sockets();
     }
 
     /// The app's access log (`logs/APP/router.log`), opened on first use.
