@@ -314,7 +314,6 @@ pub fn run_keeper(socket: &std::path::Path) -> std::io::Result<()> {
 /// The router's listening sockets (HTTP, and HTTPS when asked for): the ones the keeper
 /// holds from an earlier daemon when they listen where asked, else new ones, handed to the
 /// keeper for the next daemon. Also the other sockets the keeper held (app ports').
-#[allow(clippy::type_complexity, reason = "three parts, named where they are taken apart")]
 fn router_listeners(
     layout: &Layout,
     options: &DaemonOptions,
