@@ -351,9 +351,9 @@ mod tests {
         assert!(!version_matches("v20.11.1", ""));
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("berth-run-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    /// Removed when dropped; with a `release` directory in it.
+    fn temp(name: &str) -> berth_testkit::TempDir {
+        let dir = berth_testkit::TempDir::new(&format!("run-{name}"));
         std::fs::create_dir_all(dir.join("release")).unwrap();
         dir
     }

@@ -108,11 +108,9 @@ pub fn read_app_files(
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("berth-build-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when dropped.
+    fn temp_dir(name: &str) -> berth_testkit::TempDir {
+        berth_testkit::TempDir::new(&format!("build-{name}"))
     }
 
     fn git(dir: &Path, args: &[&str]) -> String {

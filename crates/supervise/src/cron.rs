@@ -230,11 +230,9 @@ mod tests {
         assert_eq!(web_cron_path("GET /a b"), None);
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("berth-cron-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when dropped.
+    fn temp(name: &str) -> berth_testkit::TempDir {
+        berth_testkit::TempDir::new(&format!("cron-{name}"))
     }
 
     #[tokio::test]
@@ -244,7 +242,7 @@ mod tests {
         // Every second, a run that takes 1.5 s: runs must never overlap.
         let spec = TaskSpec {
             command: "echo start $$ >> runs; sleep 1.5; echo end $$ >> runs; echo ran".into(),
-            cwd: dir.clone(),
+            cwd: dir.to_path_buf(),
             env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
             run_as: None,
             timeout: Duration::from_secs(30),

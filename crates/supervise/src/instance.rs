@@ -512,12 +512,9 @@ pub async fn wait_for_port(
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("berth-supervise-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when dropped.
+    fn temp_dir(name: &str) -> berth_testkit::TempDir {
+        berth_testkit::TempDir::new(&format!("supervise-{name}"))
     }
 
     fn spec(dir: &std::path::Path, command: &str) -> ProcessSpec {

@@ -291,11 +291,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("berth-logs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when dropped.
+    fn temp(name: &str) -> berth_testkit::TempDir {
+        berth_testkit::TempDir::new(&format!("logs-{name}"))
     }
 
     #[test]

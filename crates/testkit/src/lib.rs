@@ -66,6 +66,21 @@ impl TempDir {
     }
 }
 
+/// A `TempDir` is used as the path it is.
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_none() {
