@@ -262,11 +262,54 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     /// A daemon still running is stopped with everything it runs. One that was stopped or
     /// killed on purpose is left alone: the test started the next daemon, which owns the apps.
+    /// Unless the test failed before it could: then no daemon owns them, and they are ended
+    /// here (the processes recorded on the root, and the socket keeper).
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.stop_everything();
+        } else if std::thread::panicking() {
+            end_orphans(&self.root);
         }
     }
+}
+
+/// Ends what a stopped daemon on `root` left running: each process group recorded under
+/// `run/instances` and `run/previews` (if the recorded process is still the one that was
+/// started: same pid, same start time), and the socket keeper.
+fn end_orphans(root: &Path) {
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let run = root.join("run");
+    for records in [run.join("instances"), run.join("previews")] {
+        for record in children(&records).iter().flat_map(|app| children(app)) {
+            for path in children(&record) {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let number = |key: &str| -> Option<u64> {
+                    let (_, after) = text.split_once(&format!("\"{key}\":"))?;
+                    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+                };
+                if let (Some(pid), Some(started)) = (number("pid"), number("start_ticks"))
+                    && start_ticks(pid) == Some(started)
+                {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    // The keeper's protocol: `Q`, and it quits.
+    if let Ok(mut keeper) = std::os::unix::net::UnixStream::connect(run.join("keeper.sock")) {
+        let _ = keeper.set_read_timeout(Some(Duration::from_secs(5)));
+        if keeper.write_all(b"Q").is_ok() {
+            let _ = keeper.read(&mut [0u8; 1]);
+        }
+    }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_ticks(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[derive(Debug, Clone)]
