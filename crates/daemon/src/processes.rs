@@ -591,7 +591,6 @@ fn start_crons(jobs: Vec<CronJob>) -> Result<Vec<CronHandle>, String> {
     jobs.into_iter().map(spawn_cron).collect()
 }
 
-/// The entries of a directory (none when it cannot be read).
 /// The process an earlier daemon recorded for `spec` (at its `record_path`), adopted when it
 /// still runs; otherwise the spec back, to be started on a fresh port.
 pub(crate) fn adopt_recorded(mut spec: ProcessSpec) -> Result<Instance, Box<ProcessSpec>> {
@@ -628,6 +627,7 @@ pub(crate) async fn stop_recorded(dir: &std::path::Path) {
     }
 }
 
+/// The entries of a directory (none when it cannot be read).
 pub(crate) fn read_dir_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.path()).collect()).unwrap_or_default()
 }

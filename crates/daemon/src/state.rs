@@ -766,11 +766,15 @@ impl Daemon {
         let ip = self.settings.http_addr.ip();
         let inherited = {
             let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
-            let at = sockets.inherited.iter().position(|listener| {
-                listener.local_addr().is_ok_and(|addr| addr == SocketAddr::new(ip, port))
-            });
+            let at = sockets
+                .inherited
+                .iter()
+                .position(|listener| listener.local_addr().is_ok_and(|addr| addr.port() == port));
             at.map(|at| sockets.inherited.remove(at))
         };
+        // One kept on another address (the router's moved) is closed first, or it would hold
+        // the port.
+        let inherited = inherited.filter(|l| l.local_addr().is_ok_and(|addr| addr.ip() == ip));
         let listener = match inherited {
             Some(listener) => Ok(listener),
             None => std::net::TcpListener::bind((ip, port)),
@@ -850,6 +854,7 @@ impl Daemon {
         self.previews.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Builds a new route table from the running instances and swaps it in.
     pub(crate) fn publish_routes(&self, runtimes: &HashMap<String, AppRuntime>) {
         let mut table = RouteTable::new();
         let previews = self.previews();
