@@ -312,8 +312,9 @@ pub fn run_keeper(socket: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// The router's listening sockets (HTTP, and HTTPS when asked for): the ones the keeper
-/// holds from an earlier daemon when they listen where asked, else new ones, handed to the
-/// keeper for the next daemon. Also the other sockets the keeper held (app ports').
+/// holds from an earlier daemon when they listen where asked, else new ones. Also the other
+/// sockets the keeper held (app ports'). The daemon gives the keeper its whole set once the
+/// app ports are open (`Daemon::open_stored_ports`).
 fn router_listeners(
     layout: &Layout,
     options: &DaemonOptions,
@@ -341,17 +342,8 @@ fn router_listeners(
     };
     let (http, http_kept) = take(options.http)?;
     let https = options.https.map(&mut take).transpose()?;
-    let all_kept = http_kept && https.as_ref().is_none_or(|(_, kept)| *kept);
-    if all_kept {
+    if http_kept && https.as_ref().is_none_or(|(_, kept)| *kept) {
         tracing::info!("took the router's sockets back from the keeper");
-    } else {
-        let mut fds: Vec<&dyn std::os::fd::AsFd> = vec![&http];
-        if let Some((listener, _)) = &https {
-            fds.push(listener);
-        }
-        if let Err(err) = keeper::store(&keeper_socket, &options.exe, &fds) {
-            tracing::warn!(%err, "no socket keeper: a daemon restart will refuse connections");
-        }
     }
     Ok((http, https.map(|(listener, _)| listener), kept))
 }

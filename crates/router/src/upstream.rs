@@ -24,7 +24,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -54,14 +54,18 @@ const MAX_OPENING: usize = 2;
 /// The most idle connections kept to one instance (per core, like nginx's usual `keepalive
 /// 64` per worker): after a burst, the ones beyond are closed as they come back.
 const MAX_IDLE: usize = 64;
-/// How long an idle connection is kept (nginx's upstream `keepalive_timeout`): an app that
-/// gives each connection a thread or a worker gets them back after a burst.
+/// How long an idle connection is kept at least (nginx's upstream `keepalive_timeout`): an
+/// app that gives each connection a thread or a worker gets them back after a burst. The
+/// first sweep after that closes it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the pool is swept for connections idle too long, closed by their app, or to an
 /// instance that is gone (a deploy moves traffic to new addresses, and the old ones are
 /// never asked for again: their connections would stay open on this side forever). A task
 /// of the pool's runtime sweeps it, so this happens with no traffic too.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The sweeps an idle connection outlives. Idle time is counted in sweeps, not read from the
+/// clock, so that putting a connection back costs no clock read on the request path.
+const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs();
 /// How much room a read from an app is given when its buffer runs low.
 const READ_CHUNK: usize = 16 * 1024;
 /// Below this much room, a connection's read buffer gets a fresh [`READ_CHUNK`]. Until
@@ -83,20 +87,23 @@ struct Pools {
 /// Looked up twice per request: foldhash (seeded per process) costs a fraction of SipHash.
 type AddrMap = HashMap<SocketAddr, Instance, foldhash::fast::RandomState>;
 
-/// The instances.
+/// The instances, and how many sweeps there have been.
 #[derive(Default)]
 struct Table {
     instances: AddrMap,
+    sweeps: u64,
 }
 
 impl Table {
-    /// Closes the idle connections that were idle longer than [`IDLE_TIMEOUT`] at `now` or
-    /// that their app closed, and forgets the instances left with nothing.
-    fn sweep(&mut self, now: Instant) {
+    /// Closes the idle connections that have been idle for more than [`IDLE_SWEEPS`] sweeps
+    /// (over [`IDLE_TIMEOUT`]) or that their app closed, and forgets the instances left with
+    /// nothing.
+    fn sweep(&mut self) {
+        self.sweeps += 1;
+        let sweeps = self.sweeps;
         self.instances.retain(|_, instance| {
             instance.idle.retain(|connection| {
-                now.saturating_duration_since(connection.idle_since) < IDLE_TIMEOUT
-                    && is_open(&connection.stream)
+                sweeps - connection.idle_since <= IDLE_SWEEPS && is_open(&connection.stream)
             });
             !instance.idle.is_empty() || !instance.is_unused()
         });
@@ -140,8 +147,8 @@ struct Connection {
     read: BytesMut,
     /// The request head being written, kept for the next one.
     head: Vec<u8>,
-    /// When it last came back to the pool.
-    idle_since: Instant,
+    /// How many sweeps there had been when it last came back to the pool.
+    idle_since: u64,
 }
 
 /// Why an instance gave no response.
@@ -231,7 +238,7 @@ impl Upstreams {
             loop {
                 ticks.tick().await;
                 let Some(pools) = pools.upgrade() else { return };
-                pools.lock().sweep(Instant::now());
+                pools.lock().sweep();
             }
         });
     }
@@ -372,11 +379,10 @@ impl Pools {
     }
 
     fn put_back(&self, addr: SocketAddr, mut connection: Connection) {
-        let now = Instant::now();
         let mut table = self.lock();
+        connection.idle_since = table.sweeps;
         let instance = table.instances.entry(addr).or_default();
         if instance.idle.len() < MAX_IDLE {
-            connection.idle_since = now;
             instance.idle.push_back(connection);
             instance.returned.notify_one();
         }
@@ -416,8 +422,7 @@ async fn connect(addr: SocketAddr) -> Result<Connection, UpstreamError> {
     // The request head goes out in one write; Nagle's algorithm would only delay a body's
     // last small piece.
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    let idle_since = Instant::now();
-    Ok(Connection { stream, read: BytesMut::new(), head: Vec::new(), idle_since })
+    Ok(Connection { stream, read: BytesMut::new(), head: Vec::new(), idle_since: 0 })
 }
 
 /// Writes a request without a body (its head is in `connection.head`) and reads the
@@ -919,21 +924,31 @@ mod tests {
         .await;
         assert_eq!(pool.pooled(gone), 1, "held until a sweep");
 
+        // A sweep forgets the gone instance and keeps the other.
+        pool.pools.lock().sweep();
+        assert!(!pool.pools.lock().instances.contains_key(&gone), "the gone instance is forgotten");
+        assert_eq!(pool.pooled(kept), 1, "a connection used just now stays");
+
+        // Idle for longer than the idle timeout (counted in sweeps): closed, and the app sees
+        // it.
+        for _ in 1..IDLE_SWEEPS {
+            pool.pools.lock().sweep();
+        }
+        assert_eq!(pool.pooled(kept), 1, "not idle for long enough yet");
+        pool.pools.lock().sweep();
+        assert_eq!(pool.pooled(kept), 0);
+        assert!(!pool.pools.lock().instances.contains_key(&kept));
+        timeout(DEADLINE, router_closed).await.expect("the app saw no close").unwrap();
+
         // The background sweep comes with no request at all.
+        let (gone, _requests, _) =
+            scripted_upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await;
+        assert_eq!(fetch(&pool, gone).await, "ok");
         pool.sweep_every(Duration::from_millis(20));
         wait_for("the gone instance to be forgotten", || {
             !pool.pools.lock().instances.contains_key(&gone)
         })
         .await;
-        assert_eq!(pool.pooled(kept), 1, "a connection used just now stays");
-
-        // Idle for longer than the idle timeout: closed, and the app sees it.
-        pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT - Duration::from_secs(1));
-        assert_eq!(pool.pooled(kept), 1, "not idle for long enough yet");
-        pool.pools.lock().sweep(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
-        assert_eq!(pool.pooled(kept), 0);
-        assert!(!pool.pools.lock().instances.contains_key(&kept));
-        timeout(DEADLINE, router_closed).await.expect("the app saw no close").unwrap();
 
         // The sweeping task ends with its pool.
         let pools = Arc::downgrade(&pool.pools);
